@@ -1,0 +1,13 @@
+"""Airflow 3 Task SDK names, imported in one place."""
+
+from __future__ import annotations
+
+try:  # Airflow 3.x
+    from airflow.sdk import BaseOperator, Context
+    from airflow.sdk.bases.hook import BaseHook
+except ImportError:  # pragma: no cover - Airflow 3.0 layouts
+    from airflow.models import BaseOperator  # type: ignore[no-redef]
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
+    from airflow.utils.context import Context  # type: ignore[no-redef]
+
+__all__ = ["BaseHook", "BaseOperator", "Context"]

@@ -1,0 +1,194 @@
+"""The contract between the migration engine and a destination plugin.
+
+A plugin talks to its CRM's API and nothing else. The engine owns ordering, batching, the ledger,
+diff, reconciliation, delta and rollback; a plugin answers a handful of questions ("what objects and
+fields exist?", "write these records", "read these back", "delete these", "put this before-image
+back") in terms of destination-neutral values (:mod:`airflow_ascora_provider.mapping.values`).
+
+Registration follows simonw/llm: a plugin module implements the single hook
+``register_destinations(register)`` and calls ``register(MyDestination)``; built-in destinations use
+the same entry-point group (``airflow_ascora_provider.destinations``) as third-party packages.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pluggy
+
+PROJECT = "airflow_ascora_provider"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_destinations(register: Callable[[type[Destination]], None]) -> None:
+    """Call ``register(cls)`` for every :class:`Destination` subclass the plugin provides."""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    requests: int
+    per_seconds: float
+
+    @property
+    def per_minute(self) -> float:
+        return self.requests * 60.0 / self.per_seconds
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the engine may plan around. Declared, not discovered, so plans can be made offline."""
+
+    batch_size: int
+    rate_limit: RateLimit | None = None
+    daily_requests: int | None = None
+    external_id: str = "crosswalk"  # native_upsert | alternate_key | crosswalk
+    creatable: frozenset[str] = frozenset()  # custom_object, custom_field, picklist_option
+    manual: frozenset[str] = frozenset()  # what an admin must create by hand
+    plan_limits: dict[str, Any] = field(default_factory=dict)
+    supports_delete: bool = True
+    max_concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class DestField:
+    name: str
+    type: str  # neutral type (see mapping.spec.NEUTRAL_TYPES) or "system"
+    required: bool = False
+    custom: bool = False
+    unique: bool = False
+    options: tuple[str, ...] = ()
+    lookup_target: str | None = None
+    read_only: bool = False
+
+
+@dataclass
+class DestObject:
+    name: str
+    label: str
+    custom: bool = False
+    fields: dict[str, DestField] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DestUser:
+    id: str
+    email: str
+    name: str = ""
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """One thing the schema step must make exist. ``by_api`` is False when an admin must do it."""
+
+    kind: str  # custom_object | custom_field | picklist_option
+    object: str
+    field: str | None = None
+    spec: Any = None
+    by_api: bool = True
+    reason: str = ""
+
+    def describe(self) -> str:
+        where = f"{self.object}.{self.field}" if self.field else self.object
+        detail = ""
+        if self.kind == "custom_field":
+            detail = f" ({self.spec.type})"
+        elif self.kind == "picklist_option":
+            detail = f": {', '.join(self.spec)}"
+        return f"{self.kind} {where}{detail}"
+
+
+@dataclass
+class OutgoingRecord:
+    """One record ready to write: neutral values keyed by destination field."""
+
+    source_id: str
+    payload: dict[str, Any]
+    dest_id: str | None = None  # known from the crosswalk: update this record
+
+
+@dataclass
+class WriteResult:
+    source_id: str
+    dest_id: str | None
+    created: bool = False
+    error: str | None = None
+    error_field: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.dest_id is not None
+
+
+class Destination(ABC):
+    """Base class of every destination plugin."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    default_mapping: ClassVar[Path]
+    connection_type: ClassVar[str]
+
+    def __init__(self, conn_id: str | None = None, **options: Any) -> None:
+        self.conn_id = conn_id
+        self.options = options
+
+    # -- schema -------------------------------------------------------------------------------
+    @abstractmethod
+    def describe_schema(self) -> dict[str, DestObject]:
+        """Objects and fields as they exist now, in neutral types."""
+
+    @abstractmethod
+    def apply_schema_change(self, change: SchemaChange) -> None:
+        """Create one custom object / field / pick-list option through the API."""
+
+    def custom_field_name(self, label: str) -> str:
+        """Turn a label ("Switchboard Type") into this CRM's API name for a new custom field."""
+        words = [w for w in "".join(c if c.isalnum() else " " for c in label).split() if w]
+        if not words:
+            return "field"
+        head, *rest = words
+        return head.lower() + "".join(w[:1].upper() + w[1:].lower() for w in rest)
+
+    # -- users --------------------------------------------------------------------------------
+    @abstractmethod
+    def list_users(self) -> list[DestUser]:
+        """Users records can be owned by (matched to Ascora staff by e-mail)."""
+
+    # -- records ------------------------------------------------------------------------------
+    @abstractmethod
+    def write_batch(self, target: str, records: list[OutgoingRecord], key_field: str | None) -> list[WriteResult]:
+        """Create or update ``records`` (at most ``capabilities.batch_size``), upserting on ``key_field``.
+
+        Must return one result per record, in order. A bad record gets an error naming the field
+        when the API says which; the rest of the batch must still be written.
+        """
+
+    @abstractmethod
+    def read_records(self, target: str, dest_ids: list[str], fields: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Current values of ``fields`` for each id, decoded back to neutral values (absent ids omitted)."""
+
+    def find_by_source_ids(self, target: str, key_field: str, source_ids: list[str]) -> dict[str, str]:
+        """Destination ids of records already holding these Ascora ids (adopting writes after a crash)."""
+        return {}
+
+    @abstractmethod
+    def delete_records(self, target: str, dest_ids: list[str]) -> dict[str, str | None]:
+        """Delete records; returns dest_id → error (None when deleted or already gone)."""
+
+    @abstractmethod
+    def restore_record(self, target: str, dest_id: str, before_image: dict[str, Any]) -> None:
+        """Put a record's fields back to ``before_image`` (as returned by :meth:`read_records`)."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    def api_stats(self) -> dict[str, Any]:
+        """Calls made, retried and throttled (benchmarks report wasted calls)."""
+        return {}

@@ -1,0 +1,107 @@
+"""Everything one engine step needs, rebuilt from durable state each time a task runs.
+
+A task never receives records from another task: it gets names (run id, staging path, snapshot,
+destination, connection ids) and rebuilds the rest here from staging and the ledger, which is what
+lets Airflow retry a task or run it on another worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from airflow_ascora_provider.destinations.spec import Destination
+from airflow_ascora_provider.ledger import Ledger
+from airflow_ascora_provider.mapping.spec import Mapping, load_mapping
+from airflow_ascora_provider.source.staging import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+class MappingNotApproved(RuntimeError):
+    """The load refuses to run on a mapping whose hash is not the approved one."""
+
+
+@dataclass
+class MigrationContext:
+    run_id: str
+    destination_name: str
+    ledger: Ledger
+    staging_path: str
+    snapshot_id: str
+    mapping: Mapping
+    destination_conn_id: str | None = None
+    destination_options: dict[str, Any] = field(default_factory=dict)
+    fallback_owner_email: str | None = None
+    field_issue_policy: str = "quarantine"  # or "load_empty": load the record with the unreadable field empty
+    _destination: Destination | None = None
+
+    @cached_property
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.staging_path, self.snapshot_id)
+
+    @property
+    def destination(self) -> Destination:
+        if self._destination is None:
+            from airflow_ascora_provider.destinations.manager import get_destination
+
+            self._destination = get_destination(
+                self.destination_name, self.destination_conn_id, **self.destination_options
+            )
+        return self._destination
+
+    def use_destination(self, destination: Destination) -> None:
+        self._destination = destination
+
+    def close(self) -> None:
+        if self._destination is not None:
+            self._destination.close()
+
+    def require_approved_mapping(self) -> None:
+        approved = self.ledger.approved_mapping(self.destination_name)
+        if approved is None:
+            raise MappingNotApproved(
+                f"no approved mapping for {self.destination_name}: run the mapping approval step first"
+            )
+        if approved["mapping_hash"] != self.mapping.hash:
+            raise MappingNotApproved(
+                f"the mapping differs from the one approved on {approved['approved_at']} by "
+                f"{approved['approved_by']} (approved {approved['mapping_hash'][:12]}, "
+                f"now {self.mapping.hash[:12]}); approve the new mapping before loading"
+            )
+
+
+def approved_mapping_or_default(ledger: Ledger, destination: str, default_text: str | None = None) -> Mapping:
+    """The mapping that was approved for this destination (exact text), else the given default."""
+    approved = ledger.approved_mapping(destination)
+    if approved is not None:
+        return load_mapping(approved["mapping_text"])
+    if default_text is None:
+        raise MappingNotApproved(f"no approved mapping for {destination}")
+    return load_mapping(default_text)
+
+
+def payload_hash(payload: dict[str, Any]) -> str:
+    """Hash of what we send: an unchanged payload on a re-run or delta means no write at all."""
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_plain)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    import dataclasses
+    import datetime as dt
+    from decimal import Decimal
+
+    if dataclasses.is_dataclass(value):
+        return {"__type__": type(value).__name__, **dataclasses.asdict(value)}
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")

@@ -1,0 +1,183 @@
+"""Writing records: the one code path behind the sample, the full load and every delta.
+
+For each batch (sized to the destination's cap):
+
+1. transform (bad records → quarantine, the rest go on);
+2. compare each payload's hash with the crosswalk: unchanged records are not written at all, so a
+   re-run writes nothing and a delta writes exactly what changed;
+3. save a write intent per record *before* writing, with the before-image of anything being
+   updated; if the worker dies after the CRM accepted the batch but before the ledger heard of it,
+   the retry reuses the saved before-image (the CRM already holds the new values) and the upsert
+   on the Ascora id adopts the records instead of duplicating them;
+4. write, then record creates/updates (crosswalk + audit, one transaction that also clears the
+   intents) and quarantine the records the destination rejected, naming the field when it says.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from airflow_ascora_provider.destinations.spec import OutgoingRecord
+from airflow_ascora_provider.engine.context import MigrationContext, payload_hash
+from airflow_ascora_provider.engine.transform import BatchTransformer
+from airflow_ascora_provider.ledger import Intent, QuarantineEntry, Write
+from airflow_ascora_provider.mapping.spec import ObjectMap
+from airflow_ascora_provider.mapping.values import to_jsonable
+from airflow_ascora_provider.source.extract import Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadStats:
+    considered: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+    not_for_this_map: int = 0
+    write_calls: int = 0
+    seconds: float = 0.0
+    written: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list, repr=False)
+
+    def add(self, other: LoadStats) -> None:
+        for name in ("considered", "created", "updated", "unchanged", "quarantined", "not_for_this_map",
+                     "write_calls", "seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.written.extend(other.written)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("written")
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def batch_size_for(ctx: MigrationContext) -> int:
+    cap = ctx.destination.capabilities.batch_size
+    wanted = int(ctx.destination_options.get("batch_size") or cap)
+    return max(1, min(cap, wanted))
+
+
+class MapLoader:
+    """Loads records of one object map; reused across batches so indexes are built once per task."""
+
+    def __init__(self, ctx: MigrationContext, object_map: ObjectMap, *, collect: bool = False):
+        self.ctx = ctx
+        self.map = object_map
+        self.transformer = BatchTransformer(ctx, object_map)
+        self.collect = collect
+        self.ledger = ctx.ledger
+        self.dest = ctx.destination
+
+    def load(self, records: Iterable[dict[str, Any]], total: int | None = None) -> LoadStats:
+        stats = LoadStats()
+        started = time.monotonic()
+        progress = Progress(f"load {self.map.name}", total)
+        for batch in chunked(records, batch_size_for(self.ctx)):
+            stats.add(self.load_batch(batch))
+            progress.tick(len(batch))
+        stats.seconds = time.monotonic() - started
+        return stats
+
+    def load_batch(self, records: list[dict[str, Any]]) -> LoadStats:
+        om, ctx = self.map, self.ctx
+        stats = LoadStats(considered=len(records))
+        outcome = self.transformer.transform(records)
+        stats.not_for_this_map = outcome.not_for_this_map
+        if outcome.quarantined:
+            self.ledger.quarantine(ctx.run_id, ctx.destination_name, outcome.quarantined)
+            stats.quarantined += len({q.source_id for q in outcome.quarantined})
+        if not outcome.records:
+            return stats
+        ids = [r.source_id for r in outcome.records]
+        existing = self.ledger.crosswalk_get_many(ctx.destination_name, om.source, ids, om.target)
+        to_write: list[tuple[OutgoingRecord, str]] = []
+        for record in outcome.records:
+            digest = payload_hash(record.payload)
+            entry = existing.get((record.source_id, om.target))
+            if entry is not None and entry.payload_hash == digest:
+                stats.unchanged += 1
+                continue
+            record.dest_id = entry.dest_id if entry else None
+            to_write.append((record, digest))
+        if not to_write:
+            return stats
+        before = self._before_images([r for r, _ in to_write])
+        results = self.dest.write_batch(om.target, [r for r, _ in to_write], om.key_field)
+        stats.write_calls += 1
+        if len(results) != len(to_write):
+            raise RuntimeError(f"{ctx.destination_name}.write_batch returned {len(results)} results for "
+                               f"{len(to_write)} records ({om.target}); a plugin must answer every record")
+        writes: list[Write] = []
+        rejected: list[QuarantineEntry] = []
+        for (record, digest), result in zip(to_write, results):
+            if result.ok:
+                is_update = record.dest_id is not None
+                writes.append(Write(
+                    source_object=om.source, source_id=record.source_id, target_object=om.target,
+                    dest_id=result.dest_id, op="update" if is_update else "create", payload_hash=digest,
+                    before_image=before.get(record.source_id) if is_update else None,
+                ))
+                if is_update:
+                    stats.updated += 1
+                else:
+                    stats.created += 1
+                if self.collect:
+                    stats.written.append((record.source_id, result.dest_id, record.payload))
+            else:
+                value = record.payload.get(result.error_field) if result.error_field else None
+                rejected.append(QuarantineEntry(
+                    source_object=om.source, source_id=record.source_id, field=result.error_field,
+                    value=value, reason=f"[{om.name}] {ctx.destination_name} rejected it: {result.error}",
+                    stage="load"))
+        self.ledger.record_writes(ctx.run_id, ctx.destination_name, writes)
+        if rejected:
+            self.ledger.quarantine(ctx.run_id, ctx.destination_name, rejected)
+            self.ledger.clear_intents(ctx.destination_name,
+                                      [(om.source, q.source_id, om.target) for q in rejected])
+            stats.quarantined += len(rejected)
+        if writes:
+            self.ledger.resolve_quarantine(ctx.run_id, ctx.destination_name, om.source,
+                                           [w.source_id for w in writes])
+        return stats
+
+    def _before_images(self, records: list[OutgoingRecord]) -> dict[str, dict[str, Any] | None]:
+        """Save intents; return the true before-image of every record being updated."""
+        om, ctx = self.map, self.ctx
+        intents = self.ledger.get_intents(ctx.destination_name, om.source, om.target,
+                                          [r.source_id for r in records])
+        updates = [r for r in records if r.dest_id is not None]
+        fields = sorted({f for r in updates for f in r.payload})
+        need = [r.dest_id for r in updates if r.source_id not in intents]
+        current = self.dest.read_records(om.target, need, fields) if need else {}
+        before: dict[str, dict[str, Any] | None] = {}
+        new_intents = []
+        for record in records:
+            saved = intents.get(record.source_id)
+            if saved is not None and saved.op == "update":
+                before[record.source_id] = saved.before_image
+                continue
+            image = to_jsonable(current.get(record.dest_id)) if record.dest_id else None
+            before[record.source_id] = image
+            if saved is None:
+                new_intents.append(Intent(om.source, record.source_id, om.target,
+                                          "update" if record.dest_id else "create", image))
+        if new_intents:
+            self.ledger.save_intents(ctx.run_id, ctx.destination_name, new_intents)
+        return before

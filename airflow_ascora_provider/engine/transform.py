@@ -1,0 +1,173 @@
+"""Applying an object map to a batch of staged records.
+
+Per batch, not per record: every crosswalk lookup the batch needs is fetched in one ledger query per
+parent map before any record is transformed, so a 60-record batch costs a handful of queries, not
+hundreds. A record that cannot be transformed is quarantined with the field, the value and the
+reason; the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from airflow_ascora_provider.destinations.spec import OutgoingRecord
+from airflow_ascora_provider.engine.context import MigrationContext
+from airflow_ascora_provider.ledger import QuarantineEntry
+from airflow_ascora_provider.mapping.spec import ObjectMap
+from airflow_ascora_provider.mapping.transforms import TRANSFORMS, TransformError, _maps_for
+from airflow_ascora_provider.mapping.values import DestRef, UserRef
+from airflow_ascora_provider.source.model import ISSUES_COLUMN
+
+log = logging.getLogger(__name__)
+USERS_WATERMARK = "users"
+
+
+@dataclass
+class TransformOutcome:
+    records: list[OutgoingRecord] = field(default_factory=list)
+    quarantined: list[QuarantineEntry] = field(default_factory=list)
+    not_for_this_map: int = 0  # the map's condition does not apply (a sibling map takes the record)
+    source_values: dict[str, dict[str, Any]] = field(default_factory=dict)  # for the sample diff
+
+
+class RelatedIndex:
+    """Staged rows of another object keyed by one of its fields, loaded once per task."""
+
+    def __init__(self, ctx: MigrationContext):
+        self.ctx = ctx
+        self._cache: dict[tuple[str, str], dict[Any, list[dict[str, Any]]]] = {}
+
+    def rows(self, object_name: str, key_field: str, key: Any) -> list[dict[str, Any]]:
+        index = self._cache.get((object_name, key_field))
+        if index is None:
+            index = defaultdict(list)
+            order_field = "date_created" if object_name not in ("invoice",) else "invoice_date"
+            for row in self.ctx.snapshot.iter_records(object_name):
+                row.pop(ISSUES_COLUMN, None)
+                index[row.get(key_field)].append(row)
+            for rows in index.values():
+                rows.sort(key=lambda r: (r.get(order_field) is None, str(r.get(order_field) or "")))
+            self._cache[(object_name, key_field)] = index
+        return index.get(key, [])
+
+
+class UserDirectory:
+    """Staff name → destination user, from the user-resolution step's result in the ledger."""
+
+    def __init__(self, ctx: MigrationContext):
+        text = ctx.ledger.get_watermark(ctx.destination_name, USERS_WATERMARK)
+        data = json.loads(text) if text else {}
+        self.by_name: dict[str, dict[str, Any]] = data.get("by_name", {})
+        self.fallback_user_id: str | None = data.get("fallback_user_id")
+
+    def owner(self, staff_name: str | None) -> UserRef | None:
+        match = self.by_name.get((staff_name or "").strip().casefold())
+        if match and match.get("user_id"):
+            return UserRef(match["user_id"], fallback=False)
+        if self.fallback_user_id:
+            return UserRef(self.fallback_user_id, fallback=True)
+        return None
+
+
+class _BatchContext:
+    """The TransformContext one batch sees: pre-fetched crosswalk, users, related rows."""
+
+    def __init__(self, ctx: MigrationContext, refs: dict[tuple[str, str], DestRef], users: UserDirectory,
+                 related: RelatedIndex):
+        self.currency = ctx.mapping.currency
+        self._refs = refs
+        self._users = users
+        self._related = related
+
+    def resolve(self, maps: list[str], source_id: str) -> DestRef | None:
+        for name in maps:
+            ref = self._refs.get((name, source_id))
+            if ref is not None:
+                return ref
+        return None
+
+    def owner(self, staff_name: str | None) -> UserRef | None:
+        return self._users.owner(staff_name)
+
+    def related(self, object_name: str, key_field: str, key: Any) -> list[dict[str, Any]]:
+        return self._related.rows(object_name, key_field, key)
+
+
+class BatchTransformer:
+    def __init__(self, ctx: MigrationContext, object_map: ObjectMap):
+        self.ctx = ctx
+        self.map = object_map
+        self.users = UserDirectory(ctx)
+        self.related = RelatedIndex(ctx)
+        self.lookup_fields = [fm for fm in object_map.fields if fm.transform in ("lookup", "attach")]
+
+    def _prefetch(self, records: list[dict[str, Any]]) -> dict[tuple[str, str], DestRef]:
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for fm in self.lookup_fields:
+            for record in records:
+                for source_field in fm.sources:
+                    value = record.get(source_field)
+                    if value is None:
+                        continue
+                    sub = type(fm)(fm.dest_field, fm.transform, (source_field,), fm.options)
+                    for map_name in _maps_for(record, sub):
+                        wanted[map_name].add(str(value))
+        refs: dict[tuple[str, str], DestRef] = {}
+        for map_name, ids in wanted.items():
+            parent = self.ctx.mapping.maps[map_name]
+            found = self.ctx.ledger.crosswalk_get_many(
+                self.ctx.destination_name, parent.source, sorted(ids), parent.target
+            )
+            for (source_id, _target), entry in found.items():
+                refs[(map_name, source_id)] = DestRef(parent.target, entry.dest_id)
+        return refs
+
+    def transform(self, records: list[dict[str, Any]]) -> TransformOutcome:
+        outcome = TransformOutcome()
+        om = self.map
+        applicable = [r for r in records if om.when is None or om.when.matches(r)]
+        outcome.not_for_this_map = len(records) - len(applicable)
+        bctx = _BatchContext(self.ctx, self._prefetch(applicable), self.users, self.related)
+        used = om.used_source_fields()
+        for record in applicable:
+            source_id = record["id"]
+            problems = self._field_problems(record, used)
+            if problems and self.ctx.field_issue_policy == "quarantine":
+                outcome.quarantined.extend(problems)
+                continue
+            payload: dict[str, Any] = {}
+            try:
+                for fm in om.fields:
+                    value = TRANSFORMS[fm.transform].apply(record, fm, bctx)
+                    if value is None and fm.default is not None:
+                        value = fm.default
+                    if value is None and fm.required:
+                        raise TransformError(fm.sources[0] if fm.sources else fm.dest_field, None,
+                                             f"{fm.dest_field} is required by the mapping but has no value")
+                    payload[fm.dest_field] = value
+            except TransformError as exc:
+                outcome.quarantined.append(QuarantineEntry(
+                    source_object=om.source, source_id=source_id, field=exc.field, value=exc.value,
+                    reason=f"[{om.name}] {exc.reason}", stage="transform"))
+                continue
+            if om.key_field:
+                payload[om.key_field] = source_id
+            outcome.records.append(OutgoingRecord(source_id=source_id, payload=payload))
+            outcome.source_values[source_id] = {s: record.get(s) for s in used}
+        return outcome
+
+    def _field_problems(self, record: dict[str, Any], used: set[str]) -> list[QuarantineEntry]:
+        text = record.get(ISSUES_COLUMN)
+        if not text:
+            return []
+        entries = []
+        for issue in json.loads(text):
+            if issue["field"] in used:
+                entries.append(QuarantineEntry(
+                    source_object=self.map.source, source_id=record["id"], field=issue["field"],
+                    value=issue["value"], reason=f"[{self.map.name}] {issue['reason']}", stage="extract"))
+        return entries

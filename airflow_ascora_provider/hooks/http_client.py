@@ -1,0 +1,252 @@
+"""The one HTTP client every hook in this provider talks through.
+
+Retry, backoff, pacing and budgets are the same problem for Ascora and for every CRM, so they live
+here once. A hook builds an :class:`ApiClient` with its base URL, auth headers and a
+:class:`RetryPolicy` / :class:`Pacer` matching the service's published limits, and then only deals
+with its own paths and envelopes.
+
+Rules worth knowing (each one a bug other tools shipped):
+
+* ``Retry-After: 0`` still backs off (dlt #4036 retried in a tight loop until attempts ran out).
+* 429 and 5xx are retried; other 4xx are the caller's problem and are returned, not retried.
+* Transport failures (timeouts, dropped connections) are retried like 5xx.
+* A client-side request budget stops a run *before* a daily quota is burnt, with a clear error the
+  engine turns into a resumable stop instead of a half-finished load.
+* Calls are counted (made, retried, throttled) so benchmarks can report wasted calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class ApiError(Exception):
+    """A service answered with an error that retrying will not fix."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: Any = None, url: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.url = url
+
+
+class RequestBudgetExhausted(ApiError):
+    """The client-side budget for this run is spent; the engine stops resumably."""
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 60.0
+    min_retry_after: float = 0.2  # a Retry-After of 0 still waits this long, with jitter
+    jitter: float = 0.1
+    sleep: Callable[[float], None] = time.sleep
+
+    def backoff(self, attempt: int) -> float:
+        delay = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
+        return delay * (1 + random.uniform(0, self.jitter))
+
+    def wait_for(self, response: httpx.Response | None, attempt: int) -> float:
+        header = response.headers.get("Retry-After") if response is not None else None
+        if header is not None:
+            seconds = parse_retry_after(header)
+            if seconds is not None:
+                return min(self.max_delay, max(seconds, self.min_retry_after)) * (
+                    1 + random.uniform(0, self.jitter)
+                )
+        return self.backoff(attempt)
+
+
+def parse_retry_after(value: str) -> float | None:
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class Pacer:
+    """Token bucket: at most ``rate`` requests per ``per`` seconds, spread evenly.
+
+    When a service's limit is known in advance, pacing under it means no 429 is ever earned, which
+    is both faster and kinder than bouncing off the limit and backing off.
+    """
+
+    def __init__(self, rate: float | None, per: float = 60.0, burst: int = 1):
+        self.rate = rate
+        self.per = per
+        self.burst = max(1, burst)
+        self._tokens = float(self.burst)
+        self._last = time.monotonic()
+        self._lock = threading.Lock()
+
+    @property
+    def interval(self) -> float:
+        return self.per / self.rate if self.rate else 0.0
+
+    def acquire(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        if not self.rate:
+            return
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                self._tokens = min(self.burst, self._tokens + (now - self._last) / self.interval)
+                self._last = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                wait = (1 - self._tokens) * self.interval
+            sleep(wait)
+
+
+@dataclass
+class CallStats:
+    calls: int = 0
+    retries: int = 0
+    throttled: int = 0
+    server_errors: int = 0
+    transport_errors: int = 0
+    by_path: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def wasted(self) -> int:
+        return self.retries
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "retries": self.retries,
+            "throttled": self.throttled,
+            "server_errors": self.server_errors,
+            "transport_errors": self.transport_errors,
+        }
+
+
+class ApiClient:
+    """httpx client with the provider's retry, pacing and budget rules."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        pacer: Pacer | None = None,
+        budget: int | None = None,
+        transport: httpx.BaseTransport | None = None,
+        name: str = "api",
+    ):
+        self.name = name
+        self.retry = retry or RetryPolicy()
+        self.pacer = pacer or Pacer(None)
+        self.budget = budget
+        self.stats = CallStats()
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers=headers or {},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _spend(self) -> None:
+        if self.budget is not None and self.stats.calls >= self.budget:
+            raise RequestBudgetExhausted(
+                f"{self.name}: request budget of {self.budget} calls is spent; stopping before the "
+                "service's own quota is hit. Resume later or raise the budget on the connection."
+            )
+        self.stats.calls += 1
+
+    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        """Send with retries. Returns the final response (which may be a non-retryable 4xx)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            self.pacer.acquire(self.retry.sleep)
+            self._spend()
+            self.stats.by_path[path] = self.stats.by_path.get(path, 0) + 1
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except (httpx.TransportError, httpx.TimeoutException) as exc:
+                self.stats.transport_errors += 1
+                if attempt >= self.retry.max_attempts:
+                    raise ApiError(f"{self.name}: {method} {path} failed after {attempt} attempts: {exc!r}",
+                                   url=path) from exc
+                delay = self.retry.backoff(attempt)
+                log.warning("%s: %s %s transport error (%s); retry %d in %.1fs",
+                            self.name, method, path, type(exc).__name__, attempt, delay)
+                self.stats.retries += 1
+                self.retry.sleep(delay)
+                continue
+            if response.status_code not in RETRYABLE_STATUS:
+                return response
+            if response.status_code == 429:
+                self.stats.throttled += 1
+            else:
+                self.stats.server_errors += 1
+            if attempt >= self.retry.max_attempts:
+                return response
+            delay = self.retry.wait_for(response, attempt)
+            log.warning("%s: %s %s answered %s; retry %d in %.1fs",
+                        self.name, method, path, response.status_code, attempt, delay)
+            self.stats.retries += 1
+            self.retry.sleep(delay)
+
+    def json(self, method: str, path: str, **kwargs) -> Any:
+        """Send and decode JSON, raising :class:`ApiError` on any non-2xx answer."""
+        response = self.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise ApiError(
+                f"{self.name}: {method} {path} answered HTTP {response.status_code}: {_body_text(response)}",
+                status=response.status_code,
+                body=_body_json(response),
+                url=path,
+            )
+        if not response.content:
+            return None
+        return response.json()
+
+
+def _body_json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def _body_text(response: httpx.Response, limit: int = 500) -> str:
+    text = response.text
+    return text if len(text) <= limit else text[:limit] + "…"

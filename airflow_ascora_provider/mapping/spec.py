@@ -1,0 +1,352 @@
+"""The mapping file: which Ascora object becomes which destination object, field by field.
+
+One YAML file per destination (the defaults ship beside each plugin). It is validated up front with
+errors that name the exact place (``maps.company.fields.name: customer has no field 'nme'``), hashed
+on its *content* (comments and key order do not change the hash), and a load refuses to run unless
+that hash is the one approved in the ledger.
+
+Shape::
+
+    destination: twenty
+    currency: AUD
+    key_field: ascoraId            # destination field holding the Ascora id (upsert key), per object
+    custom_objects:
+      site: {label: Site, plural: sites, label_plural: Sites}
+    maps:
+      company:                     # map name: also the crosswalk's target key
+        source: customer
+        target: company
+        when: {field: is_company, equals: true}
+        unmapped: custom_field     # or skip; what happens to source fields no entry uses
+        skip: {lead_source: "kept in Ascora only"}
+        fields:
+          name: name               # shorthand for {from: name}
+          address: {transform: address}
+          jobStatus: {transform: value_map, from: status, values: {Completed: COMPLETED},
+                      create: {type: picklist, label: Job Status}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from airflow_ascora_provider.source.model import MODEL, ObjectSchema
+
+NEUTRAL_TYPES = frozenset({
+    "text", "long_text", "number", "currency", "date", "datetime", "boolean", "picklist",
+    "multi_picklist", "email", "phone", "url", "address", "full_name", "lookup", "rich_text",
+})
+UNMAPPED_POLICIES = frozenset({"custom_field", "skip"})
+
+
+class MappingError(ValueError):
+    """Every problem found in a mapping file, one per line, each naming where it is."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("mapping is not valid:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass(frozen=True)
+class FieldCreate:
+    """A destination field the schema step must make exist before records use it."""
+
+    type: str
+    label: str
+    options: tuple[str, ...] = ()
+    unique: bool = False
+    lookup_target: str | None = None  # for type lookup: the destination object it points at
+    help_text: str | None = None
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    dest_field: str
+    transform: str
+    sources: tuple[str, ...]
+    options: dict[str, Any]
+    required: bool = False
+    default: Any = None
+    create: FieldCreate | None = None
+
+
+@dataclass(frozen=True)
+class Condition:
+    field: str
+    op: str  # equals | in | truthy | falsy
+    value: Any = None
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        value = record.get(self.field)
+        if self.op == "equals":
+            return value == self.value
+        if self.op == "in":
+            return value in self.value
+        if self.op == "truthy":
+            return bool(value)
+        return not value
+
+
+@dataclass(frozen=True)
+class ObjectMap:
+    name: str
+    source: str
+    target: str
+    fields: tuple[FieldMap, ...]
+    when: Condition | None = None
+    unmapped: str = "skip"
+    skip: dict[str, str] = field(default_factory=dict)
+    key_field: str | None = None
+    expand: tuple[str, ...] = ()  # "custom_fields" and/or "form_fields": filled in by completion
+
+    @property
+    def schema(self) -> ObjectSchema:
+        return MODEL[self.source]
+
+    def lookups(self) -> set[str]:
+        names: set[str] = set()
+        for fm in self.fields:
+            if fm.transform in ("lookup", "attach"):
+                names.update(_lookup_maps(fm.options))
+        return names
+
+    def used_source_fields(self) -> set[str]:
+        used = {s for fm in self.fields for s in fm.sources}
+        if self.when:
+            used.add(self.when.field)
+        return used
+
+
+@dataclass(frozen=True)
+class CustomObject:
+    name: str
+    label: str
+    plural: str
+    label_plural: str
+
+
+@dataclass(frozen=True)
+class Mapping:
+    destination: str
+    maps: dict[str, ObjectMap]
+    currency: str = "AUD"
+    key_field: str | None = None
+    custom_objects: dict[str, CustomObject] = field(default_factory=dict)
+    document: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def hash(self) -> str:
+        return mapping_hash(self.document)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.document, sort_keys=False, allow_unicode=True, width=110)
+
+    def order(self) -> list[str]:
+        """Maps ordered so every lookup target is written first; ties follow the file's order."""
+        position = {name: i for i, name in enumerate(self.maps)}
+        sorter: TopologicalSorter[str] = TopologicalSorter()
+        for name, om in self.maps.items():
+            sorter.add(name, *(n for n in om.lookups() if n != name))
+        try:
+            sorter.prepare()
+        except CycleError as exc:
+            raise MappingError([f"maps: lookups form a cycle: {' -> '.join(exc.args[1])}"]) from exc
+        out: list[str] = []
+        while sorter.is_active():
+            ready = sorted(sorter.get_ready(), key=lambda n: position.get(n, 1 << 30))
+            out.extend(ready)
+            sorter.done(*ready)
+        return out
+
+    def maps_for_source(self, source: str) -> list[ObjectMap]:
+        return [m for m in self.maps.values() if m.source == source]
+
+    def source_objects(self) -> list[str]:
+        return sorted({m.source for m in self.maps.values()})
+
+
+def mapping_hash(document: dict[str, Any]) -> str:
+    canonical = json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _lookup_maps(options: dict[str, Any]) -> set[str]:
+    names: set[str] = set()
+    maps = options.get("map")
+    if isinstance(maps, str):
+        names.add(maps)
+    elif isinstance(maps, list):
+        names.update(maps)
+    for targets in (options.get("by_type") or {}).get("maps", {}).values():
+        names.update([targets] if isinstance(targets, str) else targets)
+    return names
+
+
+def _parse_condition(raw: Any, where: str, schema: ObjectSchema, problems: list[str]) -> Condition | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or "field" not in raw:
+        problems.append(f"{where}: 'when' needs a field and one of equals/in/truthy")
+        return None
+    name = raw["field"]
+    if not schema.has_field(name):
+        problems.append(f"{where}: {schema.name} has no field {name!r}")
+    if "equals" in raw:
+        return Condition(name, "equals", raw["equals"])
+    if "in" in raw:
+        return Condition(name, "in", tuple(raw["in"]))
+    return Condition(name, "truthy" if raw.get("truthy", True) else "falsy")
+
+
+def _parse_create(raw: Any, where: str, problems: list[str], dest_field: str) -> FieldCreate | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or raw.get("type") not in NEUTRAL_TYPES:
+        problems.append(f"{where}.create: type must be one of {sorted(NEUTRAL_TYPES)}")
+        return None
+    return FieldCreate(
+        type=raw["type"],
+        label=str(raw.get("label") or dest_field),
+        options=tuple(str(o) for o in raw.get("options") or ()),
+        unique=bool(raw.get("unique", False)),
+        lookup_target=raw.get("target"),
+        help_text=raw.get("help_text"),
+    )
+
+
+def _parse_field(dest_field: str, raw: Any, where: str, schema: ObjectSchema, problems: list[str]) -> FieldMap | None:
+    from airflow_ascora_provider.mapping.transforms import TRANSFORMS
+
+    if isinstance(raw, str):
+        raw = {"from": raw}
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a source field name or a mapping, got {type(raw).__name__}")
+        return None
+    transform = raw.get("transform", "copy")
+    impl = TRANSFORMS.get(transform)
+    if impl is None:
+        problems.append(f"{where}: unknown transform {transform!r}; known: {', '.join(sorted(TRANSFORMS))}")
+        return None
+    sources = raw.get("from", impl.default_sources)
+    if isinstance(sources, str):
+        sources = (sources,)
+    elif isinstance(sources, dict):
+        sources = tuple(sources.values())
+    sources = tuple(sources or ())
+    for name in sources:
+        if not schema.has_field(name):
+            problems.append(f"{where}: {schema.name} has no field {name!r}")
+    options = {k: v for k, v in raw.items() if k not in {"transform", "from", "required", "default", "create"}}
+    fm = FieldMap(
+        dest_field=dest_field,
+        transform=transform,
+        sources=sources,
+        options=options,
+        required=bool(raw.get("required", False)),
+        default=raw.get("default"),
+        create=_parse_create(raw.get("create"), where, problems, dest_field),
+    )
+    problems.extend(f"{where}: {p}" for p in impl.check(fm, schema))
+    return fm
+
+
+def parse_mapping(document: dict[str, Any]) -> Mapping:
+    problems: list[str] = []
+    if not isinstance(document, dict):
+        raise MappingError(["the mapping file must be a YAML mapping at top level"])
+    destination = document.get("destination")
+    if not destination:
+        problems.append("destination: missing")
+    custom_objects = {}
+    for name, raw in (document.get("custom_objects") or {}).items():
+        raw = raw or {}
+        custom_objects[name] = CustomObject(
+            name=name,
+            label=str(raw.get("label") or name.title()),
+            plural=str(raw.get("plural") or name + "s"),
+            label_plural=str(raw.get("label_plural") or (raw.get("label") or name.title()) + "s"),
+        )
+    maps: dict[str, ObjectMap] = {}
+    raw_maps = document.get("maps") or {}
+    if not raw_maps:
+        problems.append("maps: at least one object map is needed")
+    for name, raw in raw_maps.items():
+        where = f"maps.{name}"
+        if not isinstance(raw, dict):
+            problems.append(f"{where}: expected a mapping")
+            continue
+        source = raw.get("source")
+        if source not in MODEL:
+            problems.append(f"{where}.source: unknown Ascora object {source!r}; known: {', '.join(sorted(MODEL))}")
+            continue
+        schema = MODEL[source]
+        if not raw.get("target"):
+            problems.append(f"{where}.target: missing")
+        unmapped = raw.get("unmapped", "skip")
+        if unmapped not in UNMAPPED_POLICIES:
+            problems.append(f"{where}.unmapped: must be one of {sorted(UNMAPPED_POLICIES)}")
+        fields = []
+        seen_dest: set[str] = set()
+        for dest_field, fraw in (raw.get("fields") or {}).items():
+            if dest_field in seen_dest:
+                problems.append(f"{where}.fields.{dest_field}: mapped twice")
+            seen_dest.add(dest_field)
+            fm = _parse_field(dest_field, fraw, f"{where}.fields.{dest_field}", schema, problems)
+            if fm:
+                fields.append(fm)
+        skip = {str(k): str(v) for k, v in (raw.get("skip") or {}).items()}
+        for fname in skip:
+            if not schema.has_field(fname):
+                problems.append(f"{where}.skip: {source} has no field {fname!r}")
+        expand = tuple(raw.get("expand") or ())
+        for item in expand:
+            if item not in ("custom_fields", "form_fields"):
+                problems.append(f"{where}.expand: unknown {item!r} (custom_fields, form_fields)")
+        maps[name] = ObjectMap(
+            name=name,
+            source=source,
+            target=str(raw.get("target")),
+            fields=tuple(fields),
+            when=_parse_condition(raw.get("when"), f"{where}.when", schema, problems),
+            unmapped=unmapped,
+            skip=skip,
+            key_field=raw.get("key_field", document.get("key_field")),
+            expand=expand,
+        )
+    for name, om in maps.items():
+        for ref in om.lookups():
+            if ref not in maps:
+                problems.append(f"maps.{name}: lookup refers to unknown map {ref!r}")
+    if problems:
+        raise MappingError(problems)
+    mapping = Mapping(
+        destination=str(destination),
+        maps=maps,
+        currency=str(document.get("currency", "AUD")),
+        key_field=document.get("key_field"),
+        custom_objects=custom_objects,
+        document=document,
+    )
+    mapping.order()  # raises on lookup cycles
+    return mapping
+
+
+def load_mapping(source: str | Path | dict[str, Any]) -> Mapping:
+    """Parse a mapping from a dict, YAML text or a file path."""
+    if isinstance(source, dict):
+        return parse_mapping(source)
+    text = str(source)
+    if isinstance(source, Path) or ("\n" not in text and text.endswith((".yaml", ".yml"))):
+        text = Path(source).read_text(encoding="utf-8")
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MappingError([f"YAML syntax: {exc}"]) from exc
+    return parse_mapping(document)

@@ -1,0 +1,356 @@
+"""Field transforms: the business rules that turn a canonical Ascora record into destination values.
+
+Each transform is small, named in the mapping file, checked when the mapping is loaded (``check``)
+and applied per record (``apply``). Transforms never call an API: lookups go through the crosswalk
+the engine pre-fetched for the batch, owners through the user resolution stored for the run, related
+records through an index of staged data. A value that cannot be transformed raises
+:class:`TransformError` naming the field and value, and the engine quarantines that record only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+from airflow_ascora_provider.mapping.values import (
+    Address,
+    AttachTo,
+    DestRef,
+    Emails,
+    FullName,
+    Link,
+    Money,
+    Phones,
+    RichText,
+    UserRef,
+)
+from airflow_ascora_provider.source.model import ObjectSchema
+
+
+class TransformError(ValueError):
+    def __init__(self, field: str, value: Any, reason: str):
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{field}: {reason} (value {value!r})")
+
+
+class TransformContext(Protocol):
+    currency: str
+
+    def resolve(self, maps: list[str], source_id: str) -> DestRef | None: ...
+
+    def owner(self, staff_name: str | None) -> UserRef | None: ...
+
+    def related(self, object_name: str, key_field: str, key: Any) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class Transform:
+    name: str
+    apply: Callable[[dict[str, Any], Any, TransformContext], Any]  # (record, FieldMap, ctx) -> value
+    default_sources: tuple[str, ...] = ()
+    check: Callable[[Any, ObjectSchema], list[str]] = lambda fm, schema: []
+    description: str = ""
+
+
+def _values(record: dict[str, Any], fm) -> list[Any]:
+    return [record.get(s) for s in fm.sources]
+
+
+def _first(record, fm) -> Any:
+    return record.get(fm.sources[0]) if fm.sources else None
+
+
+def _copy(record, fm, ctx):
+    return _first(record, fm)
+
+
+def _concat(record, fm, ctx):
+    parts = [str(v) for v in _values(record, fm) if v not in (None, "")]
+    return fm.options.get("sep", " ").join(parts) or None
+
+
+def _template(record, fm, ctx):
+    template = fm.options["template"]
+    try:
+        text = template.format_map(_Blank(record))
+    except (KeyError, ValueError) as exc:
+        raise TransformError(fm.dest_field, template, f"template cannot be filled: {exc}") from exc
+    return text.strip() or None
+
+
+class _Blank(dict):
+    def __missing__(self, key):
+        return ""
+
+    def __getitem__(self, key):
+        value = super().get(key)
+        return "" if value is None else value
+
+
+def split_name(text: str | None) -> FullName | None:
+    if not text:
+        return None
+    parts = text.strip().split()
+    if len(parts) == 1:
+        return FullName(parts[0], None)
+    return FullName(" ".join(parts[:-1]), parts[-1])
+
+
+def _full_name(record, fm, ctx):
+    first, last = (_values(record, fm) + [None, None])[:2]
+    if first or last:
+        return FullName(first or None, last or None)
+    fallback = fm.options.get("fallback")
+    return split_name(record.get(fallback)) if fallback else None
+
+
+def _split_name(record, fm, ctx):
+    return split_name(_first(record, fm))
+
+
+def _address(record, fm, ctx):
+    vals = dict(zip(("line1", "line2", "city", "state", "postcode", "country", "latitude", "longitude"),
+                    _values(record, fm)))
+    address = Address(**vals)
+    if address.is_empty():
+        return None
+    if not address.country and fm.options.get("default_country"):
+        address = Address(**{**vals, "country": fm.options["default_country"]})
+    return address
+
+
+def _currency(record, fm, ctx):
+    value = _first(record, fm)
+    if value is None:
+        return None
+    return Money(Decimal(value), fm.options.get("currency") or ctx.currency)
+
+
+def _number(record, fm, ctx):
+    value = _first(record, fm)
+    return None if value is None else Decimal(value)
+
+
+def _date(record, fm, ctx):
+    value = _first(record, fm)
+    if isinstance(value, dt.datetime):
+        return value.date()
+    return value
+
+
+def _datetime(record, fm, ctx):
+    value = _first(record, fm)
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    return value
+
+
+def _email(record, fm, ctx):
+    values = [v for v in _values(record, fm) if v]
+    if not values:
+        return None
+    return Emails(values[0], tuple(values[1:]))
+
+
+def _phone(record, fm, ctx):
+    values = [v for v in _values(record, fm) if v]
+    if not values:
+        return None
+    return Phones(values[0], tuple(values[1:]))
+
+
+def _link(record, fm, ctx):
+    value = _first(record, fm)
+    if not value:
+        return None
+    url = value.strip()
+    if "@" in url and "/" not in url:  # an e-mail: its domain is the company's web address
+        url = url.split("@", 1)[1]
+    if not re.match(r"^https?://", url):
+        url = "https://" + url
+    return Link(url)
+
+
+def _rich_text(record, fm, ctx):
+    value = _first(record, fm)
+    return None if not value else RichText(str(value))
+
+
+def _boolean(record, fm, ctx):
+    value = _first(record, fm)
+    return None if value is None else bool(value)
+
+
+def _constant(record, fm, ctx):
+    return fm.options.get("value")
+
+
+def _value_map(record, fm, ctx):
+    value = _first(record, fm)
+    if value is None:
+        return fm.options.get("default_for_empty")
+    values = fm.options.get("values") or {}
+    if value in values:
+        return values[value]
+    if "default" in fm.options:
+        return fm.options["default"]
+    raise TransformError(fm.sources[0], value,
+                         f"no value-map entry for {value!r} in {fm.dest_field}; add it to the mapping")
+
+
+def _check_value_map(fm, schema) -> list[str]:
+    if not isinstance(fm.options.get("values"), dict):
+        return ["value_map needs 'values: {ascora value: destination value}'"]
+    return []
+
+
+def _json_key(record, fm, ctx):
+    text = _first(record, fm)
+    if not text:
+        return None
+    return json.loads(text).get(fm.options["key"])
+
+
+def _check_json_key(fm, schema) -> list[str]:
+    return [] if fm.options.get("key") else ["json_key needs 'key' (the custom field or form field name)"]
+
+
+def _lookup(record, fm, ctx):
+    source_id = _first(record, fm)
+    if source_id is None:
+        if fm.required:
+            raise TransformError(fm.sources[0], None, f"{fm.dest_field} needs a parent but the record has none")
+        return None
+    maps = _maps_for(record, fm)
+    ref = ctx.resolve(maps, str(source_id)) if maps else None
+    if ref is None and fm.required:
+        raise TransformError(fm.sources[0], source_id,
+                             f"parent {source_id} was not loaded ({' / '.join(maps) or 'no map for its type'})")
+    return ref
+
+
+def _maps_for(record, fm) -> list[str]:
+    by_type = fm.options.get("by_type")
+    if by_type:
+        maps = by_type["maps"].get(record.get(by_type["field"])) or []
+        return [maps] if isinstance(maps, str) else list(maps)
+    maps = fm.options.get("map")
+    return [maps] if isinstance(maps, str) else list(maps or [])
+
+
+def _check_lookup(fm, schema) -> list[str]:
+    if not fm.options.get("map") and not fm.options.get("by_type"):
+        return ["lookup needs 'map' (the map that wrote the parent) or 'by_type'"]
+    if len(fm.sources) != 1:
+        return ["lookup takes exactly one source field"]
+    return []
+
+
+def _attach(record, fm, ctx):
+    refs = []
+    for name in fm.sources:
+        source_id = record.get(name)
+        if source_id is None:
+            continue
+        sub = type(fm)(fm.dest_field, "lookup", (name,), fm.options, False)
+        ref = _lookup(record, sub, ctx)
+        if ref:
+            refs.append(ref)
+    if not refs and fm.required:
+        raise TransformError(fm.sources[0], record.get(fm.sources[0]), "no parent record to attach to was loaded")
+    return AttachTo(tuple(refs))
+
+
+def _owner(record, fm, ctx):
+    name = _first(record, fm)
+    ref = ctx.owner(name)
+    if ref is None and fm.required:
+        raise TransformError(fm.sources[0] if fm.sources else fm.dest_field, name,
+                             "no destination user matches and no fallback owner is set")
+    return ref
+
+
+def _related(record, fm, ctx):
+    """A value from another staged object: the job's quote amount, the job's latest invoice ..."""
+    opts = fm.options
+    if "via" in opts:  # this record points at the related one
+        key = record.get(opts["via"])
+        rows = ctx.related(opts["object"], "id", key) if key else []
+    else:  # the related records point at this one
+        rows = ctx.related(opts["object"], opts["on"], record.get("id"))
+    if not rows:
+        return None
+    values = [r.get(opts["field"]) for r in rows]
+    if opts.get("key"):  # a key inside a JSON field (form answers, custom fields)
+        values = [json.loads(v).get(opts["key"]) if v else None for v in values]
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    match opts.get("aggregate", "last"):
+        case "first":
+            return values[0]
+        case "last":
+            return values[-1]
+        case "sum":
+            return sum(values, Decimal(0))
+        case "count":
+            return len(values)
+        case "join":
+            return opts.get("sep", ", ").join(str(v) for v in values)
+    raise TransformError(fm.dest_field, opts.get("aggregate"), "unknown aggregate")
+
+
+def _check_related(fm, schema) -> list[str]:
+    from airflow_ascora_provider.source.model import MODEL
+
+    opts = fm.options
+    problems = []
+    if opts.get("object") not in MODEL:
+        return [f"related needs 'object', one of {sorted(MODEL)}"]
+    other = MODEL[opts["object"]]
+    if not other.has_field(opts.get("field", "")):
+        problems.append(f"related: {other.name} has no field {opts.get('field')!r}")
+    if "via" in opts and not schema.has_field(opts["via"]):
+        problems.append(f"related: {schema.name} has no field {opts['via']!r}")
+    if "via" not in opts and not other.has_field(opts.get("on", "")):
+        problems.append(f"related needs 'via' (field here) or 'on' (field on {other.name})")
+    return problems
+
+
+_ADDRESS_FIELDS = ("address_line1", "address_line2", "suburb", "state", "postcode", "country", "latitude", "longitude")
+
+TRANSFORMS: dict[str, Transform] = {
+    t.name: t
+    for t in (
+        Transform("copy", _copy, description="the source value unchanged"),
+        Transform("concat", _concat, description="non-empty sources joined with 'sep'"),
+        Transform("template", _template, check=lambda fm, s: [] if fm.options.get("template") else
+                  ["template needs 'template'"], description="'{job_number}: {name}' style"),
+        Transform("full_name", _full_name, ("first_name", "last_name"), description="first/last, or split 'fallback'"),
+        Transform("split_name", _split_name, ("name",), description="'Jane Q Citizen' → first 'Jane Q', last 'Citizen'"),
+        Transform("address", _address, _ADDRESS_FIELDS, description="street, suburb, state, postcode, country"),
+        Transform("currency", _currency, description="money in the mapping's currency"),
+        Transform("number", _number),
+        Transform("date", _date),
+        Transform("datetime", _datetime),
+        Transform("boolean", _boolean),
+        Transform("email", _email, ("email",)),
+        Transform("phone", _phone, ("phone", "mobile")),
+        Transform("link", _link, description="a URL, or the domain of an e-mail address"),
+        Transform("rich_text", _rich_text),
+        Transform("constant", _constant),
+        Transform("value_map", _value_map, check=_check_value_map, description="pick-list values one by one"),
+        Transform("json_key", _json_key, check=_check_json_key, description="one custom field or form answer"),
+        Transform("lookup", _lookup, check=_check_lookup, description="destination id of a parent via the crosswalk"),
+        Transform("attach", _attach, check=_check_lookup, description="parents a note/task/file hangs off"),
+        Transform("owner", _owner, ("assigned_user_name",), description="staff member → destination user"),
+        Transform("related", _related, check=_check_related, description="a value from another staged object"),
+    )
+}

@@ -1,0 +1,170 @@
+"""Staging: one Parquet table per canonical object, chunked, with a manifest, on any ObjectStoragePath.
+
+Every engine step reads its input from here (never from another task's memory), so any task can be
+retried or moved to another worker. A *snapshot* is one extraction: re-extracting for a delta writes
+a new snapshot beside the old one, and the delta compares the two through the ledger's hashes.
+
+Layout::
+
+    <root>/<snapshot>/manifest.json
+    <root>/<snapshot>/<object>/part-00000.parquet ...
+    <root>/<snapshot>/_rejected/part-00000.parquet     records quarantined or skipped at extraction
+    <root>/<snapshot>/files/<attachment id>/<file name> attachment bytes
+
+The root is an Airflow ``ObjectStoragePath``: a local folder by default, ``s3://`` or ``gs://`` where
+the user has those providers installed, with no code change here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from airflow_ascora_provider.source.model import ObjectSchema, get_object
+
+MANIFEST = "manifest.json"
+REJECTED = "_rejected"
+FILES = "files"
+PART_ROWS = 50_000
+
+REJECTED_SCHEMA = pa.schema(
+    [
+        ("object", pa.string()),
+        ("source_id", pa.string()),
+        ("field", pa.string()),
+        ("value", pa.string()),
+        ("reason", pa.string()),
+        ("disposition", pa.string()),  # "quarantined" or "skipped"
+        ("origin", pa.string()),
+    ]
+)
+
+_SAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+def safe_name(text: str) -> str:
+    """Run ids like ``manual__2026-11-21T10:00:00+00:00`` become folder names every store accepts."""
+    return _SAFE.sub("_", text).strip("_") or "snapshot"
+
+
+def as_path(root: Any):
+    from airflow.sdk import ObjectStoragePath
+
+    return root if isinstance(root, ObjectStoragePath) else ObjectStoragePath(str(root))
+
+
+class PartWriter:
+    """Writes rows into part files of at most ``part_rows`` rows: memory stays bounded by one part."""
+
+    def __init__(self, folder, schema: pa.Schema, part_rows: int = PART_ROWS):
+        self.folder = folder
+        self.schema = schema
+        self.part_rows = part_rows
+        self._buffer: list[dict[str, Any]] = []
+        self.parts: list[str] = []
+        self.rows = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self.part_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        table = pa.Table.from_pylist(self._buffer, schema=self.schema)
+        name = f"part-{len(self.parts):05d}.parquet"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / name).open("wb") as handle:
+            pq.write_table(table, handle, compression="zstd")
+        self.parts.append(name)
+        self.rows += len(self._buffer)
+        self._buffer = []
+
+    def close(self) -> list[str]:
+        self.flush()
+        return self.parts
+
+
+class Snapshot:
+    """One extraction's staged tables."""
+
+    def __init__(self, root, snapshot_id: str):
+        self.root = as_path(root)
+        self.id = safe_name(snapshot_id)
+        self.path = self.root / self.id
+
+    def __repr__(self) -> str:
+        return f"Snapshot({self.path})"
+
+    # -- manifest -----------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.path / MANIFEST).exists()
+
+    def manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"no staged extraction at {self.path}: run the extract step first"
+            ) from None
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+
+    def objects(self) -> list[str]:
+        return [name for name, info in self.manifest()["objects"].items() if info.get("staged", 0) >= 0]
+
+    # -- writing ------------------------------------------------------------------------------
+    def object_writer(self, schema: ObjectSchema, part_rows: int = PART_ROWS) -> PartWriter:
+        return PartWriter(self.path / schema.name, schema.arrow_schema, part_rows)
+
+    def rejected_writer(self) -> PartWriter:
+        return PartWriter(self.path / REJECTED, REJECTED_SCHEMA)
+
+    def file_path(self, attachment_id: str, file_name: str):
+        return self.path / FILES / safe_name(attachment_id) / safe_name(file_name)
+
+    # -- reading ------------------------------------------------------------------------------
+    def _parts(self, folder_name: str) -> list:
+        folder = self.path / folder_name
+        if not folder.exists():
+            return []
+        return sorted((p for p in folder.iterdir() if p.name.endswith(".parquet")), key=lambda p: p.name)
+
+    def iter_batches(
+        self, object_name: str, columns: Iterable[str] | None = None, batch_size: int = 10_000
+    ) -> Iterator[pa.RecordBatch]:
+        cols = list(columns) if columns is not None else None
+        for part in self._parts(object_name):
+            with part.open("rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                yield from parquet.iter_batches(batch_size=batch_size, columns=cols)
+
+    def iter_records(
+        self, object_name: str, columns: Iterable[str] | None = None, batch_size: int = 10_000
+    ) -> Iterator[dict[str, Any]]:
+        for batch in self.iter_batches(object_name, columns, batch_size):
+            yield from batch.to_pylist()
+
+    def read_table(self, object_name: str, columns: Iterable[str] | None = None) -> pa.Table:
+        batches = list(self.iter_batches(object_name, columns))
+        if not batches:
+            schema = get_object(object_name).arrow_schema if object_name != REJECTED else REJECTED_SCHEMA
+            if columns is not None:
+                schema = pa.schema([schema.field(c) for c in columns])
+            return schema.empty_table()
+        return pa.Table.from_batches(batches)
+
+    def iter_rejected(self) -> Iterator[dict[str, Any]]:
+        yield from self.iter_records(REJECTED)
+
+    def count(self, object_name: str) -> int:
+        info = self.manifest()["objects"].get(object_name)
+        return int(info["staged"]) if info else 0
