@@ -52,6 +52,7 @@ class RetryPolicy:
     max_attempts: int = 6
     base_delay: float = 0.5
     max_delay: float = 60.0
+    max_retry_after: float = 600.0  # a server asking for a longer wait than max_delay is obeyed up to this
     min_retry_after: float = 0.2  # a Retry-After of 0 still waits this long, with jitter
     jitter: float = 0.1
     sleep: Callable[[float], None] = time.sleep
@@ -65,7 +66,7 @@ class RetryPolicy:
         if header is not None:
             seconds = parse_retry_after(header)
             if seconds is not None:
-                return min(self.max_delay, max(seconds, self.min_retry_after)) * (
+                return min(self.max_retry_after, max(seconds, self.min_retry_after)) * (
                     1 + random.uniform(0, self.jitter)
                 )
         return self.backoff(attempt)
@@ -182,6 +183,13 @@ class ApiClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _check_budget(self) -> None:
+        if self.budget is not None and self.stats.calls >= self.budget:
+            raise RequestBudgetExhausted(
+                f"{self.name}: request budget of {self.budget} calls is spent; stopping before the "
+                "service's own quota is hit. Resume later or raise the budget on the connection."
+            )
+
     def _spend(self) -> None:
         if self.budget is not None and self.stats.calls >= self.budget:
             raise RequestBudgetExhausted(
@@ -195,9 +203,11 @@ class ApiClient:
         attempt = 0
         while True:
             attempt += 1
+            self._check_budget()
             self.pacer.acquire(self.retry.sleep)
             self._spend()
-            self.stats.by_path[path] = self.stats.by_path.get(path, 0) + 1
+            route = f"{method} {_route_of(path)}"
+            self.stats.by_path[route] = self.stats.by_path.get(route, 0) + 1
             try:
                 response = self._http.request(method, path, **kwargs)
             except (httpx.TransportError, httpx.TimeoutException) as exc:
@@ -238,6 +248,12 @@ class ApiClient:
         if not response.content:
             return None
         return response.json()
+
+
+def _route_of(path: str) -> str:
+    """``/rest/people/4f1c…`` → ``/rest/people/{id}``: per-route counts that do not grow per record."""
+    parts = [("{id}" if any(ch.isdigit() for ch in p) and len(p) >= 8 else p) for p in path.split("?")[0].split("/")]
+    return "/".join(parts)
 
 
 def _body_json(response: httpx.Response) -> Any:

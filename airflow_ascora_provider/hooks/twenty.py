@@ -177,7 +177,9 @@ class TwentyHook(BaseHook):
             "placeholders": {
                 "host": "https://api.twenty.com (cloud) or http://localhost:3000 (self-hosted)",
                 "password": "API key from Settings > APIs & Webhooks",
-                "extra": '{"requests_per_minute": 100, "batch_size": 60, "timeout": 30, "request_budget": null}',
+                "extra": (
+                    '{"requests_per_minute": 100, "batch_size": 60, "timeout": 30, "request_budget": null}'
+                ),
             },
         }
 
@@ -342,7 +344,9 @@ class TwentyHook(BaseHook):
         ``options`` (SELECT/MULTI_SELECT) may be plain labels; values and positions are derived.
         ``relation`` is Twenty's ``relationCreationPayload`` (see :meth:`create_relation_field`).
         """
-        body: dict[str, Any] = {"objectMetadataId": object_metadata_id, "type": type, "name": name, "label": label}
+        body: dict[str, Any] = {
+            "objectMetadataId": object_metadata_id, "type": type, "name": name, "label": label,
+        }
         if description is not None:
             body["description"] = description
         if icon is not None:
@@ -465,7 +469,9 @@ class TwentyHook(BaseHook):
             raise
         return self._data_value(payload)
 
-    def create_batch(self, plural: str, records: Sequence[Mapping[str, Any]], *, upsert: bool = False) -> list[dict]:
+    def create_batch(
+        self, plural: str, records: Sequence[Mapping[str, Any]], *, upsert: bool = False
+    ) -> list[dict]:
         """Create up to ``batch_size`` records in one call; all-or-nothing.
 
         Raises :class:`TwentyBatchError` on a 400 so the caller can drop the named items (or bisect

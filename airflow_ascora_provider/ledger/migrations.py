@@ -59,9 +59,15 @@ def _v2_reports_summary(conn: Connection, schema: str | None) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _v3_write_intents(conn: Connection, schema: str | None) -> None:
+    # The table (with its unique constraint and index) exactly as build_metadata(3) has it.
+    s.build_metadata(3).tables["ascora_write_intents"].create(conn)
+
+
 STEPS: tuple[Step, ...] = (
     Step(1, "runs, crosswalk, audit_log, quarantine, watermarks, mapping_approvals, reports", _v1_initial),
     Step(2, "reports.summary column and reports(run_id) index", _v2_reports_summary),
+    Step(3, "write_intents table (crash-safe before-images of in-flight writes)", _v3_write_intents),
 )
 
 assert [st.version for st in STEPS] == list(range(1, s.LATEST_VERSION + 1)), "STEPS out of order"

@@ -11,6 +11,12 @@ Design choices worth knowing:
 * Crosswalk upserts and audit rows for one batch commit in ONE transaction. If they could diverge,
   a crash between them would either lose the record of a create (next retry creates a duplicate)
   or leave an audit row rollback would act on for a write that is not in the crosswalk.
+* Write intents close the gap between "written to the CRM" and "recorded here". Before a batch
+  the engine saves one intent per record (with the before-image it just read);
+  ``record_writes`` deletes the intents of the keys it records in the same transaction. After a
+  crash in between, the surviving intents say which writes may have happened, and hold the true
+  before-images a retry can no longer read (the CRM may already have the new values). Saving an
+  intent for a key that already has one keeps the old row, because it holds the original image.
 * Validation happens before the transaction is opened, so a bad batch writes nothing.
 * Batches are collapsed to one net action per crosswalk key before hitting the database:
   PostgreSQL refuses an ``INSERT .. ON CONFLICT DO UPDATE`` that touches the same row twice, and
@@ -73,6 +79,17 @@ class Write:
     dest_id: str
     op: str  # 'create' | 'update' | 'delete' | 'restore'
     payload_hash: str | None = None
+    before_image: dict | None = None
+
+
+@dataclass(frozen=True)
+class Intent:
+    """One destination write the engine is about to do (see :meth:`Ledger.save_intents`)."""
+
+    source_object: str
+    source_id: str
+    target_object: str
+    op: str  # 'create' | 'update' | 'delete' | 'restore'
     before_image: dict | None = None
 
 
@@ -151,6 +168,26 @@ def _stringify(value: object) -> str | None:
     return text[: s.QUARANTINE_VALUE_MAX]
 
 
+def _validate_keyed(kind: str, items: Sequence[Any], *, dest_id: bool) -> None:
+    """Shared checks for :class:`Write` / :class:`Intent` batches; errors name the bad item."""
+    for i, item in enumerate(items):
+        if item.op not in s.WRITE_OPS:
+            raise ValueError(f"{kind}[{i}].op must be one of {sorted(s.WRITE_OPS)}, got {item.op!r}")
+        fields = {
+            "source_object": item.source_object,
+            "source_id": item.source_id,
+            "target_object": item.target_object,
+        }
+        if dest_id:
+            fields["dest_id"] = item.dest_id
+        try:
+            _require(**fields)
+        except ValueError as exc:
+            raise ValueError(f"{kind}[{i}]: {exc}") from None
+        if item.before_image is not None and not isinstance(item.before_image, dict):
+            raise ValueError(f"{kind}[{i}].before_image must be a dict or None")
+
+
 def _cw_entry(row: Any) -> CrosswalkEntry:
     return CrosswalkEntry(
         destination=row.destination,
@@ -178,6 +215,31 @@ def _audit_entry(row: Any) -> AuditEntry:
         before_image=row.before_image,
         at=row.at,
     )
+
+
+def _delete_intents(conn: Connection, destination: str, keys: Iterable[tuple[str, str, str]]) -> int:
+    """Delete the intents of ``keys`` on ``conn`` (inside the caller's transaction).
+
+    Grouped by (source_object, target_object) so each statement is one index range with a chunked
+    ``IN`` and an exact rowcount (an executemany's rowcount is not reliable on every driver).
+    """
+    wi = s.write_intents
+    by_pair: dict[tuple[str, str], list[str]] = {}
+    for so, sid, to in sorted({(str(so), str(sid), str(to)) for so, sid, to in keys}):
+        by_pair.setdefault((so, to), []).append(sid)
+    deleted = 0
+    for (so, to), ids in sorted(by_pair.items()):
+        for chunk in _chunks(ids):
+            result = conn.execute(
+                wi.delete().where(
+                    wi.c.destination == destination,
+                    wi.c.source_object == so,
+                    wi.c.target_object == to,
+                    wi.c.source_id.in_(chunk),
+                )
+            )
+            deleted += result.rowcount
+    return deleted
 
 
 class Ledger:
@@ -246,6 +308,10 @@ class Ledger:
                 "updated_at": ins.excluded.updated_at,
             },  # created_run_id deliberately untouched: it records who created the record
         )
+        wi = s.write_intents
+        self._intent_insert = self._insert(wi).on_conflict_do_nothing(
+            index_elements=[wi.c.destination, wi.c.source_object, wi.c.source_id, wi.c.target_object]
+        )  # never overwrite: the first intent holds the true before-image
         self._cw_delete = cw.delete().where(
             cw.c.destination == bindparam("b_destination"),
             cw.c.source_object == bindparam("b_source_object"),
@@ -333,24 +399,12 @@ class Ledger:
         create/update/restore upsert the crosswalk row (``created_run_id`` stays that of the run
         that first created it); delete removes it; every write appends one audit row, in order.
         A delete followed by a re-create of the same key within one batch yields a fresh row
-        whose ``created_run_id`` is this run.
+        whose ``created_run_id`` is this run. The write intents of every key in the batch are
+        deleted in the same transaction (whichever run saved them): the write is now on record.
         """
         writes = list(writes)
         _require(run_id=run_id, destination=destination)
-        for i, w in enumerate(writes):
-            if w.op not in s.WRITE_OPS:
-                raise ValueError(f"writes[{i}].op must be one of {sorted(s.WRITE_OPS)}, got {w.op!r}")
-            try:
-                _require(
-                    source_object=w.source_object,
-                    source_id=w.source_id,
-                    target_object=w.target_object,
-                    dest_id=w.dest_id,
-                )
-            except ValueError as exc:
-                raise ValueError(f"writes[{i}]: {exc}") from None
-            if w.before_image is not None and not isinstance(w.before_image, dict):
-                raise ValueError(f"writes[{i}].before_image must be a dict or None")
+        _validate_keyed("writes", writes, dest_id=True)
         if not writes:
             return
 
@@ -406,6 +460,7 @@ class Ledger:
             for w in writes
         ]
         with self._write() as conn:
+            _delete_intents(conn, destination, keys)
             if delete_params:
                 conn.execute(self._cw_delete, delete_params)
             if upsert_rows:
@@ -522,6 +577,83 @@ class Ledger:
         q = select(al.c.op, func.count()).where(al.c.run_id == run_id).group_by(al.c.op)
         with self._read() as conn:
             return {op: int(n) for op, n in conn.execute(q)}
+
+    # ------------------------------------------------------------------ write intents
+
+    def save_intents(self, run_id: str, destination: str, intents: Iterable[Intent]) -> None:
+        """Note writes about to be made, before making them.
+
+        A key ``(source_object, source_id, target_object)`` that already has an intent keeps it
+        unchanged -- run, op, before-image and all: it was saved before the first attempt, so its
+        before-image is the record as it was before this run touched it, whereas one read on a
+        retry may already show this run's own values. The same goes for repeats within
+        ``intents`` (the first wins). Intents leave via :meth:`record_writes` or
+        :meth:`clear_intents`.
+        """
+        intents = list(intents)
+        _require(run_id=run_id, destination=destination)
+        _validate_keyed("intents", intents, dest_id=False)
+        first: dict[tuple[str, str, str], Intent] = {}
+        for it in intents:
+            first.setdefault((it.source_object, it.source_id, it.target_object), it)
+        if not first:
+            return
+        now = s.utcnow()
+        rows = [
+            {
+                "run_id": run_id,
+                "destination": destination,
+                "source_object": k[0],
+                "source_id": k[1],
+                "target_object": k[2],
+                "op": first[k].op,
+                "before_image": first[k].before_image,
+                "created_at": now,
+            }
+            for k in sorted(first)  # same lock order in every task
+        ]
+        with self._write() as conn:
+            conn.execute(self._intent_insert, rows)
+
+    def get_intents(
+        self, destination: str, source_object: str, target_object: str, source_ids: Iterable[str]
+    ) -> dict[str, Intent]:
+        """Open intents for many source ids at once, keyed by ``source_id``; ids without one are
+        absent."""
+        wi = s.write_intents
+        ids = list(dict.fromkeys(str(i) for i in source_ids))
+        out: dict[str, Intent] = {}
+        with self._read() as conn:
+            for chunk in _chunks(ids):
+                q = select(
+                    wi.c.source_object, wi.c.source_id, wi.c.target_object, wi.c.op, wi.c.before_image
+                ).where(
+                    wi.c.destination == destination,
+                    wi.c.source_object == source_object,
+                    wi.c.target_object == target_object,
+                    wi.c.source_id.in_(chunk),
+                )
+                for row in conn.execute(q):
+                    out[row.source_id] = Intent(
+                        row.source_object, row.source_id, row.target_object, row.op, row.before_image
+                    )
+        return out
+
+    def pending_intents(self, destination: str, run_id: str | None = None) -> list[dict]:
+        """Intents never recorded as writes (all columns), oldest first: what was in flight when a
+        task died. ``run_id`` narrows to the intents that run saved."""
+        wi = s.write_intents
+        q = select(wi).where(wi.c.destination == destination).order_by(wi.c.id)
+        if run_id is not None:
+            q = q.where(wi.c.run_id == run_id)
+        with self._read() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def clear_intents(self, destination: str, keys: Iterable[tuple[str, str, str]]) -> int:
+        """Drop intents by ``(source_object, source_id, target_object)`` -- e.g. for records the
+        destination rejected, so nothing was written. Returns the number of intents deleted."""
+        with self._write() as conn:
+            return _delete_intents(conn, destination, keys)
 
     # ------------------------------------------------------------------ quarantine
 

@@ -31,11 +31,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.types import TypeDecorator
 
 #: The version the newest migration step brings a database to. ``migrations.STEPS`` must end here.
-LATEST_VERSION = 2
+LATEST_VERSION = 3
 
 VERSION_TABLE = "ascora_ledger_version"
 
@@ -92,6 +93,38 @@ def reports_summary_column() -> Column:
     """``reports.summary``, added by migration 2. Shared by the table builder and the migration
     step so the two can never disagree about its type."""
     return Column("summary", json_type(), nullable=True)
+
+
+def write_intents_table(md: MetaData) -> Table:
+    """``ascora_write_intents``, added by migration 3.
+
+    One row per record the engine is *about to* write: saved before the destination call, deleted
+    by ``record_writes`` in the transaction that records the write. A row that survives therefore
+    means "this write may or may not have reached the destination" -- and it carries the
+    before-image read before the first attempt, which a retry can no longer read (the destination
+    may already hold the new values). Hence one row per key, and the first one is never replaced.
+    """
+    return Table(
+        "ascora_write_intents",
+        md,
+        Column("id", BigId, primary_key=True, autoincrement=True),
+        Column("run_id", String(250), nullable=False),
+        Column("destination", String(100), nullable=False),
+        Column("source_object", String(100), nullable=False),
+        Column("source_id", String(250), nullable=False),
+        Column("target_object", String(100), nullable=False),
+        Column("op", String(10), nullable=False),
+        Column("before_image", json_type(), nullable=True),
+        Column("created_at", UTCDateTime(), nullable=False),
+        UniqueConstraint(
+            "destination",
+            "source_object",
+            "source_id",
+            "target_object",
+            name="uq_ascora_write_intents_key",
+        ),
+        Index("ix_ascora_write_intents_dest_run", "destination", "run_id"),
+    )
 
 
 def build_metadata(version: int = LATEST_VERSION) -> MetaData:
@@ -204,6 +237,9 @@ def build_metadata(version: int = LATEST_VERSION) -> MetaData:
         reports.append_column(reports_summary_column())
         Index("ix_ascora_reports_run", reports.c.run_id)
 
+    if version >= 3:
+        write_intents_table(md)
+
     return md
 
 
@@ -230,3 +266,4 @@ quarantine = metadata.tables["ascora_quarantine"]
 watermarks = metadata.tables["ascora_watermarks"]
 mapping_approvals = metadata.tables["ascora_mapping_approvals"]
 reports = metadata.tables["ascora_reports"]
+write_intents = metadata.tables["ascora_write_intents"]

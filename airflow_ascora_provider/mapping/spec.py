@@ -320,6 +320,12 @@ def parse_mapping(document: dict[str, Any]) -> Mapping:
             key_field=raw.get("key_field", document.get("key_field")),
             expand=expand,
         )
+    pairs: dict[tuple[str, str], str] = {}
+    for name, om in maps.items():
+        other = pairs.setdefault((om.source, om.target), name)
+        if other != name:
+            problems.append(f"maps.{name}: {other} already maps {om.source} to {om.target}; one map per pair "
+                            "(use 'when' conditions inside one map's fields instead)")
     for name, om in maps.items():
         for ref in om.lookups():
             if ref not in maps:

@@ -211,11 +211,28 @@ def _check_value_map(fm, schema) -> list[str]:
     return []
 
 
+def _as_type(value, fm):
+    """Custom fields and form answers are text in Ascora; ``as`` reads them as the inferred type."""
+    kind = fm.options.get("as")
+    if value is None or not kind:
+        return value
+    from airflow_ascora_provider.source.coerce import CoercionError, to_bool, to_date, to_datetime, to_decimal
+
+    parse = {"number": to_decimal, "date": to_date, "datetime": to_datetime, "boolean": to_bool}.get(kind)
+    if parse is None:
+        return value
+    try:
+        return parse(value)
+    except (CoercionError, ValueError, ArithmeticError) as exc:
+        key = fm.options.get("key", fm.dest_field)
+        raise TransformError(fm.dest_field, value, f"{key!r} is not a {kind}: {exc}") from None
+
+
 def _json_key(record, fm, ctx):
     text = _first(record, fm)
     if not text:
         return None
-    return json.loads(text).get(fm.options["key"])
+    return _as_type(json.loads(text).get(fm.options["key"]), fm)
 
 
 def _check_json_key(fm, schema) -> list[str]:
@@ -284,13 +301,13 @@ def _related(record, fm, ctx):
         key = record.get(opts["via"])
         rows = ctx.related(opts["object"], "id", key) if key else []
     else:  # the related records point at this one
-        rows = ctx.related(opts["object"], opts["on"], record.get("id"))
+        rows = ctx.related(opts["object"], opts["by"], record.get("id"))
     if not rows:
         return None
     values = [r.get(opts["field"]) for r in rows]
     if opts.get("key"):  # a key inside a JSON field (form answers, custom fields)
         values = [json.loads(v).get(opts["key"]) if v else None for v in values]
-    values = [v for v in values if v is not None]
+    values = [_as_type(v, fm) for v in values if v is not None]
     if not values:
         return None
     match opts.get("aggregate", "last"):
@@ -319,8 +336,8 @@ def _check_related(fm, schema) -> list[str]:
         problems.append(f"related: {other.name} has no field {opts.get('field')!r}")
     if "via" in opts and not schema.has_field(opts["via"]):
         problems.append(f"related: {schema.name} has no field {opts['via']!r}")
-    if "via" not in opts and not other.has_field(opts.get("on", "")):
-        problems.append(f"related needs 'via' (field here) or 'on' (field on {other.name})")
+    if "via" not in opts and not other.has_field(opts.get("by", "")):
+        problems.append(f"related needs 'via' (a field here) or 'by' (the field on {other.name} holding this id)")
     return problems
 
 

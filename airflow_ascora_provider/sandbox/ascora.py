@@ -59,6 +59,7 @@ import math
 import re
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,10 @@ class TenantStore:
             for path in sorted(api_dir.glob("*.jsonl")):
                 self.tables[path.stem] = list(_read_jsonl(path))
         self._indexes: dict[tuple[str, str, bool], dict[Any, int]] = {}
+        # Filtered lists per (resource, filters): a paged walk asks for the same filter once per page,
+        # and re-filtering 100k records for each of 400 pages would make big tenants crawl.
+        self._matches: OrderedDict[tuple, list[dict[str, Any]]] = OrderedDict()
+        self.version = 0
 
     def rows(self, resource: str) -> list[dict[str, Any]]:
         return self.tables.get(resource, [])
@@ -190,10 +195,32 @@ class TenantStore:
             pos = self._index(resource, key, fold).get(_fold(value) if fold else value)
             return None if pos is None else self.tables[resource][pos]
 
+    def matching(self, resource: str, filters: tuple, keep: Callable[[dict], bool] | None) -> list[dict[str, Any]]:
+        """The records passing ``keep``, remembered per ``filters`` until the next write."""
+        with self.lock:
+            rows = self.rows(resource)
+            if keep is None:
+                return rows
+            key = (resource, filters)
+            found = self._matches.get(key)
+            if found is None:
+                found = [r for r in rows if keep(r)]
+                self._matches[key] = found
+                while len(self._matches) > 64:
+                    self._matches.popitem(last=False)
+            else:
+                self._matches.move_to_end(key)
+            return found
+
+    def _changed(self, resource: str) -> None:
+        self.version += 1
+        self._indexes = {k: v for k, v in self._indexes.items() if k[0] != resource}
+        self._matches.clear()
+
     def append(self, resource: str, row: dict[str, Any]) -> None:
         with self.lock:
             self.tables.setdefault(resource, []).append(row)
-            self._indexes = {k: v for k, v in self._indexes.items() if k[0] != resource}
+            self._changed(resource)
 
     def replace(self, resource: str, old: dict[str, Any], new: dict[str, Any]) -> None:
         """Swap in a new dict rather than mutating, so a response being built keeps a consistent record."""
@@ -203,7 +230,7 @@ class TenantStore:
                 if row is old:
                     rows[pos] = new
                     break
-            self._indexes = {k: v for k, v in self._indexes.items() if k[0] != resource}
+            self._changed(resource)
 
 
 def _read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
@@ -398,8 +425,14 @@ class AscoraEmulator:
         size = _int_param(params, "PageSize", DEFAULT_PAGE_SIZE)
         size = DEFAULT_PAGE_SIZE if size < 1 else min(size, MAX_PAGE_SIZE)
         with self.store.lock:
-            source = self.store.rows(resource) if rows is None else rows
-            matched = source if keep is None else [r for r in source if keep(r)]
+            if rows is not None:
+                matched = rows if keep is None else [r for r in rows if keep(r)]
+            else:
+                filters = (request.url.path,) + tuple(sorted(
+                    (k, v) for k, v in params.items() if k not in ("page", "pagesize")))
+                if any(k == "quotestatus" and v.strip().upper() == "LAST-7-DAYS" for k, v in filters[1:]):
+                    filters += (dt.date.today().isoformat(),)
+                matched = self.store.matching(resource, filters, keep)
             total = len(matched)
             chunk = matched[(page - 1) * size: page * size]
         return JsonResponse(

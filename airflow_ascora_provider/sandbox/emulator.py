@@ -60,7 +60,7 @@ class FaultPlan:
 
 
 class RateLimiter:
-    """Fixed-window limiter per key: ``limit`` requests per ``window`` seconds, like most SaaS APIs."""
+    """Sliding-window limiter per key: at most ``limit`` requests in any ``window`` seconds."""
 
     def __init__(self, limit: int | None = None, window: float = 60.0):
         self.limit = limit
@@ -172,7 +172,7 @@ class _Instrumented:
         self.control.requests.append(record)
 
         wait = self.control.limiter.check(_rate_key(scope))
-        fault = self.control.draw_fault(path)
+        fault = self.control.draw_fault(path) if wait is None else None
         if wait is not None or fault == "429":
             retry_after = str(max(1, int(wait + 0.999))) if wait is not None else self.control.faults.retry_after
             record.status = 429

@@ -58,8 +58,12 @@ FIELD_TYPES = frozenset(
     }
 )
 # Types a client may not create as custom fields (system-managed or not modelled here).
-NON_CREATABLE_TYPES = frozenset({"UUID", "POSITION", "ACTOR", "TS_VECTOR", "RICH_TEXT_DEPRECATED", "MORPH_RELATION"})
-UNIQUE_CAPABLE_TYPES = frozenset({"TEXT", "NUMBER", "NUMERIC", "EMAILS", "LINKS", "PHONES", "UUID", "DATE", "DATE_TIME"})
+NON_CREATABLE_TYPES = frozenset(
+    {"UUID", "POSITION", "ACTOR", "TS_VECTOR", "RICH_TEXT_DEPRECATED", "MORPH_RELATION"}
+)
+UNIQUE_CAPABLE_TYPES = frozenset(
+    {"TEXT", "NUMBER", "NUMERIC", "EMAILS", "LINKS", "PHONES", "UUID", "DATE", "DATE_TIME"}
+)
 
 # Composite field shapes: subfield -> kind. Kinds are checked by _check_sub.
 COMPOSITES: dict[str, dict[str, str]] = {
@@ -633,7 +637,8 @@ def _check_value(obj: dict, field: dict, value: Any, current: Any = None) -> Any
     if ftype in COMPOSITES:
         if not isinstance(value, dict):
             raise TwentyError(
-                f"{where} expects an object with subfields {sorted(COMPOSITES[ftype])}, got {type(value).__name__}"
+                f"{where} expects an object with subfields {sorted(COMPOSITES[ftype])}, "
+                f"got {type(value).__name__}"
             )
         merged = dict(current) if isinstance(current, dict) else {
             sub: _sub_default(kind) for sub, kind in COMPOSITES[ftype].items()}
@@ -862,13 +867,17 @@ class TwentyEmulator:
             if key == "id":
                 if creating:
                     if not _is_uuid(value):
-                        raise TwentyError(f"Field 'id' on object '{name}' must be a UUID, got {json.dumps(value)}")
+                        raise TwentyError(
+                            f"Field 'id' on object '{name}' must be a UUID, got {json.dumps(value)}"
+                        )
                     record["id"] = value
                 elif value != base["id"]:
                     raise TwentyError(f"Field 'id' on object '{name}' cannot be changed")
                 continue
             if key == "createdAt" and not creating:
-                raise TwentyError(f"Field 'createdAt' on object '{name}' can only be set when the record is created")
+                raise TwentyError(
+                    f"Field 'createdAt' on object '{name}' can only be set when the record is created"
+                )
             field = columns.get(key)
             if field is None:
                 if key in relations:
@@ -894,7 +903,9 @@ class TwentyEmulator:
         if creating:
             for field in self.state.active_fields(obj):
                 key = _record_key(field)
-                if key and not field["isNullable"] and record.get(key) is None and field["name"] not in SYSTEM_FIELD_NAMES:
+                if field["name"] in SYSTEM_FIELD_NAMES:
+                    continue
+                if key and not field["isNullable"] and record.get(key) is None:
                     raise TwentyError(f"Missing value for non-nullable {_where(field, obj)}")
         return record
 
@@ -904,7 +915,8 @@ class TwentyEmulator:
         target = self.state.object_by_id(field["relationTargetObjectMetadataId"])
         if not _is_uuid(value):
             raise TwentyError(
-                f"Relation '{key}' on object '{obj['nameSingular']}' expects a {target['nameSingular']} id (UUID), "
+                f"Relation '{key}' on object '{obj['nameSingular']}' expects a {target['nameSingular']} "
+                "id (UUID), "
                 f"got {json.dumps(value)}"
             )
         if target["id"] == obj["id"]:
@@ -973,7 +985,8 @@ class TwentyEmulator:
             txn = _WriteTxn(self.state, obj)
             record = self._prepare_create(obj, body, upsert=upsert, txn=txn)
             txn.commit()
-            return 201, {"data": {f"create{_cap(obj['nameSingular'])}": self.state.render_record(obj, record)}}
+            key = f"create{_cap(obj['nameSingular'])}"
+            return 201, {"data": {key: self.state.render_record(obj, record)}}
 
     def create_batch(self, plural: str, body: Any, upsert: bool) -> tuple[int, dict]:
         with self.state.lock:
@@ -1039,7 +1052,8 @@ class TwentyEmulator:
             updated["updatedAt"] = _now()
             txn.stage(updated, record)
             txn.commit()
-            return 200, {"data": {f"update{_cap(obj['nameSingular'])}": self.state.render_record(obj, updated)}}
+            key = f"update{_cap(obj['nameSingular'])}"
+            return 200, {"data": {key: self.state.render_record(obj, updated)}}
 
     def delete(self, plural: str, record_id: str, soft: bool) -> tuple[int, dict]:
         with self.state.lock:
@@ -1083,7 +1097,8 @@ class TwentyEmulator:
                 raise TwentyError(f"Record '{record_id}' is not soft-deleted; nothing to restore")
             record["deletedAt"] = None
             record["updatedAt"] = _now()
-            return 200, {"data": {f"restore{_cap(obj['nameSingular'])}": self.state.render_record(obj, record)}}
+            key = f"restore{_cap(obj['nameSingular'])}"
+            return 200, {"data": {key: self.state.render_record(obj, record)}}
 
     def find_many(self, plural: str, params: dict) -> tuple[int, dict]:
         with self.state.lock:
@@ -1160,7 +1175,8 @@ class TwentyEmulator:
                 out.append(_join_column(relations[name]))
             else:
                 raise TwentyError(
-                    f"'fields' parameter invalid. Object '{obj['nameSingular']}' doesn't have any field named "
+                    f"'fields' parameter invalid. Object '{obj['nameSingular']}' doesn't have any "
+                    "field named "
                     f"'{name}'"
                 )
         return out
@@ -1196,13 +1212,17 @@ class TwentyEmulator:
             taken = {n for o in self.state.objects for n in (o["nameSingular"], o["namePlural"])}
             for name in (singular, plural):
                 if name in taken:
-                    raise TwentyError(f"Object already exists: the name '{name}' is already used by another object")
+                    raise TwentyError(
+                        f"Object already exists: the name '{name}' is already used by another object"
+                    )
             for target_name in _TARGET_OBJECTS:
                 target_obj = self.state.object_by_singular(target_name)
                 self._check_name_free(target_obj, singular)
                 self._check_name_free(target_obj, f"{singular}Id")
-            obj = self.state._new_object(singular, plural, body["labelSingular"], body["labelPlural"],
-                                         custom=True, icon=body.get("icon"), description=body.get("description"))
+            obj = self.state._new_object(
+                singular, plural, body["labelSingular"], body["labelPlural"],
+                custom=True, icon=body.get("icon"), description=body.get("description"),
+            )
             label_field = _new_field(obj, "name", "TEXT", "Name", icon="IconAbc")
             obj["labelIdentifierFieldMetadataId"] = label_field["id"]
             self.state._add_system_fields(obj)
@@ -1215,8 +1235,8 @@ class TwentyEmulator:
     def update_object(self, object_id: str, body: Any) -> tuple[int, dict]:
         with self.state.lock:
             obj = self.state.object_by_id(object_id)
-            body = _require_object_body(body, {"labelSingular", "labelPlural", "description", "icon", "isActive"},
-                                        "object update")
+            allowed = {"labelSingular", "labelPlural", "description", "icon", "isActive"}
+            body = _require_object_body(body, allowed, "object update")
             if "isActive" in body and not obj["isCustom"]:
                 raise TwentyError("Standard objects cannot be deactivated")
             for key, value in body.items():
@@ -1295,14 +1315,17 @@ class TwentyEmulator:
                     raise TwentyError("'relationCreationPayload' only applies to RELATION fields")
                 field = _new_field(
                     obj, name, ftype, label, description=body.get("description"), icon=body.get("icon"),
-                    isCustom=True, isNullable=body.get("isNullable", True), isUnique=bool(body.get("isUnique")),
+                    isCustom=True, isNullable=body.get("isNullable", True),
+                    isUnique=bool(body.get("isUnique")),
                     defaultValue=body.get("defaultValue"), options=options, settings=body.get("settings"),
                     isLabelSyncedWithName=bool(body.get("isLabelSyncedWithName")),
                 )
                 key, default = _default_for(field)
                 if field["isUnique"] and default not in (None, "") and len(self.state.records[obj["id"]]) > 1:
                     obj["fields"].remove(field)
-                    raise TwentyError("A unique field with a non-empty default cannot be added to an object with records")
+                    raise TwentyError(
+                        "A unique field with a non-empty default cannot be added to an object with records"
+                    )
                 for record in self.state.records[obj["id"]].values():
                     record[key] = copy.deepcopy(default)
             obj["updatedAt"] = _now()
@@ -1352,7 +1375,8 @@ class TwentyEmulator:
             self._check_name_free(target, target_name)
             many, _one = self.state._add_relation(
                 obj, name, target, target_name, custom=True, label=body["label"], inverse_label=target_label,
-                icon=body.get("icon"), inverse_icon=payload["targetFieldIcon"], description=body.get("description"))
+                icon=body.get("icon"), inverse_icon=payload["targetFieldIcon"],
+                description=body.get("description"))
             for record in self.state.records[obj["id"]].values():
                 record[f"{name}Id"] = None
             return many
@@ -1368,15 +1392,20 @@ class TwentyEmulator:
         with self.state.lock:
             obj, field = self.state.field_by_id(field_id)
             body = _require_object_body(
-                body, {"label", "description", "icon", "isActive", "options", "defaultValue", "isLabelSyncedWithName"},
-                "field update")
+                body,
+                {"label", "description", "icon", "isActive", "options", "defaultValue",
+                 "isLabelSyncedWithName"},
+                "field update",
+            )
             if body.get("isActive") is False and obj["labelIdentifierFieldMetadataId"] == field["id"]:
                 raise TwentyError("Cannot deactivate the label identifier field; pick another one first")
             if body.get("isActive") is False and field["name"] in SYSTEM_FIELD_NAMES:
                 raise TwentyError(f"System field '{field['name']}' cannot be deactivated")
             if "options" in body:
                 if field["type"] not in ("SELECT", "MULTI_SELECT"):
-                    raise TwentyError(f"'options' only applies to SELECT and MULTI_SELECT fields, not {field['type']}")
+                    raise TwentyError(
+                        f"'options' only applies to SELECT and MULTI_SELECT fields, not {field['type']}"
+                    )
                 options = _validate_options(body["options"])
                 values = {o["value"] for o in options}
                 key = _record_key(field)
@@ -1408,7 +1437,9 @@ class TwentyEmulator:
         with self.state.lock:
             obj, field = self.state.field_by_id(field_id)
             if not field["isCustom"]:
-                raise TwentyError(f"Standard field '{field['name']}' on '{obj['nameSingular']}' cannot be deleted")
+                raise TwentyError(
+                    f"Standard field '{field['name']}' on '{obj['nameSingular']}' cannot be deleted"
+                )
             if obj["labelIdentifierFieldMetadataId"] == field["id"]:
                 raise TwentyError("Cannot delete, please update the label identifier field first")
             rendered = self.state.render_field(field)
@@ -1454,7 +1485,9 @@ def _check_depth(params: dict) -> None:
     if depth not in (None, "0"):
         # The emulator answers at depth 0 only (relations as join columns such as companyId), so a
         # client cannot come to rely on embedded related records it has not modelled.
-        raise TwentyError(f"depth '{depth}' is not supported by the emulator; use depth=0 (join columns only)")
+        raise TwentyError(
+            f"depth '{depth}' is not supported by the emulator; use depth=0 (join columns only)"
+        )
 
 
 def _decode_cursor(raw: str) -> Any:
@@ -1529,7 +1562,8 @@ class _OrderBy:
             m = re.fullmatch(r"([A-Za-z0-9_.]+)(?:\[(\w+)\])?", part)
             if not m or (m.group(2) and m.group(2) not in _DIRECTIONS):
                 raise TwentyError(
-                    f"order_by '{part}' is invalid; use field[AscNullsFirst|AscNullsLast|DescNullsFirst|DescNullsLast]"
+                    f"order_by '{part}' is invalid; use "
+                    "field[AscNullsFirst|AscNullsLast|DescNullsFirst|DescNullsLast]"
                 )
             getter, _field, _sub = _resolve_path(state, obj, m.group(1), "order_by")
             desc, nulls_first = _DIRECTIONS[m.group(2) or "AscNullsFirst"]
@@ -1553,7 +1587,9 @@ class _OrderBy:
         return _Key(parts)
 
 
-def _resolve_path(state: TwentyState, obj: dict, path: str, what: str) -> tuple[Callable[[dict], Any], dict, str | None]:
+def _resolve_path(
+    state: TwentyState, obj: dict, path: str, what: str
+) -> tuple[Callable[[dict], Any], dict, str | None]:
     """Map ``field``, ``field.subfield`` or a join column to a getter over stored records."""
     head, _, sub = path.partition(".")
     for field in state.active_fields(obj):
@@ -1572,7 +1608,8 @@ def _resolve_path(state: TwentyState, obj: dict, path: str, what: str) -> tuple[
         if field["type"] in COMPOSITES:
             if not sub or sub not in COMPOSITES[field["type"]]:
                 raise TwentyError(
-                    f"{what}: composite field '{head}' needs a subfield, one of {sorted(COMPOSITES[field['type']])}"
+                    f"{what}: composite field '{head}' needs a subfield, one of "
+                    f"{sorted(COMPOSITES[field['type']])}"
                 )
             return (lambda r, k=key, s=sub: (r.get(k) or {}).get(s)), field, sub
         if sub:
@@ -1721,7 +1758,9 @@ class _FilterParser:
         return raw
 
 
-def _comparator(op: str, getter: Callable[[dict], Any], target: Any, field: dict, sub: str | None) -> Callable[[dict], bool]:
+def _comparator(
+    op: str, getter: Callable[[dict], Any], target: Any, field: dict, sub: str | None
+) -> Callable[[dict], bool]:
     is_dt = field["type"] == "DATE_TIME"
 
     def value_of(record: dict) -> Any:
@@ -1873,7 +1912,8 @@ def create_app(
         async def run(request: Request) -> JSONResponse:
             if auth and request.headers.get("authorization") != f"Bearer {state.api_key}":
                 return JSONResponse(
-                    {"statusCode": 401, "error": "Unauthorized", "messages": ["Token invalid."]}, status_code=401
+                    {"statusCode": 401, "error": "Unauthorized", "messages": ["Token invalid."]},
+                    status_code=401,
                 )
             try:
                 args = dict(request.path_params)
@@ -1896,6 +1936,9 @@ def create_app(
     def upsert_flag(request: Request) -> bool:
         return request.query_params.get("upsert") == "true"
 
+    def soft_flag(request: Request) -> bool:
+        return request.query_params.get("soft_delete") == "true"
+
     async def health(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
@@ -1904,7 +1947,8 @@ def create_app(
         Route("/rest/metadata/objects", endpoint(lambda r: emulator.list_objects()), methods=["GET"]),
         Route("/rest/metadata/objects", endpoint(lambda r, body: emulator.create_object(body), body=True),
               methods=["POST"]),
-        Route("/rest/metadata/objects/{id}", endpoint(lambda r, id: emulator.get_object(id)), methods=["GET"]),
+        Route("/rest/metadata/objects/{id}", endpoint(lambda r, id: emulator.get_object(id)),
+              methods=["GET"]),
         Route("/rest/metadata/objects/{id}",
               endpoint(lambda r, id, body: emulator.update_object(id, body), body=True), methods=["PATCH"]),
         Route("/rest/metadata/objects/{id}", endpoint(lambda r, id: emulator.delete_object(id)),
@@ -1915,13 +1959,17 @@ def create_app(
         Route("/rest/metadata/fields/{id}", endpoint(lambda r, id: emulator.get_field(id)), methods=["GET"]),
         Route("/rest/metadata/fields/{id}",
               endpoint(lambda r, id, body: emulator.update_field(id, body), body=True), methods=["PATCH"]),
-        Route("/rest/metadata/fields/{id}", endpoint(lambda r, id: emulator.delete_field(id)), methods=["DELETE"]),
+        Route("/rest/metadata/fields/{id}", endpoint(lambda r, id: emulator.delete_field(id)),
+              methods=["DELETE"]),
         Route("/rest/batch/{plural}",
-              endpoint(lambda r, plural, body: emulator.create_batch(plural, body, upsert_flag(r)), body=True),
+              endpoint(lambda r, plural, body: emulator.create_batch(plural, body, upsert_flag(r)),
+                       body=True),
               methods=["POST"]),
         Route("/rest/restore/{plural}/{id}",
-              endpoint(lambda r, plural, id, body: emulator.restore(plural, id), body=True), methods=["PATCH"]),
-        Route("/rest/{plural}", endpoint(lambda r, plural: emulator.find_many(plural, q(r))), methods=["GET"]),
+              endpoint(lambda r, plural, id, body: emulator.restore(plural, id), body=True),
+              methods=["PATCH"]),
+        Route("/rest/{plural}", endpoint(lambda r, plural: emulator.find_many(plural, q(r))),
+              methods=["GET"]),
         Route("/rest/{plural}",
               endpoint(lambda r, plural, body: emulator.create_one(plural, body, upsert_flag(r)), body=True),
               methods=["POST"]),
@@ -1931,7 +1979,7 @@ def create_app(
               endpoint(lambda r, plural, id, body: emulator.update(plural, id, body), body=True),
               methods=["PATCH", "PUT"]),
         Route("/rest/{plural}/{id}",
-              endpoint(lambda r, plural, id: emulator.delete(plural, id, r.query_params.get("soft_delete") == "true")),
+              endpoint(lambda r, plural, id: emulator.delete(plural, id, soft_flag(r))),
               methods=["DELETE"]),
     ]
     app = Starlette(routes=routes)

@@ -29,12 +29,18 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable, Iterable, Iterator
-from decimal import Decimal, InvalidOperation
+from decimal import InvalidOperation
 from typing import Any
 
 from airflow_ascora_provider.hooks import ascora as api
 from airflow_ascora_provider.hooks.ascora import AscoraExtensionDisabled, AscoraHook
-from airflow_ascora_provider.source.coerce import JOB_STATUS_CODES, QUOTE_STATUS_CODES, Issue
+from airflow_ascora_provider.source.coerce import (
+    JOB_STATUS_CODES,
+    QUOTE_STATUS_CODES,
+    CoercionError,
+    Issue,
+    to_decimal,
+)
 from airflow_ascora_provider.source.reader import RawRecord
 
 BASE_OBJECTS = (
@@ -96,21 +102,17 @@ def _parent_number(number: Any, top_level: Any = None) -> str | None:
     return None
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, Decimal)) and not isinstance(value, bool)
-
-
 def _tax(record: dict[str, Any], inc: str = "totalIncTax", ex: str = "totalExTax") -> Any:
     """Ascora gives ex and inc tax totals; the model also wants the tax, which is their difference."""
     if record.get("totalTax") is not None:
         return record["totalTax"]
     total_inc, total_ex = record.get(inc), record.get(ex)
-    if _is_number(total_inc) and _is_number(total_ex):
-        try:
-            return Decimal(str(total_inc)) - Decimal(str(total_ex))
-        except InvalidOperation:
-            return None
-    return None
+    if total_inc is None or total_ex is None:
+        return None
+    try:  # money typed as text ("$1,286.99") still gives a tax; coercion flags the text itself
+        return to_decimal(total_inc) - to_decimal(total_ex)
+    except (CoercionError, InvalidOperation):
+        return None
 
 
 def _status(text: Any, code: Any, codes: dict[int, str], field: str, issues: list[Issue]) -> Any:

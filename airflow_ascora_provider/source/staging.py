@@ -162,6 +162,23 @@ class Snapshot:
             return schema.empty_table()
         return pa.Table.from_batches(batches)
 
+    def iter_range(self, object_name: str, start: int, stop: int) -> Iterator[dict[str, Any]]:
+        """Rows ``start``..``stop`` of an object: the unit a mapped load task works on."""
+        offset = 0
+        for part in self._parts(object_name):
+            with part.open("rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                rows = parquet.metadata.num_rows
+                if offset + rows <= start:
+                    offset += rows
+                    continue
+                if offset >= stop:
+                    return
+                table = parquet.read()
+                lo, hi = max(0, start - offset), min(rows, stop - offset)
+                yield from table.slice(lo, hi - lo).to_pylist()
+                offset += rows
+
     def iter_rejected(self) -> Iterator[dict[str, Any]]:
         yield from self.iter_records(REJECTED)
 

@@ -25,7 +25,8 @@ def served():
 
 @pytest.fixture
 def api(served):
-    with httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {DEFAULT_API_KEY}"}, timeout=10) as c:
+    headers = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+    with httpx.Client(base_url=served.url, headers=headers, timeout=10) as c:
         yield c
 
 
@@ -37,7 +38,8 @@ def _messages(response: httpx.Response) -> str:
 
 
 def _person(email: str, **extra) -> dict:
-    return {"name": {"firstName": "Pat", "lastName": email.split("@")[0]}, "emails": {"primaryEmail": email}, **extra}
+    name = {"firstName": "Pat", "lastName": email.split("@")[0]}
+    return {"name": name, "emails": {"primaryEmail": email}, **extra}
 
 
 def _object_id(api: httpx.Client, name: str) -> str:
@@ -186,7 +188,8 @@ def test_value_shapes_are_checked(api):
     assert r.status_code == 400 and "first" in _messages(r) and "firstName" in _messages(r)
     r = api.post("/rest/people", json={"emails": {"primaryEmail": "not-an-email"}})
     assert r.status_code == 400
-    r = api.post("/rest/people", json={"phones": {"primaryPhoneNumber": "412345678", "primaryPhoneCountryCode": "Australia"}})
+    phones = {"primaryPhoneNumber": "412345678", "primaryPhoneCountryCode": "Australia"}
+    r = api.post("/rest/people", json={"phones": phones})
     assert r.status_code == 400 and "AU" in _messages(r)
 
     ok = {
@@ -226,7 +229,8 @@ def test_soft_deleted_record_still_holds_unique_value(api):
     assert r.status_code == 400 and "soft-deleted" in _messages(r)
 
     # The soft-deleted row is visible when the filter names deletedAt.
-    r = api.get("/rest/people", params={"filter": 'deletedAt[is]:NOT_NULL,emails.primaryEmail[eq]:"dup@example.com"'})
+    flt = 'deletedAt[is]:NOT_NULL,emails.primaryEmail[eq]:"dup@example.com"'
+    r = api.get("/rest/people", params={"filter": flt})
     assert [p["id"] for p in r.json()["data"]["people"]] == [person["id"]]
 
     # Destroying frees the value.
@@ -335,7 +339,8 @@ def test_filters(api):
 
     assert names("city[eq]:Brisbane") == ["a@example.com", "c@example.com"]
     assert names('emails.primaryEmail[eq]:"b@example.com"') == ["b@example.com"]
-    assert names("emails.primaryEmail[in]:[a@example.com,c@example.com]") == ["a@example.com", "c@example.com"]
+    assert names("emails.primaryEmail[in]:[a@example.com,c@example.com]") == [
+        "a@example.com", "c@example.com"]
     assert names(f"id[in]:[{people[1]['id']}]") == ["b@example.com"]
     assert names("companyId[is]:NULL") == ["b@example.com", "c@example.com"]
     assert names("companyId[is]:NOT_NULL") == ["a@example.com"]
@@ -381,7 +386,8 @@ def test_custom_members():
 def test_custom_site_object_fields_and_records(api):
     r = api.post("/rest/metadata/objects", json={"nameSingular": "site", "namePlural": "sites",
                                                   "labelSingular": "Site", "labelPlural": "Sites",
-                                                  "icon": "IconMapPin", "description": "Ascora service location"})
+                                                  "icon": "IconMapPin",
+                                                  "description": "Ascora service location"})
     assert r.status_code == 201
     site = r.json()["data"]["createOneObject"]
     assert site["isCustom"] is True
@@ -390,8 +396,9 @@ def test_custom_site_object_fields_and_records(api):
     dup = api.post("/rest/metadata/objects", json={"nameSingular": "site", "namePlural": "sitez",
                                                     "labelSingular": "Site", "labelPlural": "Sites"})
     assert dup.status_code == 400
-    assert api.post("/rest/metadata/objects", json={"nameSingular": "Job_Site", "namePlural": "jobSites",
-                                                     "labelSingular": "x", "labelPlural": "y"}).status_code == 400
+    bad_name = {"nameSingular": "Job_Site", "namePlural": "jobSites",
+                "labelSingular": "x", "labelPlural": "y"}
+    assert api.post("/rest/metadata/objects", json=bad_name).status_code == 400
 
     # Routes exist at once; fields must exist before use.
     assert api.get("/rest/sites").json()["totalCount"] == 0
@@ -404,7 +411,8 @@ def test_custom_site_object_fields_and_records(api):
     assert field({"type": "TEXT", "name": "contactName", "label": "Contact name"}).status_code == 201
     assert field({"type": "PHONES", "name": "contactPhone", "label": "Contact phone"}).status_code == 201
     assert field({"type": "ADDRESS", "name": "address", "label": "Address"}).status_code == 201
-    assert field({"type": "TEXT", "name": "ascoraSiteId", "label": "Ascora site id", "isUnique": True}).status_code == 201
+    unique = {"type": "TEXT", "name": "ascoraSiteId", "label": "Ascora site id", "isUnique": True}
+    assert field(unique).status_code == 201
     r = field({"type": "TEXT", "name": "contactName", "label": "Again"})
     assert r.status_code == 400 and "not available" in _messages(r)
     assert field({"type": "TEXT", "name": "Contact_Name", "label": "Bad"}).status_code == 400
@@ -450,12 +458,14 @@ def test_custom_site_object_fields_and_records(api):
     site_row = r.json()["data"]["createSite"]
     assert api.post("/rest/batch/sites", json=[{"name": "Other", "ascoraSiteId": "S-1"}]).status_code == 400
 
-    r = api.post("/rest/opportunities", json={"name": "Rewire", "jobStatus": "IN_PROGRESS", "siteId": site_row["id"]})
+    r = api.post("/rest/opportunities",
+                 json={"name": "Rewire", "jobStatus": "IN_PROGRESS", "siteId": site_row["id"]})
     assert r.status_code == 201
     assert api.post("/rest/opportunities", json={"name": "X", "jobStatus": "INVOICED"}).status_code == 400
 
     # Add an option (the API replaces the full list), then the new value is accepted.
-    options = job_status["options"] + [{"label": "Invoiced", "value": "INVOICED", "color": "green", "position": 2}]
+    invoiced = {"label": "Invoiced", "value": "INVOICED", "color": "green", "position": 2}
+    options = job_status["options"] + [invoiced]
     r = api.patch(f"/rest/metadata/fields/{job_status['id']}", json={"options": options})
     assert r.status_code == 200
     assert api.post("/rest/opportunities", json={"name": "X", "jobStatus": "INVOICED"}).status_code == 201
@@ -465,12 +475,14 @@ def test_custom_site_object_fields_and_records(api):
 
     # Notes can target the custom object.
     note = api.post("/rest/notes", json={"title": "Site visit", "bodyV2": {"markdown": "Checked RCDs"}})
-    r = api.post("/rest/noteTargets", json={"noteId": note.json()["data"]["createNote"]["id"], "siteId": site_row["id"]})
+    note_id = note.json()["data"]["createNote"]["id"]
+    r = api.post("/rest/noteTargets", json={"noteId": note_id, "siteId": site_row["id"]})
     assert r.status_code == 201
 
     objects = api.get("/rest/metadata/objects").json()["data"]["objects"]
     site_meta = next(o for o in objects if o["nameSingular"] == "site")
-    assert {"contactName", "company", "address", "opportunities", "noteTargets"} <= {f["name"] for f in site_meta["fields"]}
+    site_fields = {f["name"] for f in site_meta["fields"]}
+    assert {"contactName", "company", "address", "opportunities", "noteTargets"} <= site_fields
     fields = api.get("/rest/metadata/fields").json()["data"]["fields"]
     assert any(f["name"] == "jobStatus" for f in fields)
 

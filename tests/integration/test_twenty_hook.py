@@ -40,7 +40,8 @@ def _person(email: str, **extra) -> dict:
 
 
 def test_record_roundtrip(hook):
-    company = hook.create_one("companies", {"name": "Acme", "domainName": {"primaryLinkUrl": "https://acme.example"}})
+    company = hook.create_one("companies",
+                              {"name": "Acme", "domainName": {"primaryLinkUrl": "https://acme.example"}})
     person = hook.create_one("people", _person("ann@example.com", companyId=company["id"]))
     assert person["companyId"] == company["id"]
 

@@ -23,6 +23,7 @@ from airflow_ascora_provider.ledger import (
     LATEST_VERSION,
     AuditEntry,
     CrosswalkEntry,
+    Intent,
     Ledger,
     QuarantineEntry,
     Write,
@@ -76,6 +77,10 @@ def w(source_id, op="create", dest_id=None, *, so="customer", to="company", h=No
     return Write(so, str(source_id), to, dest_id or f"d-{source_id}", op, h, before)
 
 
+def it(source_id, op="update", before=None, *, so="customer", to="company") -> Intent:
+    return Intent(so, str(source_id), to, op, before)
+
+
 def table_names(led: Ledger) -> set[str]:
     with led.engine.connect() as conn:
         return set(sa.inspect(conn).get_table_names(schema=led.schema))
@@ -92,10 +97,10 @@ def column_names(led: Ledger, table: str) -> set[str]:
 def test_migrate_is_idempotent_and_versioned(make_ledger):
     led = make_ledger()
     assert led.version() == 0
-    assert led.migrate() == LATEST_VERSION == 2
-    assert led.migrate() == 2
-    assert make_ledger().migrate() == 2
-    assert led.version() == 2
+    assert led.migrate() == LATEST_VERSION == 3
+    assert led.migrate() == 3
+    assert make_ledger().migrate() == 3
+    assert led.version() == 3
     assert {
         "ascora_ledger_version",
         "ascora_runs",
@@ -105,6 +110,7 @@ def test_migrate_is_idempotent_and_versioned(make_ledger):
         "ascora_watermarks",
         "ascora_mapping_approvals",
         "ascora_reports",
+        "ascora_write_intents",
     } <= table_names(led)
     with led.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(ls.version_table)).scalar_one() == 1
@@ -125,7 +131,63 @@ def test_concurrent_migrate_applies_each_step_once(make_ledger):
     for t in threads:
         t.join()
     assert errors == []
-    assert results == [2] * 5
+    assert results == [LATEST_VERSION] * 5
+
+
+def seed_old_ledger(led: Ledger, version: int) -> None:
+    """Data as code of ``version`` wrote it. Crosswalk, audit log and reports go through that
+    version's own tables: today's ``record_writes`` also clears write intents (v3), and
+    ``add_report`` writes ``summary`` (v2), neither of which an older database has."""
+    old = ls.build_metadata(version).tables
+    now = ls.utcnow()
+    led.start_run("r1", destination=DEST, kind="full", params={"batch": 100})
+    with led.engine.begin() as conn:
+        conn.execute(
+            old["ascora_crosswalk"].insert(),
+            [
+                {"destination": DEST, "source_object": "customer", "source_id": sid, "target_object": to,
+                 "dest_id": f"d-{sid}", "payload_hash": None, "run_id": "r1", "created_run_id": "r1",
+                 "updated_at": now}
+                for sid, to in [("1", "company"), ("2", "person")]
+            ],
+        )
+        conn.execute(
+            old["ascora_audit_log"].insert(),
+            [
+                {"run_id": "r1", "destination": DEST, "source_object": "customer", "source_id": sid,
+                 "target_object": to, "dest_id": f"d-{sid}", "op": "create", "payload_hash": None,
+                 "before_image": None, "at": now}
+                for sid, to in [("1", "company"), ("2", "person")]
+            ],
+        )
+        conn.execute(
+            old["ascora_reports"].insert().values(run_id="r1", kind="audit", uri="s3://a", created_at=now)
+        )
+    led.quarantine("r1", DEST, [QuarantineEntry("job", "J1", "bad date", field="start", value="31/02")])
+    led.set_watermark(DEST, "customer", "2024-01-01T00:00:00Z")
+    led.approve_mapping(DEST, mapping_hash="h1", mapping_text="a: b", approved_by="ann", source="cli")
+
+
+def assert_seeded_data_intact(led: Ledger) -> None:
+    assert led.get_run("r1")["params"] == {"batch": 100}
+    assert led.count_crosswalk(DEST) == 2
+    assert led.crosswalk_lookup(DEST, "customer", "2").target_object == "person"
+    assert led.audit_ops_count("r1") == {"create": 2}
+    assert [e.source_id for e in led.iter_audit("r1")] == ["1", "2"]
+    assert led.count_quarantine(run_id="r1") == {"job": 1}
+    assert led.get_watermark(DEST, "customer") == "2024-01-01T00:00:00Z"
+    assert led.approved_mapping(DEST)["mapping_hash"] == "h1"
+    assert [(r["uri"], r["summary"]) for r in led.list_reports("r1")][0] == ("s3://a", None)
+
+
+def test_build_metadata_is_exact_per_version():
+    v1, v2, v3 = (ls.build_metadata(v) for v in (1, 2, 3))
+    assert set(v2.tables) == set(v1.tables)
+    assert set(v3.tables) == set(v2.tables) | {"ascora_write_intents"}
+    assert "summary" not in v1.tables["ascora_reports"].c and "summary" in v2.tables["ascora_reports"].c
+    assert set(ls.metadata.tables) == set(v3.tables)
+    with pytest.raises(ValueError):
+        ls.build_metadata(4)
 
 
 def test_v1_database_upgrades_to_v2_with_data_intact(make_ledger):
@@ -134,49 +196,67 @@ def test_v1_database_upgrades_to_v2_with_data_intact(make_ledger):
     assert led.version() == 1
     assert "summary" not in column_names(led, "ascora_reports")
 
-    # Data written by v1 code.
-    led.start_run("r1", destination=DEST, kind="full", params={"batch": 100})
-    led.record_writes("r1", DEST, [w(1), w(2, to="person")])
-    led.quarantine("r1", DEST, [QuarantineEntry("job", "J1", "bad date", field="start", value="31/02")])
-    led.set_watermark(DEST, "customer", "2024-01-01T00:00:00Z")
-    led.approve_mapping(DEST, mapping_hash="h1", mapping_text="a: b", approved_by="ann", source="cli")
-    reports_v1 = ls.build_metadata(1).tables["ascora_reports"]
-    with led.engine.begin() as conn:
-        conn.execute(
-            reports_v1.insert().values(run_id="r1", kind="audit", uri="s3://a", created_at=ls.utcnow())
-        )
+    seed_old_ledger(led, 1)
 
-    assert make_ledger().migrate() == 2
+    assert migrations.upgrade(led._read, led._write, led.schema, target=2) == 2
     assert led.version() == 2
     assert "summary" in column_names(led, "ascora_reports")
-    assert led.get_run("r1")["params"] == {"batch": 100}
-    assert led.count_crosswalk(DEST) == 2
-    assert led.crosswalk_lookup(DEST, "customer", "2").target_object == "person"
-    assert led.audit_ops_count("r1") == {"create": 2}
-    assert led.count_quarantine(run_id="r1") == {"job": 1}
-    assert led.get_watermark(DEST, "customer") == "2024-01-01T00:00:00Z"
-    assert led.approved_mapping(DEST)["mapping_hash"] == "h1"
-    [old] = led.list_reports("r1")
-    assert (old["uri"], old["summary"]) == ("s3://a", None)
+    assert "ascora_write_intents" not in table_names(led)  # v2 stays exactly v2
+    assert_seeded_data_intact(led)
     led.add_report("r1", "reconciliation", "s3://b", {"ok": True})
     assert [r["summary"] for r in led.list_reports("r1")] == [None, {"ok": True}]
+
+    assert make_ledger().migrate() == LATEST_VERSION  # and on to the latest
+    assert_seeded_data_intact(led)
+
+
+def test_v2_database_upgrades_to_v3_with_data_intact(make_ledger):
+    led = make_ledger()
+    assert migrations.upgrade(led._read, led._write, led.schema, target=2) == 2
+    assert "ascora_write_intents" not in table_names(led)
+    seed_old_ledger(led, 2)
+    led.add_report("r1", "reconciliation", "s3://b", {"ok": True})
+
+    assert make_ledger().migrate() == 3
+    assert led.version() == 3
+    assert_seeded_data_intact(led)
+    assert [r["summary"] for r in led.list_reports("r1")] == [None, {"ok": True}]
+
+    assert column_names(led, "ascora_write_intents") == {
+        "id", "run_id", "destination", "source_object", "source_id", "target_object", "op",
+        "before_image", "created_at",
+    }
+    with led.engine.connect() as conn:
+        insp = sa.inspect(conn)
+        uniques = insp.get_unique_constraints("ascora_write_intents", schema=led.schema)
+        indexes = insp.get_indexes("ascora_write_intents", schema=led.schema)
+    assert [u["column_names"] for u in uniques] == [
+        ["destination", "source_object", "source_id", "target_object"]
+    ]
+    assert ["destination", "run_id"] in [i["column_names"] for i in indexes]
+
+    # The upgraded ledger works end to end.
+    led.save_intents("r2", DEST, [it(1, before={"name": "Old"})])
+    led.record_writes("r2", DEST, [w(1, "update", before={"name": "Old"})])
+    assert led.pending_intents(DEST) == []
+    assert led.audit_ops_count("r2") == {"update": 1}
 
 
 def test_failed_step_leaves_nothing_behind(make_ledger, monkeypatch):
     """Each step is one transaction (DDL included, on SQLite too): a crash mid-step must not leave
     a half-built schema that the next attempt would trip over."""
     led = make_ledger()
-    assert led.migrate() == 2
+    assert led.migrate() == 3
 
-    def broken_v3(conn, schema):
+    def broken_v4(conn, schema):
         conn.execute(sa.text("CREATE TABLE ascora_half_done (id INTEGER)"))
         raise RuntimeError("crash mid-step")
 
-    monkeypatch.setattr(ls, "LATEST_VERSION", 3)
-    monkeypatch.setattr(migrations, "STEPS", (*migrations.STEPS, migrations.Step(3, "broken", broken_v3)))
+    monkeypatch.setattr(ls, "LATEST_VERSION", 4)
+    monkeypatch.setattr(migrations, "STEPS", (*migrations.STEPS, migrations.Step(4, "broken", broken_v4)))
     with pytest.raises(RuntimeError, match="crash mid-step"):
         led.migrate()
-    assert led.version() == 2
+    assert led.version() == 3
     assert "ascora_half_done" not in table_names(led)
 
 
@@ -397,6 +477,168 @@ def test_database_failure_mid_batch_rolls_back_crosswalk_too(ledger):
     assert ledger.audit_ops_count("r1") == {}
     ledger.record_writes("r1", DEST, bad[:20])  # and the ledger is still usable
     assert ledger.count_crosswalk(DEST) == 20
+
+
+# --------------------------------------------------------------------------- write intents
+
+
+def test_save_intents_twice_keeps_the_first_before_image(ledger):
+    ledger.save_intents("r1", DEST, [it(1, before={"name": "Original"}), it(2, "create")])
+    # The retry re-reads the CRM, which already holds r1's values: that image must not win.
+    ledger.save_intents(
+        "r1",
+        DEST,
+        [it(1, before={"name": "Written by r1"}), it(2, "create"), it(3, before={"name": "C3"})],
+    )
+    # Another run (a later retry under a new run id) must not replace it either.
+    ledger.save_intents("r2", DEST, [it(1, "delete", before={"name": "Later"})])
+    # Repeats within one batch: the first wins, and PostgreSQL's ON CONFLICT copes.
+    ledger.save_intents("r1", DEST, [it(4, before={"v": 1}), it(4, before={"v": 2})])
+
+    got = ledger.get_intents(DEST, "customer", "company", ["1", "2", "3", "4", "5"])
+    assert got == {
+        "1": Intent("customer", "1", "company", "update", {"name": "Original"}),
+        "2": Intent("customer", "2", "company", "create", None),
+        "3": Intent("customer", "3", "company", "update", {"name": "C3"}),
+        "4": Intent("customer", "4", "company", "update", {"v": 1}),
+    }
+    rows = ledger.pending_intents(DEST)
+    assert [(r["source_id"], r["run_id"], r["op"]) for r in rows] == [
+        ("1", "r1", "update"),
+        ("2", "r1", "create"),
+        ("3", "r1", "update"),
+        ("4", "r1", "update"),
+    ]
+    with ledger.engine.connect() as conn:  # a create's before_image is SQL NULL, not JSON null
+        nulls = conn.execute(
+            sa.select(ls.write_intents.c.source_id).where(ls.write_intents.c.before_image.is_(None))
+        ).scalars().all()
+    assert nulls == ["2"]
+
+
+def test_save_intents_validates_before_writing(ledger):
+    with pytest.raises(ValueError, match=r"intents\[1\].op"):
+        ledger.save_intents("r1", DEST, [it(1), it(2, "upsert")])
+    with pytest.raises(ValueError, match=r"intents\[0\].*source_id"):
+        ledger.save_intents("r1", DEST, [Intent("customer", "", "company", "create")])
+    with pytest.raises(ValueError, match="before_image"):
+        ledger.save_intents("r1", DEST, [Intent("customer", "1", "company", "update", ["not", "a", "dict"])])
+    with pytest.raises(ValueError, match="run_id"):
+        ledger.save_intents("", DEST, [it(1)])
+    ledger.save_intents("r1", DEST, [])
+    assert ledger.pending_intents(DEST) == []
+
+
+def test_record_writes_clears_only_the_written_keys_intents(ledger):
+    ledger.save_intents("r1", DEST, [it(i, before={"i": i}) for i in range(1, 6)])
+    ledger.save_intents(
+        "r1", DEST, [it(1, "create", to="person"), it(1, "create", so="job", to="opportunity")]
+    )
+    ledger.save_intents("r1", "salesforce", [it(1), it(2)])
+
+    ledger.record_writes("r1", DEST, [w(1, "update", before={"i": 1}), w(2, "delete", before={"i": 2})])
+    left = {(r["source_object"], r["source_id"], r["target_object"]) for r in ledger.pending_intents(DEST)}
+    assert left == {
+        ("customer", "3", "company"),
+        ("customer", "4", "company"),
+        ("customer", "5", "company"),
+        ("customer", "1", "person"),
+        ("job", "1", "opportunity"),
+    }
+    assert len(ledger.pending_intents("salesforce")) == 2  # other destination untouched
+
+    # Atomic: the audit insert fails after the intent delete and the crosswalk upsert have run;
+    # the intents must come back with everything else.
+    bad = [w(3, "update"), w(4, "update", before={"not_json": object()})]
+    with pytest.raises((StatementError, TypeError)):
+        ledger.record_writes("r1", DEST, bad)
+    assert set(ledger.get_intents(DEST, "customer", "company", ["3", "4", "5"])) == {"3", "4", "5"}
+    assert ledger.get_intents(DEST, "customer", "company", ["3"])["3"].before_image == {"i": 3}
+    assert ledger.crosswalk_lookup(DEST, "customer", "3") is None
+
+    # Validation failures do not touch intents either.
+    with pytest.raises(ValueError):
+        ledger.record_writes("r1", DEST, [w(3), w(4, "bogus")])
+    assert len(ledger.pending_intents(DEST)) == 5
+
+    # A key written twice in a batch, and keys without any intent, are fine.
+    ledger.record_writes("r1", DEST, [w(3), w(3, "update", "d-3b"), w(99), w(1, to="person")])
+    assert {r["source_id"] + "/" + r["target_object"] for r in ledger.pending_intents(DEST)} == {
+        "4/company",
+        "5/company",
+        "1/opportunity",
+    }
+
+
+def test_get_intents_and_clear_intents_chunk_large_id_lists(ledger):
+    ids = [f"C{i:05d}" for i in range(1200)]
+    ledger.save_intents("r1", DEST, [it(i, before={"id": i}) for i in ids])
+    ledger.save_intents("r1", DEST, [it(i, "create", to="person") for i in ids[:10]])
+    ledger.save_intents("r1", DEST, [it(i, "create", so="job", to="opportunity") for i in ids[:5]])
+
+    wanted = ids + [f"missing{i}" for i in range(50)] + ids[:3]
+    got = ledger.get_intents(DEST, "customer", "company", wanted)
+    assert len(got) == 1200 and set(got) == set(ids)
+    assert got["C01199"] == Intent("customer", "C01199", "company", "update", {"id": "C01199"})
+    assert set(ledger.get_intents(DEST, "customer", "person", wanted)) == set(ids[:10])
+    assert ledger.get_intents(DEST, "customer", "company", []) == {}
+    assert ledger.get_intents("salesforce", "customer", "company", ids) == {}
+
+    # clear_intents chunks too, counts exactly, and ignores keys that have no intent.
+    keys = [("customer", i, "company") for i in ids[:700]] + [("customer", "nope", "company")]
+    assert ledger.clear_intents(DEST, keys + keys[:5]) == 700
+    assert ledger.clear_intents(DEST, keys) == 0
+    assert ledger.clear_intents(DEST, []) == 0
+    # record_writes clears a batch bigger than one IN chunk.
+    ledger.record_writes("r1", DEST, [w(i, "update") for i in ids[700:]])
+    assert ledger.get_intents(DEST, "customer", "company", ids) == {}
+    assert len(ledger.pending_intents(DEST)) == 15
+
+
+def test_pending_intents_filters_by_run(ledger):
+    ledger.save_intents("r1", DEST, [it("a", before={"n": "Zoë ✓"}), it("b", "create")])
+    ledger.save_intents("r2", DEST, [it("c", "delete", before={"n": "c"}), it("a", before={"n": "ignored"})])
+    ledger.save_intents("r1", "salesforce", [it("z")])
+
+    every = ledger.pending_intents(DEST)
+    assert [(r["run_id"], r["source_id"]) for r in every] == [("r1", "a"), ("r1", "b"), ("r2", "c")]
+    assert [r["source_id"] for r in ledger.pending_intents(DEST, run_id="r1")] == ["a", "b"]
+    [c] = ledger.pending_intents(DEST, run_id="r2")
+    assert (c["destination"], c["source_object"], c["target_object"], c["op"]) == (
+        DEST, "customer", "company", "delete"
+    )
+    assert c["before_image"] == {"n": "c"} and every[0]["before_image"] == {"n": "Zoë ✓"}
+    assert c["created_at"].tzinfo is not None
+    assert abs((datetime.now(UTC) - c["created_at"]).total_seconds()) < 60
+    assert isinstance(c["id"], int)
+    assert ledger.pending_intents(DEST, run_id="nope") == []
+    assert [r["source_id"] for r in ledger.pending_intents("salesforce", run_id="r1")] == ["z"]
+    assert ledger.pending_intents("nowhere") == []
+
+
+def test_concurrent_save_intents_keep_one_row_per_key(make_ledger):
+    make_ledger().migrate()
+    ids = [f"{i:04d}" for i in range(300)]
+    errors = []
+
+    def run(n):
+        try:
+            order = ids if n % 2 else ids[::-1]  # opposite orders: sorting must prevent deadlocks
+            led = make_ledger()
+            for b in range(0, len(order), 50):
+                led.save_intents(f"r{n}", DEST, [it(i, before={"by": n}) for i in order[b : b + 50]])
+        except Exception as exc:  # pragma: no cover - the assertion below reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    rows = make_ledger().pending_intents(DEST)
+    assert sorted(r["source_id"] for r in rows) == ids
+    assert all(r["before_image"] == {"by": int(r["run_id"][1:])} for r in rows)
 
 
 # --------------------------------------------------------------------------- quarantine

@@ -1,0 +1,142 @@
+"""Completing a default mapping for one tenant: every custom field and unmapped field made explicit.
+
+The default map cannot know a tenant's custom fields or form field codes; the audit does. Completion
+adds one explicit entry per such field (with the destination field to create and its inferred type)
+and one per unmapped canonical field when the map's policy is ``custom_field``. The result is what a
+human approves: nothing is created or written that the approved file does not spell out, and every
+field left out is listed with the rule that left it out.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from airflow_ascora_provider.mapping.spec import Mapping, load_mapping
+from airflow_ascora_provider.source.model import FieldType
+
+CANONICAL_TO_NEUTRAL = {
+    FieldType.STRING: "text",
+    FieldType.TEXT: "long_text",
+    FieldType.EMAIL: "text",
+    FieldType.PHONE: "text",
+    FieldType.INTEGER: "number",
+    FieldType.DECIMAL: "number",
+    FieldType.BOOLEAN: "boolean",
+    FieldType.DATE: "date",
+    FieldType.DATETIME: "datetime",
+    FieldType.JSON: "long_text",
+}
+INFERRED_TO_NEUTRAL = {"number": "number", "date": "date", "boolean": "boolean", "email": "text",
+                       "picklist": "text", "text": "text"}
+NEVER_EXPANDED = {"id", "custom_fields", "answers"}
+
+
+def _label(text: str) -> str:
+    return " ".join(w[:1].upper() + w[1:] for w in text.replace("_", " ").split())
+
+
+def complete_mapping(mapping: Mapping, audit: dict[str, Any], field_name=None,
+                     existing_fields: dict[str, set[str]] | None = None) -> Mapping:
+    """Return a new mapping with custom, form and unmapped fields spelled out.
+
+    ``field_name(label)`` turns a label into the destination's API name for a new field (the
+    plugin's rule); ``existing_fields`` are destination fields per object, used to avoid clashes.
+    """
+    from airflow_ascora_provider.destinations.spec import Destination
+
+    name_of = field_name or (lambda label: Destination.custom_field_name(None, label))  # type: ignore[arg-type]
+    existing_fields = existing_fields or {}
+    document = copy.deepcopy(mapping.document)
+    custom_inventory = audit.get("custom_fields", {})
+    for map_name, om in mapping.maps.items():
+        raw = document["maps"][map_name]
+        fields: dict[str, Any] = raw.setdefault("fields", {}) or {}
+        raw["fields"] = fields
+        taken = set(fields) | existing_fields.get(om.target, set())
+
+        def unique(label: str) -> str:
+            base = name_of(label)
+            candidate = base
+            n = 2
+            while candidate in taken:
+                candidate = f"{base}{n}"
+                n += 1
+            taken.add(candidate)
+            return candidate
+
+        if "custom_fields" in om.expand:
+            for cf_name, info in custom_inventory.get(om.source, {}).items():
+                neutral = INFERRED_TO_NEUTRAL.get(info["inferred_type"], "text")
+                dest = unique(f"ascora {cf_name}")
+                entry: dict[str, Any] = {"transform": "json_key", "from": "custom_fields", "key": cf_name,
+                                         "create": {"type": neutral, "label": cf_name,
+                                                    "help_text": f"Ascora custom field '{cf_name}'"}}
+                if neutral != "text":
+                    entry["as"] = neutral
+                fields[dest] = entry
+        if "form_fields" in om.expand and om.source == "job":
+            for code, info in custom_inventory.get("form_response", {}).items():
+                neutral = INFERRED_TO_NEUTRAL.get(info["inferred_type"], "text")
+                dest = unique(f"form {code}")
+                entry = {"transform": "related", "object": "form_response", "by": "job_id", "field": "answers",
+                         "key": code, "aggregate": "last",
+                         "create": {"type": neutral, "label": f"Form: {code}",
+                                    "help_text": f"Ascora custom form field code {{{code}}}"}}
+                if neutral != "text":
+                    entry["as"] = neutral
+                fields[dest] = entry
+        if om.unmapped == "custom_field":
+            used = om.used_source_fields() | set(om.skip) | NEVER_EXPANDED
+            for canonical in om.schema.fields:
+                if canonical.name in used or om.schema.relation_for(canonical.name):
+                    continue
+                dest = unique(f"ascora {canonical.name}")
+                fields[dest] = {"from": canonical.name,
+                                "create": {"type": CANONICAL_TO_NEUTRAL[canonical.type],
+                                           "label": f"Ascora {_label(canonical.name)}"}}
+            relation_fields = [r.field for r in om.schema.relations if r.field not in used]
+            skip = raw.setdefault("skip", {}) or {}
+            raw["skip"] = skip
+            for rel_field in relation_fields:
+                skip.setdefault(rel_field, "a reference no map of this destination resolves")
+    return load_mapping(document)
+
+
+def mapping_summary(mapping: Mapping, low_confidence: list[str] | None = None) -> dict[str, Any]:
+    """What a reviewer needs: maps, fields to create, unmapped/skipped fields with their reasons."""
+    maps = []
+    for name in mapping.order():
+        om = mapping.maps[name]
+        maps.append({
+            "map": name,
+            "source": om.source,
+            "target": om.target,
+            "condition": f"{om.when.field} {om.when.op} {om.when.value!r}" if om.when else None,
+            "fields": len(om.fields),
+            "creates": [fm.dest_field for fm in om.fields if fm.create],
+            "skipped": om.skip,
+            "unused_source_fields": sorted(
+                set(om.schema.field_names) - om.used_source_fields() - set(om.skip) - NEVER_EXPANDED
+            ),
+        })
+    return {"destination": mapping.destination, "hash": mapping.hash, "maps": maps,
+            "low_confidence": low_confidence or []}
+
+
+def summary_markdown(summary: dict[str, Any], report_url: str | None = None) -> str:
+    lines = [f"**Mapping for {summary['destination']}** (hash `{summary['hash'][:12]}`)", "",
+             "| map | Ascora → destination | fields | new fields | skipped |", "|---|---|---|---|---|"]
+    for m in summary["maps"]:
+        cond = f" when {m['condition']}" if m["condition"] else ""
+        lines.append(f"| {m['map']} | {m['source']} → {m['target']}{cond} | {m['fields']} | "
+                     f"{len(m['creates'])} | {len(m['skipped'])} |")
+    unused = [(m["map"], f) for m in summary["maps"] for f in m["unused_source_fields"]]
+    if unused:
+        lines += ["", f"**Unmapped Ascora fields ({len(unused)})**: " +
+                  ", ".join(f"{m}.{f}" for m, f in unused[:40]) + (" …" if len(unused) > 40 else "")]
+    if summary.get("low_confidence"):
+        lines += ["", "**Low-confidence fields**: " + ", ".join(summary["low_confidence"])]
+    if report_url:
+        lines += ["", f"Full report: {report_url}"]
+    return "\n".join(lines)
