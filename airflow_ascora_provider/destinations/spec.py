@@ -53,6 +53,7 @@ class Capabilities:
     plan_limits: dict[str, Any] = field(default_factory=dict)
     supports_delete: bool = True
     max_concurrency: int = 4
+    custom_object_fields: frozenset[str] = frozenset()  # fields a new custom object is born with
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,7 @@ class MapLoader:
             to_write.append((record, digest))
         if not to_write:
             return stats
-        before = self._before_images([r for r, _ in to_write])
+        before, adopted = self._before_images([r for r, _ in to_write])
         results = self.dest.write_batch(om.target, [r for r, _ in to_write], om.key_field)
         stats.write_calls += 1
         if len(results) != len(to_write):
@@ -128,7 +128,7 @@ class MapLoader:
         rejected: list[QuarantineEntry] = []
         for (record, digest), result in zip(to_write, results):
             if result.ok:
-                is_update = record.dest_id is not None
+                is_update = record.dest_id is not None and record.source_id not in adopted
                 writes.append(Write(
                     source_object=om.source, source_id=record.source_id, target_object=om.target,
                     dest_id=result.dest_id, op="update" if is_update else "create", payload_hash=digest,
@@ -157,12 +157,29 @@ class MapLoader:
                                            [w.source_id for w in writes])
         return stats
 
-    def _before_images(self, records: list[OutgoingRecord]) -> dict[str, dict[str, Any] | None]:
-        """Save intents; return the true before-image of every record being updated."""
+    def _before_images(self, records: list[OutgoingRecord]) -> tuple[dict[str, dict[str, Any] | None], set[str]]:
+        """Save intents; return the true before-image of every update and the creates adopted after a crash.
+
+        A record with a leftover *create* intent and no crosswalk entry may already exist in the CRM
+        (the worker died after the write, before the ledger heard of it). It is looked up by its
+        Ascora id and, when found, written as an update of that record while still counting as
+        created by this migration, so rollback deletes it and nothing is duplicated.
+        """
         om, ctx = self.map, self.ctx
         intents = self.ledger.get_intents(ctx.destination_name, om.source, om.target,
                                           [r.source_id for r in records])
-        updates = [r for r in records if r.dest_id is not None]
+        adopted: set[str] = set()
+        orphans = [r for r in records if r.dest_id is None and r.source_id in intents
+                   and intents[r.source_id].op == "create"]
+        if orphans and om.key_field:
+            found = self.dest.find_by_source_ids(om.target, om.key_field, [r.source_id for r in orphans])
+            for record in orphans:
+                if record.source_id in found:
+                    record.dest_id = found[record.source_id]
+                    adopted.add(record.source_id)
+            if adopted:
+                log.info("%s: adopting %d record(s) written before an interruption", om.name, len(adopted))
+        updates = [r for r in records if r.dest_id is not None and r.source_id not in adopted]
         fields = sorted({f for r in updates for f in r.payload})
         need = [r.dest_id for r in updates if r.source_id not in intents]
         current = self.dest.read_records(om.target, need, fields) if need else {}
@@ -173,11 +190,11 @@ class MapLoader:
             if saved is not None and saved.op == "update":
                 before[record.source_id] = saved.before_image
                 continue
-            image = to_jsonable(current.get(record.dest_id)) if record.dest_id else None
+            image = to_jsonable(current.get(record.dest_id)) if record.dest_id and record.source_id not in adopted else None
             before[record.source_id] = image
             if saved is None:
                 new_intents.append(Intent(om.source, record.source_id, om.target,
                                           "update" if record.dest_id else "create", image))
         if new_intents:
             self.ledger.save_intents(ctx.run_id, ctx.destination_name, new_intents)
-        return before
+        return before, adopted

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_ascora_provider.destinations.spec import DestObject, SchemaChange
+from airflow_ascora_provider.destinations.spec import DestField, DestObject, SchemaChange
 from airflow_ascora_provider.mapping.spec import FieldCreate, Mapping
 from airflow_ascora_provider.reports.render import Section, Table
 from airflow_ascora_provider.source.model import FieldType
@@ -70,7 +70,9 @@ def _value_map_outputs(options: dict[str, Any]) -> list[str]:
     return sorted(set(values))
 
 
-def plan_schema(mapping: Mapping, described: dict[str, DestObject], creatable: frozenset[str]) -> SchemaPlan:
+def plan_schema(mapping: Mapping, described: dict[str, DestObject], creatable: frozenset[str],
+                born_with: frozenset[str] = frozenset()) -> SchemaPlan:
+    """``born_with``: fields a custom object has as soon as it is created (Twenty: ``name``)."""
     plan = SchemaPlan()
     planned_fields: dict[tuple[str, str], FieldCreate] = {}
     for name, co in mapping.custom_objects.items():
@@ -85,7 +87,8 @@ def plan_schema(mapping: Mapping, described: dict[str, DestObject], creatable: f
             plan.problems.append(f"maps.{map_name}: {mapping.destination} has no object {om.target!r} and the "
                                  "mapping does not declare it under custom_objects")
             continue
-        existing = target.fields if target else {}
+        existing = target.fields if target else {
+            name: DestField(name, "text") for name in born_with}
         for fm in om.fields:
             dest_field = existing.get(fm.dest_field)
             key = (om.target, fm.dest_field)
@@ -123,8 +126,7 @@ def plan_schema(mapping: Mapping, described: dict[str, DestObject], creatable: f
             for source in fm.sources[:1]:
                 canonical = om.schema.field(source)
                 verdict = "compatible"
-                if fm.transform in ("lookup", "attach", "owner", "value_map", "template", "concat", "related",
-                                    "json_key", "constant"):
+                if fm.transform != "copy":
                     verdict = "transformed"
                 elif dest_type not in COMPATIBLE[canonical.type]:
                     verdict = "clash"
@@ -141,6 +143,11 @@ def plan_schema(mapping: Mapping, described: dict[str, DestObject], creatable: f
     return plan
 
 
+def plan_for(mapping: Mapping, destination) -> SchemaPlan:
+    caps = destination.capabilities
+    return plan_schema(mapping, destination.describe_schema(), caps.creatable, caps.custom_object_fields)
+
+
 def apply_schema(destination, plan: SchemaPlan) -> list[str]:
     """Apply the by-API changes in a safe order: objects, plain fields, lookups, then options."""
     order = {"custom_object": 0, "custom_field": 1, "picklist_option": 3}
@@ -155,7 +162,7 @@ def apply_schema(destination, plan: SchemaPlan) -> list[str]:
 
 
 def require_schema_ready(mapping: Mapping, destination) -> None:
-    plan = plan_schema(mapping, destination.describe_schema(), destination.capabilities.creatable)
+    plan = plan_for(mapping, destination)
     if plan.problems or plan.changes:
         items = [c.describe() + (" (by hand)" if not c.by_api else "") for c in plan.changes] + plan.problems
         raise SchemaNotReady(

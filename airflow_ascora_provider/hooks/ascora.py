@@ -26,7 +26,7 @@ import dataclasses
 import datetime as dt
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote, unquote
 
 try:  # Airflow 3
@@ -187,25 +187,36 @@ class AscoraHook(BaseHook):
         api_key = o["api_key"] if o["api_key"] is not None else password
         if not api_key:
             raise ValueError(
-                f"No Ascora API key: set the password of connection {self.ascora_conn_id!r} (or pass api_key=) "
+                f"No Ascora API key: set the password of connection {self.ascora_conn_id!r} "
+                "(or pass api_key=) "
                 "to the key from Administration → API Settings."
             )
-        page_size = _as_int(o["page_size"] if o["page_size"] is not None else extra.get("page_size"), DEFAULT_PAGE_SIZE)
+        page_size = _as_int(
+            o["page_size"] if o["page_size"] is not None else extra.get("page_size"), DEFAULT_PAGE_SIZE
+        )
         self._settings = {
             "base_url": base_url.rstrip("/"),
             "api_key": api_key,
             "page_size": max(1, min(MAX_PAGE_SIZE, page_size)),
             "timeout": _as_float(o["timeout"] if o["timeout"] is not None else extra.get("timeout"), 30.0),
             "requests_per_minute": _as_float(
-                o["requests_per_minute"] if o["requests_per_minute"] is not None else extra.get("requests_per_minute"),
-                None),
+                o["requests_per_minute"]
+                if o["requests_per_minute"] is not None
+                else extra.get("requests_per_minute"),
+                None,
+            ),
             "request_budget": _as_int(
-                o["request_budget"] if o["request_budget"] is not None else extra.get("request_budget"), None),
+                o["request_budget"] if o["request_budget"] is not None else extra.get("request_budget"), None
+            ),
             "max_attempts": _as_int(
-                o["max_attempts"] if o["max_attempts"] is not None else extra.get("max_attempts"), None),
+                o["max_attempts"] if o["max_attempts"] is not None else extra.get("max_attempts"), None
+            ),
             "enable_extensions": _as_bool(
-                o["enable_extensions"] if o["enable_extensions"] is not None else extra.get("enable_extensions"),
-                False),
+                o["enable_extensions"]
+                if o["enable_extensions"] is not None
+                else extra.get("enable_extensions"),
+                False,
+            ),
         }
         return self._settings
 
@@ -249,7 +260,7 @@ class AscoraHook(BaseHook):
             self._client.close()
             self._client = None
 
-    def __enter__(self) -> AscoraHook:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -283,13 +294,20 @@ class AscoraHook(BaseHook):
                 f"Ascora rejected the API key (HTTP {status}) on GET {path}: check the API key "
                 "(Administration → API Settings). Ascora allows one active key; generating a new one "
                 "revokes the old.",
-                status=status, body=_body(response), url=path,
+                status=status,
+                body=_body(response),
+                url=path,
                 ascora_message=_message(response),
             )
         if status >= 400:
             text = _message(response) or response.text[:300]
-            raise AscoraApiError(f"Ascora answered HTTP {status} on GET {path}: {text}", status=status,
-                                 body=_body(response), url=path, ascora_message=_message(response))
+            raise AscoraApiError(
+                f"Ascora answered HTTP {status} on GET {path}: {text}",
+                status=status,
+                body=_body(response),
+                url=path,
+                ascora_message=_message(response),
+            )
         return response
 
     def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -297,12 +315,21 @@ class AscoraHook(BaseHook):
         try:
             body = response.json()
         except ValueError:
-            raise AscoraApiError(f"Ascora answered GET {path} with non-JSON: {response.text[:300]}",
-                                 status=response.status_code, body=response.text, url=path) from None
+            raise AscoraApiError(
+                f"Ascora answered GET {path} with non-JSON: {response.text[:300]}",
+                status=response.status_code,
+                body=response.text,
+                url=path,
+            ) from None
         if isinstance(body, dict) and body.get("success") is False:
             message = body.get("message") or "success:false with no message"
-            raise AscoraApiError(f"Ascora: {message} (GET {path})", status=response.status_code, body=body,
-                                 url=path, ascora_message=body.get("message"))
+            raise AscoraApiError(
+                f"Ascora: {message} (GET {path})",
+                status=response.status_code,
+                body=body,
+                url=path,
+                ascora_message=body.get("message"),
+            )
         return body
 
     def _paged(self, path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
@@ -372,12 +399,15 @@ class AscoraHook(BaseHook):
         ``start_date``/``end_date`` filter on the *creation* date: Ascora has no modified filter, so a
         date window finds new jobs, never edited ones.
         """
-        return self._paged(JOBS, {
-            "JobStatus": status,
-            "IncludeChildJobs": "true" if include_child_jobs else "false",
-            "StartDate": _date_param(start_date),
-            "EndDate": _date_param(end_date),
-        })
+        return self._paged(
+            JOBS,
+            {
+                "JobStatus": status,
+                "IncludeChildJobs": "true" if include_child_jobs else "false",
+                "StartDate": _date_param(start_date),
+                "EndDate": _date_param(end_date),
+            },
+        )
 
     def get_job(self, job_number: str) -> dict[str, Any]:
         """By job *number* (``J1042``), not GUID: that is what the endpoint takes."""
@@ -402,12 +432,14 @@ class AscoraHook(BaseHook):
         end: dt.date | dt.datetime | str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Supplier bills with their lines; the window is on the *invoice* date."""
-        return self._paged(SUPPLIER_INVOICES, {"InvoiceDateStart": _date_param(start),
-                                               "InvoiceDateEnd": _date_param(end)})
+        return self._paged(
+            SUPPLIER_INVOICES, {"InvoiceDateStart": _date_param(start), "InvoiceDateEnd": _date_param(end)}
+        )
 
     def get_supplier_invoice(self, supplier_invoice_id: str) -> dict[str, Any]:
-        return self._single(f"/SupplierInvoices/SupplierInvoice/{quote(str(supplier_invoice_id), safe='')}",
-                            "supplierInvoice")
+        return self._single(
+            f"/SupplierInvoices/SupplierInvoice/{quote(str(supplier_invoice_id), safe='')}", "supplierInvoice"
+        )
 
     def iter_supplies(self) -> Iterator[dict[str, Any]]:
         return self._paged(SUPPLIES)
@@ -433,12 +465,15 @@ class AscoraHook(BaseHook):
         A read-only view, and not invoice history: for a tenant with a Xero/MYOB/QBO link nearly
         every invoice is already sent and will not appear. It is never followed by a mark call.
         """
-        body = self._get(INVOICES_TO_SEND, {
-            "priorToDate": _date_param(prior_to),
-            "includeCustomerCustomFields": "true",
-            "includeInvoiceCustomFields": "true",
-            "includeJobCustomFields": "true",
-        })
+        body = self._get(
+            INVOICES_TO_SEND,
+            {
+                "priorToDate": _date_param(prior_to),
+                "includeCustomerCustomFields": "true",
+                "includeInvoiceCustomFields": "true",
+                "includeJobCustomFields": "true",
+            },
+        )
         if isinstance(body, dict):
             return list(body.get("results") or [])
         return list(body or [])
@@ -446,10 +481,13 @@ class AscoraHook(BaseHook):
     def test_connection(self) -> tuple[bool, str]:
         try:
             body = self._get(CUSTOMERS, {"Page": 1, "PageSize": 1})
-        except Exception as exc:  # the UI shows the message; any failure is a failed test
+        except Exception as exc:  # noqa: BLE001 - the UI shows the message; any failure is a failed test
             return False, str(exc)
         total = body.get("totalRecords") if isinstance(body, dict) else None
-        return True, f"Connected to Ascora at {self.base_url} ({total if total is not None else '?'} customers)."
+        return (
+            True,
+            f"Connected to Ascora at {self.base_url} ({total if total is not None else '?'} customers).",
+        )
 
     # -- sandbox-only extension reads ----------------------------------------------------------------
 
@@ -469,16 +507,21 @@ class AscoraHook(BaseHook):
         self._require_extensions("job types")
         return self._paged(EXT_JOB_TYPES)
 
-    def ext_iter_notes(self, entity_type: str | None = None, entity_id: str | None = None) -> Iterator[dict[str, Any]]:
+    def ext_iter_notes(
+        self, entity_type: str | None = None, entity_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         self._require_extensions("notes")
         return self._paged(EXT_NOTES, {"EntityType": entity_type, "EntityId": entity_id})
 
-    def ext_iter_attachments(self, entity_type: str | None = None,
-                             entity_id: str | None = None) -> Iterator[dict[str, Any]]:
-        """Attachment metadata: all of it, or one entity's when both ``entity_type`` and ``entity_id`` are given."""
+    def ext_iter_attachments(
+        self, entity_type: str | None = None, entity_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Attachment metadata: all of it, or one entity's given ``entity_type`` and ``entity_id``."""
         self._require_extensions("attachments")
         if entity_type and entity_id:
-            return self._paged(f"{EXT_ATTACHMENTS}/{quote(entity_type, safe='')}/{quote(str(entity_id), safe='')}")
+            return self._paged(
+                f"{EXT_ATTACHMENTS}/{quote(entity_type, safe='')}/{quote(str(entity_id), safe='')}"
+            )
         return self._paged(EXT_ATTACHMENTS)
 
     def ext_download_attachment(self, attachment_id: str) -> bytes:
@@ -510,7 +553,7 @@ class AscoraHook(BaseHook):
                 "host": DEFAULT_BASE_URL,
                 "password": "Administration → API Settings → Generate New API Key",
                 "extra": '{"page_size": 250, "timeout": 30, "requests_per_minute": null, '
-                         '"request_budget": null, "enable_extensions": false}',
+                '"request_budget": null, "enable_extensions": false}',
             },
         }
 
@@ -525,18 +568,36 @@ class AscoraHook(BaseHook):
         except ImportError:
             return {}
         return {
-            "page_size": IntegerField(lazy_gettext("Page size"), validators=[Optional(), NumberRange(1, MAX_PAGE_SIZE)],
-                                      widget=BS3TextFieldWidget(), default=DEFAULT_PAGE_SIZE),
-            "timeout": IntegerField(lazy_gettext("Timeout (seconds)"), validators=[Optional(), NumberRange(1)],
-                                    widget=BS3TextFieldWidget(), default=30),
-            "requests_per_minute": IntegerField(lazy_gettext("Requests per minute (pacing)"),
-                                                validators=[Optional(), NumberRange(1)], widget=BS3TextFieldWidget()),
-            "request_budget": IntegerField(lazy_gettext("Request budget per run"),
-                                           validators=[Optional(), NumberRange(1)], widget=BS3TextFieldWidget()),
-            "max_attempts": IntegerField(lazy_gettext("Max attempts per request"),
-                                         validators=[Optional(), NumberRange(1)], widget=BS3TextFieldWidget()),
+            "page_size": IntegerField(
+                lazy_gettext("Page size"),
+                validators=[Optional(), NumberRange(1, MAX_PAGE_SIZE)],
+                widget=BS3TextFieldWidget(),
+                default=DEFAULT_PAGE_SIZE,
+            ),
+            "timeout": IntegerField(
+                lazy_gettext("Timeout (seconds)"),
+                validators=[Optional(), NumberRange(1)],
+                widget=BS3TextFieldWidget(),
+                default=30,
+            ),
+            "requests_per_minute": IntegerField(
+                lazy_gettext("Requests per minute (pacing)"),
+                validators=[Optional(), NumberRange(1)],
+                widget=BS3TextFieldWidget(),
+            ),
+            "request_budget": IntegerField(
+                lazy_gettext("Request budget per run"),
+                validators=[Optional(), NumberRange(1)],
+                widget=BS3TextFieldWidget(),
+            ),
+            "max_attempts": IntegerField(
+                lazy_gettext("Max attempts per request"),
+                validators=[Optional(), NumberRange(1)],
+                widget=BS3TextFieldWidget(),
+            ),
             "enable_extensions": BooleanField(
-                lazy_gettext("Enable sandbox extension endpoints (not in the real Ascora API)"), default=False),
+                lazy_gettext("Enable sandbox extension endpoints (not in the real Ascora API)"), default=False
+            ),
         }
 
 

@@ -17,9 +17,13 @@ disables pacing), ``batch_size`` (default 60), ``timeout`` (seconds, default 30)
 
 from __future__ import annotations
 
+import json as jsonlib
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
+
+import httpx
 
 try:  # Airflow 3
     from airflow.sdk.bases.hook import BaseHook
@@ -34,6 +38,13 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_PAGE_SIZE = 60  # Twenty's default page size; the safe one (the real cap is undocumented)
 
 _ITEM_MESSAGE = re.compile(r"^item (\d+): (.*)$", re.DOTALL)
+
+# Twenty's file upload (GraphQL; the REST API has none). Older servers return the stored path as a
+# String; newer ones may return an object and have moved uploads elsewhere (see the API notes).
+UPLOAD_FILE_MUTATION = (
+    "mutation uploadFile($file: Upload!, $fileFolder: FileFolder) "
+    "{ uploadFile(file: $file, fileFolder: $fileFolder) }"
+)
 
 
 class TwentyApiError(ApiError):
@@ -250,9 +261,18 @@ class TwentyHook(BaseHook):
     # ---- request core --------------------------------------------------------------------------
 
     def _call(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
-              error_class: type[TwentyApiError] = TwentyApiError) -> Any:
-        """Send one request; decode JSON or raise with Twenty's own messages in the exception."""
-        kwargs: dict[str, Any] = {}
+              error_class: type[TwentyApiError] = TwentyApiError, **extra: Any) -> Any:
+        """Send one request; decode JSON or raise with Twenty's own messages in the exception.
+
+        ``extra`` goes to httpx unchanged (``data=``/``files=`` for multipart).
+        """
+        response = self._send(method, path, params=params, json=json, error_class=error_class, **extra)
+        return response.json() if response.content else None
+
+    def _send(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
+              error_class: type[TwentyApiError] = TwentyApiError, **extra: Any) -> httpx.Response:
+        """Send one request; return the response, or raise with Twenty's messages on a non-2xx."""
+        kwargs: dict[str, Any] = dict(extra)
         if params:
             kwargs["params"] = {k: v for k, v in params.items() if v is not None}
         if json is not None:
@@ -269,7 +289,7 @@ class TwentyHook(BaseHook):
                 f"Twenty {method} {path} answered HTTP {response.status_code}: {detail}",
                 status=response.status_code, body=body, url=path, messages=messages,
             )
-        return response.json() if response.content else None
+        return response
 
     @staticmethod
     def _data_value(payload: Any) -> Any:
@@ -515,6 +535,47 @@ class TwentyHook(BaseHook):
     def restore(self, plural: str, record_id: str) -> dict:
         """Bring back a soft-deleted record (e.g. one whose unique e-mail blocks a create)."""
         return self._data_value(self._call("PATCH", f"/rest/restore/{plural}/{record_id}", json={}))
+
+    # ---- files ---------------------------------------------------------------------------------
+
+    def upload_file(self, filename: str, content: bytes, *, content_type: str = "application/octet-stream",
+                    folder: str = "Attachment") -> str:
+        """Upload one file with the GraphQL ``uploadFile`` mutation; return its stored path.
+
+        Sent as a GraphQL multipart request (fields ``operations``, ``map`` and the file part ``0``).
+        Link the file to a record afterwards with an ``attachment`` whose ``fullPath`` is the returned
+        path (e.g. ``create_one("attachments", {"name": ..., "fullPath": path, "personId": ...})``).
+        ``folder`` is a ``FileFolder`` enum name. A GraphQL ``errors`` answer (HTTP 200 included)
+        raises :class:`TwentyApiError` with the error messages.
+        """
+        operations = {"query": UPLOAD_FILE_MUTATION, "variables": {"file": None, "fileFolder": folder}}
+        payload = self._call(
+            "POST", "/graphql",
+            data={"operations": jsonlib.dumps(operations), "map": jsonlib.dumps({"0": ["variables.file"]})},
+            files={"0": (filename, bytes(content), content_type)},
+        )
+        errors = payload.get("errors") if isinstance(payload, dict) else None
+        if errors:
+            messages = _messages_of({"errors": errors})
+            raise TwentyApiError(
+                f"Twenty uploadFile of '{filename}' failed: {'; '.join(messages)}",
+                status=200, body=payload, url="/graphql", messages=messages,
+            )
+        result = ((payload or {}).get("data") or {}).get("uploadFile") if isinstance(payload, dict) else None
+        if isinstance(result, dict):  # newer servers may answer an object carrying the path
+            result = result.get("path")
+        if not isinstance(result, str) or not result:
+            raise ApiError(f"Unexpected Twenty uploadFile answer (no path): {str(payload)[:300]}")
+        return result
+
+    def download_file(self, path: str) -> bytes:
+        """The bytes stored at ``path`` (as returned by :meth:`upload_file`), from ``GET /files/<path>``.
+
+        Raises :class:`TwentyApiError` (``status`` 404 for an unknown path). Real Twenty serves files
+        against a signed ``token`` query parameter; the emulator accepts the API key.
+        """
+        url = "/files/" + quote(path.lstrip("/"), safe="/")
+        return self._send("GET", url, headers={"Accept": "*/*"}).content
 
     def workspace_members(self) -> list[dict]:
         """All workspace members, for resolving Ascora owner/technician e-mails to member ids."""

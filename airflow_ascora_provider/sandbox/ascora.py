@@ -195,7 +195,9 @@ class TenantStore:
             pos = self._index(resource, key, fold).get(_fold(value) if fold else value)
             return None if pos is None else self.tables[resource][pos]
 
-    def matching(self, resource: str, filters: tuple, keep: Callable[[dict], bool] | None) -> list[dict[str, Any]]:
+    def matching(
+        self, resource: str, filters: tuple, keep: Callable[[dict], bool] | None
+    ) -> list[dict[str, Any]]:
         """The records passing ``keep``, remembered per ``filters`` until the next write."""
         with self.lock:
             rows = self.rows(resource)
@@ -243,7 +245,8 @@ def _read_jsonl(path: Path) -> Iterable[dict[str, Any]]:
             except ValueError as exc:
                 raise ValueError(f"{path}:{lineno}: not a JSON object ({exc})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                # a bad data file rather than a bad argument, hence ValueError
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
             yield row
 
 
@@ -308,7 +311,9 @@ def parse_when(value: Any) -> dt.datetime | None:
     return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
 
 
-def _date_param(params: dict[str, str], name: str, *, end: bool = False) -> Callable[[dt.datetime], bool] | None:
+def _date_param(
+    params: dict[str, str], name: str, *, end: bool = False
+) -> Callable[[dt.datetime], bool] | None:
     """A predicate for ``StartDate``-style bounds; a date-only end bound includes that whole day."""
     raw = params.get(name.lower())
     if raw is None or raw.strip() == "":
@@ -418,8 +423,13 @@ class AscoraEmulator:
             return row
         return {k: v for k, v in row.items() if k not in drop}
 
-    def _list(self, request: Request, resource: str, keep: Callable[[dict], bool] | None = None,
-              rows: list[dict[str, Any]] | None = None) -> Response:
+    def _list(
+        self,
+        request: Request,
+        resource: str,
+        keep: Callable[[dict], bool] | None = None,
+        rows: list[dict[str, Any]] | None = None,
+    ) -> Response:
         params = _params(request)
         page = max(1, _int_param(params, "Page", 1))
         size = _int_param(params, "PageSize", DEFAULT_PAGE_SIZE)
@@ -428,13 +438,14 @@ class AscoraEmulator:
             if rows is not None:
                 matched = rows if keep is None else [r for r in rows if keep(r)]
             else:
-                filters = (request.url.path,) + tuple(sorted(
-                    (k, v) for k, v in params.items() if k not in ("page", "pagesize")))
+                filters = (request.url.path,) + tuple(
+                    sorted((k, v) for k, v in params.items() if k not in ("page", "pagesize"))
+                )
                 if any(k == "quotestatus" and v.strip().upper() == "LAST-7-DAYS" for k, v in filters[1:]):
                     filters += (dt.date.today().isoformat(),)
                 matched = self.store.matching(resource, filters, keep)
             total = len(matched)
-            chunk = matched[(page - 1) * size: page * size]
+            chunk = matched[(page - 1) * size : page * size]
         return JsonResponse(
             {
                 "success": True,
@@ -470,12 +481,24 @@ class AscoraEmulator:
         elif kind != "all":
             raise BadParam(f"SiteBillingType must be Site, Billing or All, got {params['sitebillingtype']!r}")
         if text := params.get("filtertext", "").strip():
-            preds.append(lambda r: _contains(text, r.get("customerNumber"), r.get("customerName"),
-                                             r.get("companyName"), r.get("contactFirstName"),
-                                             r.get("contactLastName"), r.get("emailAddress"),
-                                             r.get("phoneNumber"), r.get("mobileNumber")))
-        for param, field in (("customertype", "customerType"), ("leadsource", "leadSource"),
-                             ("assigneduser", "assignedUser")):
+            preds.append(
+                lambda r: _contains(
+                    text,
+                    r.get("customerNumber"),
+                    r.get("customerName"),
+                    r.get("companyName"),
+                    r.get("contactFirstName"),
+                    r.get("contactLastName"),
+                    r.get("emailAddress"),
+                    r.get("phoneNumber"),
+                    r.get("mobileNumber"),
+                )
+            )
+        for param, field in (
+            ("customertype", "customerType"),
+            ("leadsource", "leadSource"),
+            ("assigneduser", "assignedUser"),
+        ):
             if wanted := params.get(param, "").strip().lower():
                 preds.append(lambda r, f=field, w=wanted: _link_name(r.get(f)).strip().lower() == w)
         if phone := _digits(params.get("phonenumber")):
@@ -496,14 +519,24 @@ class AscoraEmulator:
                 old = self.store.find("customers", "customerId", customer_id, fold=True)
                 if old is None:
                     return JsonResponse({"success": False, "message": "No Matching Customer Found"})
-                # Omitted fields are kept (read-modify-write semantics; the real behaviour is an open question).
+                # Omitted fields are kept (read-modify-write); the real behaviour is an open question.
                 new = {**old, **body, "customerId": old["customerId"], "lastModified": now}
                 self.store.replace("customers", old, new)
                 return JsonResponse({"success": True, "message": "Customer Updated", "customer": new})
-            new = {"customerId": str(uuid.uuid4()), "customerNumber": "", "billingCustomer": None,
-                   "customFields": [], "dateCreated": now, **body, "lastModified": now}
-            new.setdefault("customerName", new.get("companyName") or " ".join(
-                p for p in (new.get("contactFirstName"), new.get("contactLastName")) if p))
+            new = {
+                "customerId": str(uuid.uuid4()),
+                "customerNumber": "",
+                "billingCustomer": None,
+                "customFields": [],
+                "dateCreated": now,
+                **body,
+                "lastModified": now,
+            }
+            new.setdefault(
+                "customerName",
+                new.get("companyName")
+                or " ".join(p for p in (new.get("contactFirstName"), new.get("contactLastName")) if p),
+            )
             self.store.append("customers", new)
             return JsonResponse({"success": True, "message": "Customer Created", "customer": new})
 
@@ -519,8 +552,16 @@ class AscoraEmulator:
         params = _params(request)
         preds: list[Callable[[dict], bool] | None] = []
         if text := params.get("filtertext", "").strip():
-            preds.append(lambda r: _contains(text, r.get("firstName"), r.get("lastName"), r.get("emailAddress"),
-                                             r.get("phoneNumber"), r.get("mobileNumber")))
+            preds.append(
+                lambda r: _contains(
+                    text,
+                    r.get("firstName"),
+                    r.get("lastName"),
+                    r.get("emailAddress"),
+                    r.get("phoneNumber"),
+                    r.get("mobileNumber"),
+                )
+            )
         if phone := _digits(params.get("phonenumber")):
             preds.append(lambda r: phone in (_digits(r.get("phoneNumber")), _digits(r.get("mobileNumber"))))
         return self._list(request, "contacts", self._all_of(*preds))
@@ -545,8 +586,10 @@ class AscoraEmulator:
                 new = {**old, **body, "contactId": old["contactId"], "lastModified": now}
                 self.store.replace("contacts", old, new)
                 return JsonResponse({"success": True, "message": "Contact Created/Updated", "contact": new})
-            if not body.get("customerId") or self.store.find(
-                    "customers", "customerId", body["customerId"], fold=True) is None:
+            if (
+                not body.get("customerId")
+                or self.store.find("customers", "customerId", body["customerId"], fold=True) is None
+            ):
                 return JsonResponse({"success": False, "message": "No Matching Customer Found"})
             new = {"contactId": str(uuid.uuid4()), "defaultContact": False, **body, "lastModified": now}
             self.store.append("contacts", new)
@@ -569,11 +612,23 @@ class AscoraEmulator:
         if user := params.get("assigneduser", "").strip().lower():
             preds.append(lambda r: _link_name(r.get("assignedUser")).strip().lower() == user)
         if name := params.get("customername", "").strip():
-            preds.append(lambda r: _contains(name, _link_name(r.get("siteCustomer")),
-                                             _link_name(r.get("billingCustomer"))))
+            preds.append(
+                lambda r: _contains(
+                    name, _link_name(r.get("siteCustomer")), _link_name(r.get("billingCustomer"))
+                )
+            )
         if text := params.get("filtertext", "").strip():
-            preds.append(lambda r: _contains(text, r.get("jobNumber"), r.get("jobName"), r.get("addressLine1"),
-                                             r.get("addressLine2"), r.get("suburb"), r.get("postcode")))
+            preds.append(
+                lambda r: _contains(
+                    text,
+                    r.get("jobNumber"),
+                    r.get("jobName"),
+                    r.get("addressLine1"),
+                    r.get("addressLine2"),
+                    r.get("suburb"),
+                    r.get("postcode"),
+                )
+            )
         if job_type := params.get("jobtype", "").strip().lower():
             preds.append(lambda r: _link_name(r.get("jobType")).strip().lower() == job_type)
         return self._list(request, "jobs", self._all_of(*preds))
@@ -586,9 +641,15 @@ class AscoraEmulator:
     async def create_job(self, request: Request) -> Response:
         body = await _json_body(request)
         if body.get("jobId"):
-            return JsonResponse({"success": False, "message": (
-                "Updating a job is not supported by the Ascora API. In the sandbox, patch it with "
-                "POST /__ascora__/jobs/{jobNumber}.")})
+            return JsonResponse(
+                {
+                    "success": False,
+                    "message": (
+                        "Updating a job is not supported by the Ascora API. In the sandbox, patch it with "
+                        "POST /__ascora__/jobs/{jobNumber}."
+                    ),
+                }
+            )
         now = _now()
         with self.store.lock:
             site_id = _link_id(body.get("siteCustomer"))
@@ -598,18 +659,35 @@ class AscoraEmulator:
             self._fill_link_names(body)
             billing = body.get("billingCustomer")
             if not _link_id(billing):
-                billing = site.get("billingCustomer") or {"id": site["customerId"], "name": site.get("customerName")}
+                billing = site.get("billingCustomer") or {
+                    "id": site["customerId"],
+                    "name": site.get("customerName"),
+                }
             status = body.get("jobStatus", 5)
-            numbers = [int(m.group(1)) for r in self.store.rows("jobs")
-                       if isinstance(r.get("jobNumber"), str) and (m := _NUMBERED.match(r["jobNumber"]))]
+            numbers = [
+                int(m.group(1))
+                for r in self.store.rows("jobs")
+                if isinstance(r.get("jobNumber"), str) and (m := _NUMBERED.match(r["jobNumber"]))
+            ]
             new = {
-                "jobId": str(uuid.uuid4()), "jobNumber": f"J{max(numbers, default=0) + 1}",
-                "topLevelJobNumber": None, "jobName": "", "jobDescription": "", "jobStatus": status,
-                "jobStatusText": JOB_STATUS_TEXT.get(status, ""), "dateCreated": now, "pricingMethod": "FIXED-PRICE",
-                "totalExTax": 0.0, "totalIncTax": 0.0, "siteContact": None, "billingContact": None,
-                "customFields": None, **body,
+                "jobId": str(uuid.uuid4()),
+                "jobNumber": f"J{max(numbers, default=0) + 1}",
+                "topLevelJobNumber": None,
+                "jobName": "",
+                "jobDescription": "",
+                "jobStatus": status,
+                "jobStatusText": JOB_STATUS_TEXT.get(status, ""),
+                "dateCreated": now,
+                "pricingMethod": "FIXED-PRICE",
+                "totalExTax": 0.0,
+                "totalIncTax": 0.0,
+                "siteContact": None,
+                "billingContact": None,
+                "customFields": None,
+                **body,
                 "siteCustomer": {"id": site["customerId"], "name": site.get("customerName")},
-                "billingCustomer": billing, "lastModified": now,
+                "billingCustomer": billing,
+                "lastModified": now,
             }
             self.store.append("jobs", new)
         return JsonResponse({"success": True, "message": "Job Created", "job": new})
@@ -623,7 +701,13 @@ class AscoraEmulator:
             if old is None:
                 return JsonResponse({"success": False, "message": f"No Matching Job Found ({number})"})
             self._fill_link_names(body)
-            new = {**old, **body, "jobId": old["jobId"], "jobNumber": old["jobNumber"], "lastModified": _now()}
+            new = {
+                **old,
+                **body,
+                "jobId": old["jobId"],
+                "jobNumber": old["jobNumber"],
+                "lastModified": _now(),
+            }
             if "jobStatus" in body and "jobStatusText" not in body:
                 new["jobStatusText"] = JOB_STATUS_TEXT.get(body["jobStatus"], "")
             self.store.replace("jobs", old, new)
@@ -636,7 +720,9 @@ class AscoraEmulator:
         preds: list[Callable[[dict], bool] | None] = []
         status = params.get("quotestatus", "ALL").strip().upper() or "ALL"
         if status not in QUOTE_STATUS_FILTERS:
-            raise BadParam(f"QuoteStatus {params['quotestatus']!r} is not one of {', '.join(QUOTE_STATUS_FILTERS)}")
+            raise BadParam(
+                f"QuoteStatus {params['quotestatus']!r} is not one of {', '.join(QUOTE_STATUS_FILTERS)}"
+            )
         codes = QUOTE_STATUS_FILTERS[status]
         if codes is not None:
             preds.append(lambda r: _quote_code(r) in codes)
@@ -651,11 +737,17 @@ class AscoraEmulator:
         if user := params.get("assigneduser", "").strip().lower():
             preds.append(lambda r: _link_name(r.get("assignedUser")).strip().lower() == user)
         if name := params.get("customername", "").strip():
-            preds.append(lambda r: _contains(name, _link_name(r.get("siteCustomer")),
-                                             _link_name(r.get("billingCustomer"))))
+            preds.append(
+                lambda r: _contains(
+                    name, _link_name(r.get("siteCustomer")), _link_name(r.get("billingCustomer"))
+                )
+            )
         if text := params.get("filtertext", "").strip():
-            preds.append(lambda r: _contains(text, r.get("quoteNumber"), r.get("quoteName"), r.get("addressLine1"),
-                                             r.get("suburb")))
+            preds.append(
+                lambda r: _contains(
+                    text, r.get("quoteNumber"), r.get("quoteName"), r.get("addressLine1"), r.get("suburb")
+                )
+            )
         if job_type := params.get("jobtype", "").strip().lower():
             preds.append(lambda r: _link_name(r.get("jobType")).strip().lower() == job_type)
         return self._list(request, "quotes", self._all_of(*preds))
@@ -675,7 +767,7 @@ class AscoraEmulator:
         return self._single("quotes", "quotation", found, "QUOTE-NOT-FOUND")
 
     def bare(self, resource: str):
-        """LabourRoles, StandardSections and StandardStages answer a bare array, not an envelope (observed)."""
+        """LabourRoles, StandardSections and StandardStages answer a bare array (observed), no envelope."""
 
         async def endpoint(request: Request) -> Response:
             with self.store.lock:
@@ -688,9 +780,16 @@ class AscoraEmulator:
     def _inventory_preds(self, params: dict[str, str]) -> list[Callable[[dict], bool] | None]:
         preds: list[Callable[[dict], bool] | None] = []
         if text := params.get("filtertext", "").strip():
-            preds.append(lambda r: _contains(text, r.get("partNumber"), r.get("supplierPartNumber"),
-                                             r.get("description"), r.get("annotation"),
-                                             _link_name(r.get("categoryOne"))))
+            preds.append(
+                lambda r: _contains(
+                    text,
+                    r.get("partNumber"),
+                    r.get("supplierPartNumber"),
+                    r.get("description"),
+                    r.get("annotation"),
+                    _link_name(r.get("categoryOne")),
+                )
+            )
         if _bool_param(params, "FavouriteOnly", False):
             preds.append(lambda r: bool(r.get("isFavourite")))
         for param, field in (("categoryoneid", "categoryOne"), ("categorytwoid", "categoryTwo")):
@@ -745,7 +844,9 @@ class AscoraEmulator:
         return self._list(request, "supplier_invoices", self._all_of(*preds))
 
     async def supplier_invoice(self, request: Request) -> Response:
-        row = self.store.find("supplier_invoices", "supplierInvoiceId", request.path_params["invoice_id"], fold=True)
+        row = self.store.find(
+            "supplier_invoices", "supplierInvoiceId", request.path_params["invoice_id"], fold=True
+        )
         return self._single("supplier_invoices", "supplierInvoice", row, "No Matching Supplier Invoice Found")
 
     # -- accounting ---------------------------------------------------------------------------------
@@ -774,8 +875,15 @@ class AscoraEmulator:
         rows = [{**r, **{k: [] for k, on in flags.items() if not on and k in r}} for r in rows]
         if "page" in params or "pagesize" in params:
             return self._list(request, resource, rows=rows)
-        return JsonResponse({"success": True, "message": None, "results": [self._shape(resource, r) for r in rows],
-                             "totalPages": 1 if rows else 0, "totalRecords": len(rows)})
+        return JsonResponse(
+            {
+                "success": True,
+                "message": None,
+                "results": [self._shape(resource, r) for r in rows],
+                "totalPages": 1 if rows else 0,
+                "totalRecords": len(rows),
+            }
+        )
 
     async def invoices_to_send(self, request: Request) -> Response:
         return self._to_send(request, "invoices", "invoiceDate")
@@ -786,7 +894,9 @@ class AscoraEmulator:
     async def _mark(self, request: Request, resource: str, id_key: str, body_key: str) -> Response:
         """State-changing on purpose: the provider must never get here, and tests prove it by the flag."""
         body = await _json_body(request)
-        wanted = {_fold(i) for i in next((v for k, v in body.items() if k.lower() == body_key.lower()), []) or []}
+        wanted = {
+            _fold(i) for i in next((v for k, v in body.items() if k.lower() == body_key.lower()), []) or []
+        }
         marked = 0
         with self.store.lock:
             for row in list(self.store.rows(resource)):
@@ -805,7 +915,11 @@ class AscoraEmulator:
 
     async def equipment(self, request: Request) -> Response:
         wanted = _fold(_params(request).get("customerid", ""))
-        keep = (lambda r: wanted in (_fold(r.get("customerId")), _fold(r.get("siteCustomerId")))) if wanted else None
+        keep = (
+            (lambda r: wanted in (_fold(r.get("customerId")), _fold(r.get("siteCustomerId"))))
+            if wanted
+            else None
+        )
         return self._list(request, "equipment", keep)
 
     async def users(self, request: Request) -> Response:
@@ -818,10 +932,14 @@ class AscoraEmulator:
         params = _params(request)
         entity_type = _fold(params.get("entitytype", ""))
         entity_id = _fold(params.get("entityid", ""))
-        return self._list(request, "notes", self._all_of(
-            (lambda r: _fold(r.get("entityType")) == entity_type) if entity_type else None,
-            (lambda r: _fold(r.get("entityId")) == entity_id) if entity_id else None,
-        ))
+        return self._list(
+            request,
+            "notes",
+            self._all_of(
+                (lambda r: _fold(r.get("entityType")) == entity_type) if entity_type else None,
+                (lambda r: _fold(r.get("entityId")) == entity_id) if entity_id else None,
+            ),
+        )
 
     async def attachments(self, request: Request) -> Response:
         return self._list(request, "attachments")
@@ -829,8 +947,11 @@ class AscoraEmulator:
     async def attachments_for(self, request: Request) -> Response:
         entity_type = _fold(request.path_params["entity_type"])
         entity_id = _fold(request.path_params["entity_id"])
-        return self._list(request, "attachments", lambda r: _fold(r.get("entityType")) == entity_type
-                          and _fold(r.get("entityId")) == entity_id)
+        return self._list(
+            request,
+            "attachments",
+            lambda r: _fold(r.get("entityType")) == entity_type and _fold(r.get("entityId")) == entity_id,
+        )
 
     async def download(self, request: Request) -> Response:
         attachment_id = request.path_params["attachment_id"]
@@ -847,27 +968,41 @@ class AscoraEmulator:
                 found = [p for p in folder.iterdir() if p.is_file()]
                 path = found[0] if len(found) == 1 else None
         if path is None:
-            return JsonResponse({"success": False, "message": "No Matching Attachment Found"}, status_code=404)
+            return JsonResponse(
+                {"success": False, "message": "No Matching Attachment Found"}, status_code=404
+            )
         content_type = (meta or {}).get("contentType") or "application/octet-stream"
-        return Response(path.read_bytes(), media_type=content_type,
-                        headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
+        return Response(
+            path.read_bytes(),
+            media_type=content_type,
+            headers={"Content-Disposition": f'attachment; filename="{path.name}"'},
+        )
 
     async def enquiries(self, request: Request) -> Response:
         params = _params(request)
         status = _fold(params.get("status", ""))
-        return self._list(request, "enquiries", self._all_of(
-            _date_window(params, "StartDate", "EndDate", lambda r: r.get("dateCreated")),
-            (lambda r: _fold(r.get("status")) == status) if status else None,
-        ))
+        return self._list(
+            request,
+            "enquiries",
+            self._all_of(
+                _date_window(params, "StartDate", "EndDate", lambda r: r.get("dateCreated")),
+                (lambda r: _fold(r.get("status")) == status) if status else None,
+            ),
+        )
 
     async def form_responses(self, request: Request) -> Response:
         number = _fold(_params(request).get("jobnumber", ""))
-        return self._list(request, "form_responses", (lambda r: _fold(r.get("jobNumber")) == number) if number else None)
+        return self._list(
+            request, "form_responses", (lambda r: _fold(r.get("jobNumber")) == number) if number else None
+        )
 
     async def invoices(self, request: Request) -> Response:
         params = _params(request)
-        return self._list(request, "invoices", _date_window(params, "InvoiceDateStart", "InvoiceDateEnd",
-                                                            lambda r: r.get("invoiceDate")))
+        return self._list(
+            request,
+            "invoices",
+            _date_window(params, "InvoiceDateStart", "InvoiceDateEnd", lambda r: r.get("invoiceDate")),
+        )
 
     # -- wiring -------------------------------------------------------------------------------------
 
@@ -951,9 +1086,13 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 405:
-        return JsonResponse({"success": False, "message": f"Method {request.method} not allowed on {request.url.path}"},
-                            status_code=405)
-    return JsonResponse({"success": False, "message": f"Not Found: {request.url.path}"}, status_code=exc.status_code)
+        return JsonResponse(
+            {"success": False, "message": f"Method {request.method} not allowed on {request.url.path}"},
+            status_code=405,
+        )
+    return JsonResponse(
+        {"success": False, "message": f"Not Found: {request.url.path}"}, status_code=exc.status_code
+    )
 
 
 def create_app(
@@ -1010,8 +1149,13 @@ def write_tenant(
         folder = root / "files" / attachment_id
         folder.mkdir(parents=True, exist_ok=True)
         (folder / file_name).write_bytes(data)
-    meta = {"seed": seed, "size": size, "dirty": dirty, "api_key": api_key,
-            "counts": {name: len(rows) for name, rows in resources.items()}}
+    meta = {
+        "seed": seed,
+        "size": size,
+        "dirty": dirty,
+        "api_key": api_key,
+        "counts": {name: len(rows) for name, rows in resources.items()},
+    }
     (root / "tenant.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return root
 
@@ -1036,24 +1180,49 @@ def fixture_tenant_records() -> tuple[dict[str, list[dict[str, Any]]], dict[str,
 
     def customer(n, name, *, company="", ctype="Residential", billing=None, **extra):
         base = {
-            "customerId": gid(n), "customerNumber": f"C{n:05d}", "customerName": name, "companyName": company,
-            "contactFirstName": "Pat", "contactLastName": f"Lee{n}", "emailAddress": f"pat{n}@example.com",
-            "phoneNumber": "08 9000 0000", "mobileNumber": "0400 000 000", "onHold": False,
-            "billingCustomerOnHold": False, "streetLine1": f"{n} Main St", "streetLine2": "",
-            "streetSuburb": "Cannington", "streetState": "WA", "streetPostcode": "6107",
-            "streetCountry": "Australia", "streetLatitude": -32.01, "streetLongitude": 115.93,
-            "postalLine1": f"PO Box {n}", "postalLine2": "", "postalSuburb": "Perth", "postalState": "WA",
-            "postalPostcode": "6000", "postalCountry": "Australia",
-            "customerType": {"id": gid(700 + len(ctype)), "name": ctype}, "leadSource": {"id": gid(750), "name": "Google"},
-            "billingCustomer": billing, "assignedUser": sam,
+            "customerId": gid(n),
+            "customerNumber": f"C{n:05d}",
+            "customerName": name,
+            "companyName": company,
+            "contactFirstName": "Pat",
+            "contactLastName": f"Lee{n}",
+            "emailAddress": f"pat{n}@example.com",
+            "phoneNumber": "08 9000 0000",
+            "mobileNumber": "0400 000 000",
+            "onHold": False,
+            "billingCustomerOnHold": False,
+            "streetLine1": f"{n} Main St",
+            "streetLine2": "",
+            "streetSuburb": "Cannington",
+            "streetState": "WA",
+            "streetPostcode": "6107",
+            "streetCountry": "Australia",
+            "streetLatitude": -32.01,
+            "streetLongitude": 115.93,
+            "postalLine1": f"PO Box {n}",
+            "postalLine2": "",
+            "postalSuburb": "Perth",
+            "postalState": "WA",
+            "postalPostcode": "6000",
+            "postalCountry": "Australia",
+            "customerType": {"id": gid(700 + len(ctype)), "name": ctype},
+            "leadSource": {"id": gid(750), "name": "Google"},
+            "billingCustomer": billing,
+            "assignedUser": sam,
             "customFields": [{"fieldName": "Customer text", "fieldValue": f"note {n}"}],
-            "dateCreated": "2024-03-01T02:11:09.120Z", "lastModified": "2025-06-30T05:00:00.000Z",
+            "dateCreated": "2024-03-01T02:11:09.120Z",
+            "lastModified": "2025-06-30T05:00:00.000Z",
         }
         return base | extra
 
     customers = [
-        customer(1, "Acme Plumbing Pty Ltd", company="Acme Plumbing Pty Ltd", ctype="Commercial",
-                 accountingSystem="Xero"),
+        customer(
+            1,
+            "Acme Plumbing Pty Ltd",
+            company="Acme Plumbing Pty Ltd",
+            ctype="Commercial",
+            accountingSystem="Xero",
+        ),
         customer(2, "Jane Citizen"),
         customer(3, "Harbour Strata Plan 123", ctype="Strata"),
         customer(11, "Acme Depot", ctype="Commercial", billing=link(1, "Acme Plumbing Pty Ltd")),
@@ -1062,199 +1231,607 @@ def fixture_tenant_records() -> tuple[dict[str, list[dict[str, Any]]], dict[str,
         customer(14, "Jane's Rental", billing=link(2, "Jane Citizen")),
     ]
     contacts = [
-        {"contactId": gid(100 + i), "customerId": gid(c), "firstName": f"First{i}", "lastName": f"Last{i}",
-         "emailAddress": f"c{i}@example.com", "phoneNumber": "08 9111 1111", "mobileNumber": "", "faxNumber": "",
-         "defaultContact": i == 1, "contactRole": "Site Manager", "lastModified": "2025-01-01T00:00:00.000Z"}
+        {
+            "contactId": gid(100 + i),
+            "customerId": gid(c),
+            "firstName": f"First{i}",
+            "lastName": f"Last{i}",
+            "emailAddress": f"c{i}@example.com",
+            "phoneNumber": "08 9111 1111",
+            "mobileNumber": "",
+            "faxNumber": "",
+            "defaultContact": i == 1,
+            "contactRole": "Site Manager",
+            "lastModified": "2025-01-01T00:00:00.000Z",
+        }
         for i, c in ((1, 1), (2, 11), (3, 2), (4, 13))
     ]
     users = [
-        {"userId": sam["id"], "fullName": "Sam Tech", "firstName": "Sam", "lastName": "Tech",
-         "emailAddress": "sam@example.com", "mobileNumber": "0400 111 222", "isActive": True, "userType": "Mobile",
-         "labourRole": link(601, "Plumber"), "team": link(651, "North")},
-        {"userId": alex["id"], "fullName": "Alex Office", "firstName": "Alex", "lastName": "Office",
-         "emailAddress": "alex@example.com", "mobileNumber": "", "isActive": True, "userType": "Office",
-         "labourRole": None, "team": None},
+        {
+            "userId": sam["id"],
+            "fullName": "Sam Tech",
+            "firstName": "Sam",
+            "lastName": "Tech",
+            "emailAddress": "sam@example.com",
+            "mobileNumber": "0400 111 222",
+            "isActive": True,
+            "userType": "Mobile",
+            "labourRole": link(601, "Plumber"),
+            "team": link(651, "North"),
+        },
+        {
+            "userId": alex["id"],
+            "fullName": "Alex Office",
+            "firstName": "Alex",
+            "lastName": "Office",
+            "emailAddress": "alex@example.com",
+            "mobileNumber": "",
+            "isActive": True,
+            "userType": "Office",
+            "labourRole": None,
+            "team": None,
+        },
     ]
-    job_types = [{"id": standard["id"], "name": "Standard Job", "isDefault": True},
-                 {"id": maintenance["id"], "name": "Maintenance", "isDefault": False}]
+    job_types = [
+        {"id": standard["id"], "name": "Standard Job", "isDefault": True},
+        {"id": maintenance["id"], "name": "Maintenance", "isDefault": False},
+    ]
 
     def quote(n, number, status, site, billing, **extra):
         base = {
-            "quoteId": gid(n), "quoteNumber": number, "quoteName": f"Quote {number}", "quoteDescription": "…",
-            "quoteStatus": status, "quoteStatusText": QUOTE_STATUS_TEXT[status], "reasonForLoss": None,
-            "quotationDate": "2025-05-01T00:00:00", "dueDate": None, "validUntilDate": "2025-06-01T00:00:00",
-            "pricingMethod": "FIXED-PRICE", "totalExTax": 100.0, "totalIncTax": 110.0, "purchaseOrderNumber": "",
-            "clientOrderNumber": "", "addressLine1": "1 Main St", "addressLine2": "", "suburb": "Cannington",
-            "postcode": "6107", "country": "Australia", "jobType": standard, "siteCustomer": site,
-            "billingCustomer": billing, "childQuotes": [], "jobNumber": None, "items": [],
-            "assignedUser": alex, "lastModified": "2025-05-02T00:00:00.000Z",
+            "quoteId": gid(n),
+            "quoteNumber": number,
+            "quoteName": f"Quote {number}",
+            "quoteDescription": "…",
+            "quoteStatus": status,
+            "quoteStatusText": QUOTE_STATUS_TEXT[status],
+            "reasonForLoss": None,
+            "quotationDate": "2025-05-01T00:00:00",
+            "dueDate": None,
+            "validUntilDate": "2025-06-01T00:00:00",
+            "pricingMethod": "FIXED-PRICE",
+            "totalExTax": 100.0,
+            "totalIncTax": 110.0,
+            "purchaseOrderNumber": "",
+            "clientOrderNumber": "",
+            "addressLine1": "1 Main St",
+            "addressLine2": "",
+            "suburb": "Cannington",
+            "postcode": "6107",
+            "country": "Australia",
+            "jobType": standard,
+            "siteCustomer": site,
+            "billingCustomer": billing,
+            "childQuotes": [],
+            "jobNumber": None,
+            "items": [],
+            "assignedUser": alex,
+            "lastModified": "2025-05-02T00:00:00.000Z",
         }
         return base | extra
 
     quotes = [
-        quote(201, "Q0001", 2, link(11, "Acme Depot"), link(1, "Acme Plumbing Pty Ltd"), pricingMethod="SECTIONS",
-              jobNumber="J1001",
-              childQuotes=[{"quoteId": gid(211), "quoteNumber": "Q0001.01", "quoteName": "Stage 1", "displayOrder": 1,
-                            "totalExTax": 60.0, "totalIncTax": 66.0},
-                           {"quoteId": gid(212), "quoteNumber": "Q0001.02", "quoteName": "Stage 2", "displayOrder": 2,
-                            "totalExTax": 40.0, "totalIncTax": 44.0}],
-              items=[{"itemId": gid(221), "itemType": "SUPPLY", "sectionQuoteNumber": "Q0001.01", "partNumber": "CLI123",
-                      "description": "PVC fittings", "quantity": 2, "unitOfMeasure": "ea", "labourRole": None,
-                      "hours": None, "unitCostExTax": 10.0, "unitSellExTax": 15.0, "totalExTax": 30.0,
-                      "totalIncTax": 33.0, "isTaxable": True},
-                     {"itemId": gid(222), "itemType": "LABOUR", "sectionQuoteNumber": "Q0001.02", "partNumber": "",
-                      "description": "Install", "quantity": 1, "unitOfMeasure": "hr",
-                      "labourRole": link(601, "Plumber"), "hours": 2, "unitCostExTax": 20.0, "unitSellExTax": 35.0,
-                      "totalExTax": 70.0, "totalIncTax": 77.0, "isTaxable": True}]),
-        quote(202, "Q0002", 1, link(13, "Harbour Strata Block A"), link(3, "Harbour Strata Plan 123"),
-              jobType=maintenance),
+        quote(
+            201,
+            "Q0001",
+            2,
+            link(11, "Acme Depot"),
+            link(1, "Acme Plumbing Pty Ltd"),
+            pricingMethod="SECTIONS",
+            jobNumber="J1001",
+            childQuotes=[
+                {
+                    "quoteId": gid(211),
+                    "quoteNumber": "Q0001.01",
+                    "quoteName": "Stage 1",
+                    "displayOrder": 1,
+                    "totalExTax": 60.0,
+                    "totalIncTax": 66.0,
+                },
+                {
+                    "quoteId": gid(212),
+                    "quoteNumber": "Q0001.02",
+                    "quoteName": "Stage 2",
+                    "displayOrder": 2,
+                    "totalExTax": 40.0,
+                    "totalIncTax": 44.0,
+                },
+            ],
+            items=[
+                {
+                    "itemId": gid(221),
+                    "itemType": "SUPPLY",
+                    "sectionQuoteNumber": "Q0001.01",
+                    "partNumber": "CLI123",
+                    "description": "PVC fittings",
+                    "quantity": 2,
+                    "unitOfMeasure": "ea",
+                    "labourRole": None,
+                    "hours": None,
+                    "unitCostExTax": 10.0,
+                    "unitSellExTax": 15.0,
+                    "totalExTax": 30.0,
+                    "totalIncTax": 33.0,
+                    "isTaxable": True,
+                },
+                {
+                    "itemId": gid(222),
+                    "itemType": "LABOUR",
+                    "sectionQuoteNumber": "Q0001.02",
+                    "partNumber": "",
+                    "description": "Install",
+                    "quantity": 1,
+                    "unitOfMeasure": "hr",
+                    "labourRole": link(601, "Plumber"),
+                    "hours": 2,
+                    "unitCostExTax": 20.0,
+                    "unitSellExTax": 35.0,
+                    "totalExTax": 70.0,
+                    "totalIncTax": 77.0,
+                    "isTaxable": True,
+                },
+            ],
+        ),
+        quote(
+            202,
+            "Q0002",
+            1,
+            link(13, "Harbour Strata Block A"),
+            link(3, "Harbour Strata Plan 123"),
+            jobType=maintenance,
+        ),
         quote(203, "Q0003", 3, link(2, "Jane Citizen"), link(2, "Jane Citizen"), reasonForLoss="Price"),
     ]
 
     def job(n, number, status, site, billing, *, parent=None, created="2025-06-01T01:00:00.000Z", **extra):
         base = {
-            "jobId": gid(n), "jobNumber": number, "topLevelJobNumber": parent, "jobName": f"Job {number}",
-            "jobDescription": "Replace HWS", "workUndertaken": "", "jobStatus": status,
-            "jobStatusText": JOB_STATUS_TEXT[status], "dateCreated": created, "completedDate": None,
-            "pricingMethod": "FIXED-PRICE", "totalExTax": 1000.0, "totalIncTax": 1100.0, "purchaseOrderNumber": "",
-            "clientOrderNumber": "", "addressLine1": "1 Main St", "addressLine2": "", "suburb": "Cannington",
-            "state": "WA", "postcode": "6107", "country": "Australia", "latitude": -32.0, "longitude": 115.9,
-            "jobType": standard, "siteCustomer": site, "siteContact": None, "billingCustomer": billing,
-            "billingContact": None, "displayOrder": None, "customFields": None, "quoteNumber": None,
-            "assignedUser": sam, "team": None, "lastModified": "2025-06-02T00:00:00.000Z",
+            "jobId": gid(n),
+            "jobNumber": number,
+            "topLevelJobNumber": parent,
+            "jobName": f"Job {number}",
+            "jobDescription": "Replace HWS",
+            "workUndertaken": "",
+            "jobStatus": status,
+            "jobStatusText": JOB_STATUS_TEXT[status],
+            "dateCreated": created,
+            "completedDate": None,
+            "pricingMethod": "FIXED-PRICE",
+            "totalExTax": 1000.0,
+            "totalIncTax": 1100.0,
+            "purchaseOrderNumber": "",
+            "clientOrderNumber": "",
+            "addressLine1": "1 Main St",
+            "addressLine2": "",
+            "suburb": "Cannington",
+            "state": "WA",
+            "postcode": "6107",
+            "country": "Australia",
+            "latitude": -32.0,
+            "longitude": 115.9,
+            "jobType": standard,
+            "siteCustomer": site,
+            "siteContact": None,
+            "billingCustomer": billing,
+            "billingContact": None,
+            "displayOrder": None,
+            "customFields": None,
+            "quoteNumber": None,
+            "assignedUser": sam,
+            "team": None,
+            "lastModified": "2025-06-02T00:00:00.000Z",
         }
         return base | extra
 
     jobs = [
-        job(301, "J1001", 2, link(11, "Acme Depot"), link(1, "Acme Plumbing Pty Ltd"), quoteNumber="Q0001",
-            pricingMethod="SECTIONS", completedDate="2025-06-10T04:00:00Z",
+        job(
+            301,
+            "J1001",
+            2,
+            link(11, "Acme Depot"),
+            link(1, "Acme Plumbing Pty Ltd"),
+            quoteNumber="Q0001",
+            pricingMethod="SECTIONS",
+            completedDate="2025-06-10T04:00:00Z",
             siteContact={"id": gid(102), "name": "First2 Last2"},
-            customFields=[{"fieldName": "Job text", "fieldValue": "x"}]),
-        job(311, "J1001.01", 2, link(11, "Acme Depot"), link(1, "Acme Plumbing Pty Ltd"), parent="J1001",
-            displayOrder=1),
-        job(312, "J1001.02", 0, link(11, "Acme Depot"), link(1, "Acme Plumbing Pty Ltd"), parent="J1001",
-            displayOrder=2, assignedUser=alex),
+            customFields=[{"fieldName": "Job text", "fieldValue": "x"}],
+        ),
+        job(
+            311,
+            "J1001.01",
+            2,
+            link(11, "Acme Depot"),
+            link(1, "Acme Plumbing Pty Ltd"),
+            parent="J1001",
+            displayOrder=1,
+        ),
+        job(
+            312,
+            "J1001.02",
+            0,
+            link(11, "Acme Depot"),
+            link(1, "Acme Plumbing Pty Ltd"),
+            parent="J1001",
+            displayOrder=2,
+            assignedUser=alex,
+        ),
         # Site customer is really a billing customer: site_id must stay empty.
-        job(302, "J1002", 1, link(2, "Jane Citizen"), link(2, "Jane Citizen"), created="2025-07-15T09:00:00.000Z"),
+        job(
+            302,
+            "J1002",
+            1,
+            link(2, "Jane Citizen"),
+            link(2, "Jane Citizen"),
+            created="2025-07-15T09:00:00.000Z",
+        ),
         # No billing customer: falls back to the site's billing customer; no status text: code only.
-        job(303, "J1003", 0, link(13, "Harbour Strata Block A"), None, jobStatusText=None, jobType=maintenance,
-            quoteNumber="Q0002"),
+        job(
+            303,
+            "J1003",
+            0,
+            link(13, "Harbour Strata Block A"),
+            None,
+            jobStatusText=None,
+            jobType=maintenance,
+            quoteNumber="Q0002",
+        ),
         # Quote number that does not exist.
-        job(304, "J1004", 3, link(14, "Jane's Rental"), link(2, "Jane Citizen"), quoteNumber="Q9999",
-            created="2024-01-10T00:00:00.000Z"),
+        job(
+            304,
+            "J1004",
+            3,
+            link(14, "Jane's Rental"),
+            link(2, "Jane Citizen"),
+            quoteNumber="Q9999",
+            created="2024-01-10T00:00:00.000Z",
+        ),
         job(305, "J1005", 5, link(12, "Acme Shopfront"), link(1, "Acme Plumbing Pty Ltd"), assignedUser=None),
     ]
 
     def invoice(n, number, job_ref, billing, date, sent, status):
         return {
-            "invoiceId": gid(n), "invoiceNumber": number, "invoiceDate": date, "dueDate": date,
-            "jobId": gid(job_ref[0]), "jobNumber": job_ref[1],
+            "invoiceId": gid(n),
+            "invoiceNumber": number,
+            "invoiceDate": date,
+            "dueDate": date,
+            "jobId": gid(job_ref[0]),
+            "jobNumber": job_ref[1],
             "billingCustomer": {**billing, "customerNumber": "", "emailAddress": ""},
-            "billingAddress": {"line1": "", "line2": "", "suburb": "", "state": "", "postcode": "", "country": ""},
-            "reference": "PO-123", "totalExTax": 1000.0, "totalTax": 100.0, "totalIncTax": 1100.0,
-            "amountPaid": 1100.0 if status == "Paid" else 0.0, "amountOutstanding": 0.0 if status == "Paid" else 1100.0,
-            "sentToAccounts": sent, "status": status,
-            "lines": [{"description": "Labour", "partNumber": "", "quantity": 1, "unitPriceExTax": 600.0,
-                       "accountCode": "200", "taxCode": "GST", "totalExTax": 600.0, "tax": 60.0},
-                      {"description": "Parts", "partNumber": "CLI123", "quantity": 4, "unitPriceExTax": 100.0,
-                       "accountCode": "200", "taxCode": "GST", "totalExTax": 400.0, "tax": 40.0}],
-            "invoiceCustomFields": [{"fieldName": "Invoice text", "fieldValue": number}], "jobCustomFields": [],
+            "billingAddress": {
+                "line1": "",
+                "line2": "",
+                "suburb": "",
+                "state": "",
+                "postcode": "",
+                "country": "",
+            },
+            "reference": "PO-123",
+            "totalExTax": 1000.0,
+            "totalTax": 100.0,
+            "totalIncTax": 1100.0,
+            "amountPaid": 1100.0 if status == "Paid" else 0.0,
+            "amountOutstanding": 0.0 if status == "Paid" else 1100.0,
+            "sentToAccounts": sent,
+            "status": status,
+            "lines": [
+                {
+                    "description": "Labour",
+                    "partNumber": "",
+                    "quantity": 1,
+                    "unitPriceExTax": 600.0,
+                    "accountCode": "200",
+                    "taxCode": "GST",
+                    "totalExTax": 600.0,
+                    "tax": 60.0,
+                },
+                {
+                    "description": "Parts",
+                    "partNumber": "CLI123",
+                    "quantity": 4,
+                    "unitPriceExTax": 100.0,
+                    "accountCode": "200",
+                    "taxCode": "GST",
+                    "totalExTax": 400.0,
+                    "tax": 40.0,
+                },
+            ],
+            "invoiceCustomFields": [{"fieldName": "Invoice text", "fieldValue": number}],
+            "jobCustomFields": [],
             "customerCustomFields": [],
         }
 
     invoices = [
-        invoice(401, "INV-0001", (301, "J1001"), link(1, "Acme Plumbing Pty Ltd"), "2025-06-11T00:00:00", True, "Paid"),
-        invoice(402, "INV-0002", (302, "J1002"), link(2, "Jane Citizen"), "2025-07-20T00:00:00", False, "Unpaid"),
-        invoice(403, "INV-0003", (303, "J1003"), link(3, "Harbour Strata Plan 123"), "2030-01-01T00:00:00", False,
-                "Unpaid"),
+        invoice(
+            401,
+            "INV-0001",
+            (301, "J1001"),
+            link(1, "Acme Plumbing Pty Ltd"),
+            "2025-06-11T00:00:00",
+            True,
+            "Paid",
+        ),
+        invoice(
+            402, "INV-0002", (302, "J1002"), link(2, "Jane Citizen"), "2025-07-20T00:00:00", False, "Unpaid"
+        ),
+        invoice(
+            403,
+            "INV-0003",
+            (303, "J1003"),
+            link(3, "Harbour Strata Plan 123"),
+            "2030-01-01T00:00:00",
+            False,
+            "Unpaid",
+        ),
     ]
     suppliers = [
-        {"supplierId": gid(501 + i), "supplierNumber": f"S{i}", "name": name, "businessNumber": f"12 345 678 90{i}",
-         "contactFirstName": "Kim", "contactLastName": "Ng", "notes": "", "phone": "08 9222 2222", "fax": "",
-         "mobile": "", "emailAddress": f"accounts@{name.lower()}.example", "expenseAccount": "310",
-         "invoiceDueDaysType": 0, "streetLine1": "5 Trade Rd", "streetLine2": "", "streetSuburb": "Welshpool",
-         "streetState": "WA", "streetPostcode": "6106", "postalLine1": "", "postalLine2": "", "postalSuburb": "",
-         "postalState": "", "postalPostcode": ""}
+        {
+            "supplierId": gid(501 + i),
+            "supplierNumber": f"S{i}",
+            "name": name,
+            "businessNumber": f"12 345 678 90{i}",
+            "contactFirstName": "Kim",
+            "contactLastName": "Ng",
+            "notes": "",
+            "phone": "08 9222 2222",
+            "fax": "",
+            "mobile": "",
+            "emailAddress": f"accounts@{name.lower()}.example",
+            "expenseAccount": "310",
+            "invoiceDueDaysType": 0,
+            "streetLine1": "5 Trade Rd",
+            "streetLine2": "",
+            "streetSuburb": "Welshpool",
+            "streetState": "WA",
+            "streetPostcode": "6106",
+            "postalLine1": "",
+            "postalLine2": "",
+            "postalSuburb": "",
+            "postalState": "",
+            "postalPostcode": "",
+        }
         for i, name in enumerate(("Reece", "Tradelink"))
     ]
     supplier_invoices = [
-        {"supplierInvoiceId": gid(551 + i), "supplier": link(501 + i, ("Reece", "Tradelink")[i]),
-         "createdOn": "2025-06-05T00:00:00.000Z", "invoiceDate": date, "dueDate": "2025-07-05T00:00:00",
-         "trackingNumber": f"SUP-00{i}", "reference": ref, "accepted": True, "type": "INVOICE", "accountCode": "310",
-         "isExpense": False, "sentToAccounts": True, "totalAmountExTax": 50.0, "totalAmountIncTax": 55.0,
-         "lines": [{"description": "PVC fittings", "partNumber": "CLI123", "quantity": 1, "unitCostExTax": 50.0,
-                    "totalAmountExTax": 50.0, "totalAmountIncTax": 55.0, "accountCode": "310", "reference": ref,
-                    "isTaxable": True}]}
+        {
+            "supplierInvoiceId": gid(551 + i),
+            "supplier": link(501 + i, ("Reece", "Tradelink")[i]),
+            "createdOn": "2025-06-05T00:00:00.000Z",
+            "invoiceDate": date,
+            "dueDate": "2025-07-05T00:00:00",
+            "trackingNumber": f"SUP-00{i}",
+            "reference": ref,
+            "accepted": True,
+            "type": "INVOICE",
+            "accountCode": "310",
+            "isExpense": False,
+            "sentToAccounts": True,
+            "totalAmountExTax": 50.0,
+            "totalAmountIncTax": 55.0,
+            "lines": [
+                {
+                    "description": "PVC fittings",
+                    "partNumber": "CLI123",
+                    "quantity": 1,
+                    "unitCostExTax": 50.0,
+                    "totalAmountExTax": 50.0,
+                    "totalAmountIncTax": 55.0,
+                    "accountCode": "310",
+                    "reference": ref,
+                    "isTaxable": True,
+                }
+            ],
+        }
         for i, (ref, date) in enumerate((("J1001", "2025-06-04T00:00:00"), ("PO-77", "2025-08-01T00:00:00")))
     ]
-    categories = [{"categoryId": gid(581), "name": "Plumbing", "categoryNumber": 1, "parentCategoryId": None},
-                  {"categoryId": gid(582), "name": "Fittings", "categoryNumber": 2, "parentCategoryId": gid(581)}]
+    categories = [
+        {"categoryId": gid(581), "name": "Plumbing", "categoryNumber": 1, "parentCategoryId": None},
+        {"categoryId": gid(582), "name": "Fittings", "categoryNumber": 2, "parentCategoryId": gid(581)},
+    ]
     supplies = [
-        {"supplyId": gid(591 + i), "partNumber": f"P{i}", "description": f"Supply {i}", "annotation": "",
-         "unitCostExTax": 1.0, "unitSellExTax": 2.0, "unitSellIncTax": 2.2, "averageCost": 1.0, "isTaxable": True,
-         "isFavourite": i == 0, "mustBeOrdered": False, "packOrBoxQuantity": 1, "location": "",
-         "defaultSupplier": link(501, "Reece"), "categoryOne": link(581, "Plumbing"), "unitOfMeasure": "ea"}
+        {
+            "supplyId": gid(591 + i),
+            "partNumber": f"P{i}",
+            "description": f"Supply {i}",
+            "annotation": "",
+            "unitCostExTax": 1.0,
+            "unitSellExTax": 2.0,
+            "unitSellIncTax": 2.2,
+            "averageCost": 1.0,
+            "isTaxable": True,
+            "isFavourite": i == 0,
+            "mustBeOrdered": False,
+            "packOrBoxQuantity": 1,
+            "location": "",
+            "defaultSupplier": link(501, "Reece"),
+            "categoryOne": link(581, "Plumbing"),
+            "unitOfMeasure": "ea",
+        }
         for i in range(3)
     ]
-    kits = [{"kitId": gid(599), "partNumber": "K1", "description": "HWS kit", "annotation": "", "markup": 20,
-             "unitCostExTax": 100.0, "unitSellExTax": 120.0, "unitSellIncTax": 132.0, "isTaxable": True,
-             "isFavourite": False, "pricingMethod": "FIXED-PRICE", "categoryOne": link(581, "Plumbing"),
-             "unitOfMeasure": "ea"}]
-    labour_roles = [{"labourRoleId": gid(601), "name": "Plumber", "hourlyRateExTax": 95.0},
-                    {"labourRoleId": gid(602), "name": "Apprentice", "hourlyRateExTax": 45.0}]
+    kits = [
+        {
+            "kitId": gid(599),
+            "partNumber": "K1",
+            "description": "HWS kit",
+            "annotation": "",
+            "markup": 20,
+            "unitCostExTax": 100.0,
+            "unitSellExTax": 120.0,
+            "unitSellIncTax": 132.0,
+            "isTaxable": True,
+            "isFavourite": False,
+            "pricingMethod": "FIXED-PRICE",
+            "categoryOne": link(581, "Plumbing"),
+            "unitOfMeasure": "ea",
+        }
+    ]
+    labour_roles = [
+        {"labourRoleId": gid(601), "name": "Plumber", "hourlyRateExTax": 95.0},
+        {"labourRoleId": gid(602), "name": "Apprentice", "hourlyRateExTax": 45.0},
+    ]
     standard_sections = [{"name": "Rough-in", "displayOrder": 1}, {"name": "Fit-off", "displayOrder": 2}]
     standard_stages = [{"name": "Stage 1", "displayOrder": 1}]
     equipment = [
-        {"equipmentId": gid(701), "customerId": gid(1), "siteCustomerId": gid(11), "name": "Hot water system",
-         "make": "Rheem", "model": "Stellar 360", "serialNumber": "RH-1", "location": "Roof",
-         "installDate": "2020-01-01T00:00:00", "warrantyExpiry": "2030-01-01T00:00:00", "notes": "",
-         "customFields": [], "lastModified": "2025-01-01T00:00:00.000Z"},
+        {
+            "equipmentId": gid(701),
+            "customerId": gid(1),
+            "siteCustomerId": gid(11),
+            "name": "Hot water system",
+            "make": "Rheem",
+            "model": "Stellar 360",
+            "serialNumber": "RH-1",
+            "location": "Roof",
+            "installDate": "2020-01-01T00:00:00",
+            "warrantyExpiry": "2030-01-01T00:00:00",
+            "notes": "",
+            "customFields": [],
+            "lastModified": "2025-01-01T00:00:00.000Z",
+        },
         # Linked to a site only: the reader must find the site's billing customer.
-        {"equipmentId": gid(702), "customerId": gid(13), "siteCustomerId": None, "name": "Pump", "make": "Grundfos",
-         "model": "CM5", "serialNumber": "GR-2", "location": "Basement", "installDate": None,
-         "warrantyExpiry": None, "notes": "noisy", "customFields": None, "lastModified": "2025-01-01T00:00:00.000Z"},
+        {
+            "equipmentId": gid(702),
+            "customerId": gid(13),
+            "siteCustomerId": None,
+            "name": "Pump",
+            "make": "Grundfos",
+            "model": "CM5",
+            "serialNumber": "GR-2",
+            "location": "Basement",
+            "installDate": None,
+            "warrantyExpiry": None,
+            "notes": "noisy",
+            "customFields": None,
+            "lastModified": "2025-01-01T00:00:00.000Z",
+        },
     ]
     notes = [
-        {"noteId": gid(751), "entityType": "Job", "entityId": gid(301), "noteContent": "Customer called",
-         "createdByName": "Alex Office", "dateCreated": "2025-06-02T00:00:00.000Z"},
-        {"noteId": gid(752), "entityType": "Customer", "entityId": gid(1), "noteContent": "VIP",
-         "createdByName": "Alex Office", "dateCreated": "2025-06-02T00:00:00.000Z"},
-        {"noteId": gid(753), "entityType": "Customer", "entityId": gid(11), "noteContent": "Gate code 1234",
-         "createdByName": "Sam Tech", "dateCreated": "2025-06-03T00:00:00.000Z"},
+        {
+            "noteId": gid(751),
+            "entityType": "Job",
+            "entityId": gid(301),
+            "noteContent": "Customer called",
+            "createdByName": "Alex Office",
+            "dateCreated": "2025-06-02T00:00:00.000Z",
+        },
+        {
+            "noteId": gid(752),
+            "entityType": "Customer",
+            "entityId": gid(1),
+            "noteContent": "VIP",
+            "createdByName": "Alex Office",
+            "dateCreated": "2025-06-02T00:00:00.000Z",
+        },
+        {
+            "noteId": gid(753),
+            "entityType": "Customer",
+            "entityId": gid(11),
+            "noteContent": "Gate code 1234",
+            "createdByName": "Sam Tech",
+            "dateCreated": "2025-06-03T00:00:00.000Z",
+        },
     ]
     attachments = [
-        {"attachmentId": gid(771), "entityType": "Job", "entityId": gid(301), "fileName": "photo.jpg",
-         "contentType": "image/jpeg", "sizeBytes": 8, "dateCreated": "2025-06-02T00:00:00.000Z", "category": "Photo"},
-        {"attachmentId": gid(772), "entityType": "Quotation", "entityId": gid(201), "fileName": "quote.pdf",
-         "contentType": "application/pdf", "sizeBytes": 9, "dateCreated": "2025-05-02T00:00:00.000Z",
-         "category": "Document"},
+        {
+            "attachmentId": gid(771),
+            "entityType": "Job",
+            "entityId": gid(301),
+            "fileName": "photo.jpg",
+            "contentType": "image/jpeg",
+            "sizeBytes": 8,
+            "dateCreated": "2025-06-02T00:00:00.000Z",
+            "category": "Photo",
+        },
+        {
+            "attachmentId": gid(772),
+            "entityType": "Quotation",
+            "entityId": gid(201),
+            "fileName": "quote.pdf",
+            "contentType": "application/pdf",
+            "sizeBytes": 9,
+            "dateCreated": "2025-05-02T00:00:00.000Z",
+            "category": "Document",
+        },
     ]
     files = {gid(771): ("photo.jpg", b"\xff\xd8JPEG\xff\xd9"), gid(772): ("quote.pdf", b"%PDF-1.4\n")}
     enquiries = [
-        {"enquiryId": gid(781), "enquiryNumber": "E001", "companyName": "", "firstName": "Lou", "lastName": "Bell",
-         "email": "lou@example.com", "mobile": "0400 333 444", "phone": "", "addressLine1": "9 High St",
-         "addressLine2": "", "addressSuburb": "Perth", "addressState": "WA", "addressPostcode": "6000",
-         "addressCountry": "Australia", "enquiryDescription": "Leaking tap", "leadSource": "Google",
-         "customFields": [], "status": "Converted", "dateCreated": "2025-04-01T00:00:00.000Z",
-         "convertedToQuoteNumber": "Q0003", "convertedToJobNumber": None},
-        {"enquiryId": gid(782), "enquiryNumber": "E002", "companyName": "Bell Co", "firstName": "", "lastName": "",
-         "email": "not-an-email", "mobile": "", "phone": "", "addressLine1": "", "addressLine2": "",
-         "addressSuburb": "", "addressState": "", "addressPostcode": "", "addressCountry": "",
-         "enquiryDescription": "", "leadSource": {"id": gid(750), "name": "Google"}, "customFields": [],
-         "status": "New", "dateCreated": "2025-08-01T00:00:00.000Z", "convertedToQuoteNumber": None,
-         "convertedToJobNumber": None},
+        {
+            "enquiryId": gid(781),
+            "enquiryNumber": "E001",
+            "companyName": "",
+            "firstName": "Lou",
+            "lastName": "Bell",
+            "email": "lou@example.com",
+            "mobile": "0400 333 444",
+            "phone": "",
+            "addressLine1": "9 High St",
+            "addressLine2": "",
+            "addressSuburb": "Perth",
+            "addressState": "WA",
+            "addressPostcode": "6000",
+            "addressCountry": "Australia",
+            "enquiryDescription": "Leaking tap",
+            "leadSource": "Google",
+            "customFields": [],
+            "status": "Converted",
+            "dateCreated": "2025-04-01T00:00:00.000Z",
+            "convertedToQuoteNumber": "Q0003",
+            "convertedToJobNumber": None,
+        },
+        {
+            "enquiryId": gid(782),
+            "enquiryNumber": "E002",
+            "companyName": "Bell Co",
+            "firstName": "",
+            "lastName": "",
+            "email": "not-an-email",
+            "mobile": "",
+            "phone": "",
+            "addressLine1": "",
+            "addressLine2": "",
+            "addressSuburb": "",
+            "addressState": "",
+            "addressPostcode": "",
+            "addressCountry": "",
+            "enquiryDescription": "",
+            "leadSource": {"id": gid(750), "name": "Google"},
+            "customFields": [],
+            "status": "New",
+            "dateCreated": "2025-08-01T00:00:00.000Z",
+            "convertedToQuoteNumber": None,
+            "convertedToJobNumber": None,
+        },
     ]
     form_responses = [
-        {"formResponseId": gid(791), "formName": "JSA", "jobId": gid(301), "jobNumber": "J1001",
-         "completedBy": "Sam Tech", "dateCompleted": "2025-06-09T03:00:00.000Z",
-         "fields": [{"fieldCode": "SiteHazards", "value": "Dog"}, {"fieldCode": "PPE", "value": "Yes"}],
-         "attachmentId": gid(771)},
+        {
+            "formResponseId": gid(791),
+            "formName": "JSA",
+            "jobId": gid(301),
+            "jobNumber": "J1001",
+            "completedBy": "Sam Tech",
+            "dateCompleted": "2025-06-09T03:00:00.000Z",
+            "fields": [{"fieldCode": "SiteHazards", "value": "Dog"}, {"fieldCode": "PPE", "value": "Yes"}],
+            "attachmentId": gid(771),
+        },
     ]
     resources = {
-        "customers": customers, "contacts": contacts, "jobs": jobs, "quotes": quotes, "invoices": invoices,
-        "suppliers": suppliers, "supplier_invoices": supplier_invoices, "supplies": supplies, "kits": kits,
-        "categories": categories, "labour_roles": labour_roles, "standard_sections": standard_sections,
-        "standard_stages": standard_stages, "job_types": job_types, "users": users, "equipment": equipment,
-        "notes": notes, "attachments": attachments, "enquiries": enquiries, "form_responses": form_responses,
+        "customers": customers,
+        "contacts": contacts,
+        "jobs": jobs,
+        "quotes": quotes,
+        "invoices": invoices,
+        "suppliers": suppliers,
+        "supplier_invoices": supplier_invoices,
+        "supplies": supplies,
+        "kits": kits,
+        "categories": categories,
+        "labour_roles": labour_roles,
+        "standard_sections": standard_sections,
+        "standard_stages": standard_stages,
+        "job_types": job_types,
+        "users": users,
+        "equipment": equipment,
+        "notes": notes,
+        "attachments": attachments,
+        "enquiries": enquiries,
+        "form_responses": form_responses,
     }
     return copy.deepcopy(resources), dict(files)

@@ -40,7 +40,6 @@ import json
 import os
 import random
 import struct
-import threading
 import time
 import uuid
 import zipfile
@@ -93,6 +92,7 @@ INVOICE_STATUSES = ("Unpaid", "Part Paid", "Paid", "Overdue", "Void")
 # Records per household, measured over large tenants (nested records included). Used only to turn
 # ``size`` into a household count; a unit test keeps it honest (total within a few % of size).
 _PER_HOUSEHOLD = 41.9
+_FILE_BATCH = 512  # attachment files written per parallel burst
 
 # ---------------------------------------------------------------------------------------------------
 # Embedded reference data (small on purpose: realistic, not exhaustive)
@@ -1144,7 +1144,7 @@ class TenantGenerator:
             out.write("quotes", quote)
             if r.random() < 0.3:
                 self.new_note("Quotation", quote["quoteId"], self.stamp(quote["dateCreated"]))
-            if r.random() < 0.1:
+            if r.random() < 0.05:
                 self.new_attachment("Quotation", quote["quoteId"], self.stamp(quote["dateCreated"]), "Document",
                                     title=f"Quote {quote['quoteNumber']}")
 
@@ -1319,7 +1319,7 @@ class TenantGenerator:
             ex = r.randrange(low, high)
         done = status in (2, 6, 7)
         completed = self.when(date + 3600, date + 20 * 86400) if done else None
-        booking = self.when(date, date + 10 * 86400) if status not in (5, 3) else None
+        booking = self.when(date, (completed or date + 10 * 86400)) if status not in (5, 3) else None
         tech = r.choice(self.techs) if (self.now - date < 365 * 86400 or not self.inactive_techs or
                                         r.random() < 0.8) else r.choice(self.inactive_techs)
         site_contacts = contacts_by_customer.get(place["customerId"]) or []
@@ -1496,7 +1496,7 @@ class TenantGenerator:
         if status == "Overdue" and r.random() < 0.7:
             self.new_note("Invoice", invoice["invoiceId"], self.stamp(invoice["invoiceDate"]) + 20 * 86400,
                           text="Invoice overdue - reminder sent, customer promised payment this week.")
-        if r.random() < 0.1:
+        if r.random() < 0.05:
             self.new_attachment("Invoice", invoice["invoiceId"], self.stamp(invoice["invoiceDate"]), "Document",
                                 title=f"Tax Invoice {invoice['invoiceNumber']}")
 
@@ -1534,7 +1534,7 @@ class TenantGenerator:
             self.next_bill += 1
         for _ in range(int(r.random() * 2.2)):
             self.new_note("Job", job["jobId"], created)
-        if r.random() < 0.22:
+        if r.random() < 0.14:
             for _ in range(1 + (r.random() < 0.4)):
                 self.new_attachment("Job", job["jobId"], created, "Photo")
         if r.random() < 0.03:
@@ -1564,22 +1564,25 @@ class TenantGenerator:
         self.out.write("notes", note)
 
     def write_file(self, attachment_id: str, file_name: str, data: bytes) -> None:
-        """Queue one attachment file; a few IO threads write them while generation carries on.
+        """Queue one attachment file; queued files are written in parallel bursts.
 
         ``mkdir`` + ``open`` per file is the slowest thing the generator does (tens of thousands of
-        files at 1M records); they release the GIL, so overlapping them with record generation
-        roughly halves the wall time. Bytes are decided here, in order, so output stays deterministic.
+        files at 1M records, ~0.5-1.5 ms each on a slow virtual disk). Writing them from a few threads
+        in bursts of :data:`_FILE_BATCH` (while the generating thread waits, so there is no GIL
+        convoy) cuts that ~10x. The bytes are decided here, in order, so output stays deterministic;
+        the pending list is bounded, so memory stays flat.
         """
-        self._file_slots.acquire()  # bounded backlog: flat memory whatever the disk speed
-        future = self._file_pool.submit(_write_one_file, self.files_dir / attachment_id, file_name, data)
-        future.add_done_callback(self._file_done)
+        self._pending_files.append((self.files_dir / attachment_id, file_name, data))
         self.files_bytes += len(data)
         self.files_written += 1
+        if len(self._pending_files) >= _FILE_BATCH:
+            self.flush_files()
 
-    def _file_done(self, future: Any) -> None:
-        self._file_slots.release()
-        if future.exception() is not None and self._file_error is None:
-            self._file_error = future.exception()
+    def flush_files(self) -> None:
+        batch, self._pending_files = self._pending_files, []
+        if batch:
+            for _ in self._file_pool.map(_write_one_file, *zip(*batch, strict=True)):
+                pass
 
     def new_attachment(self, entity_type: str, entity_id: str, after: int, category: str, *, title: str = "",
                        data: bytes | None = None, file_name: str | None = None) -> str:
@@ -1780,20 +1783,18 @@ class TenantGenerator:
             shutil.rmtree(self.files_dir)
         self.files_dir.mkdir(parents=True)
         self.out = _Out(api_dir)
-        self._file_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tenant-files")
-        self._file_slots = threading.BoundedSemaphore(2000)
-        self._file_error: BaseException | None = None
+        self._file_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tenant-files")
+        self._pending_files: list[tuple[Path, str, bytes]] = []
         try:
             self.make_globals()
             fixed = sum(self.out.counts.values())
             households = max(1, round((self.size - fixed) / _PER_HOUSEHOLD))
             for index in range(households):
                 self.household(index, households)
+            self.flush_files()
         finally:
             self.out.close()
             self._file_pool.shutdown(wait=True)
-        if self._file_error is not None:
-            raise self._file_error
         counts = dict(self.out.counts)
         meta = {
             "format_version": FORMAT_VERSION,

@@ -6,7 +6,8 @@ migration engine still has to be proven against Twenty's rules, so this emulator
 documented REST contract (core ``/rest/...`` and metadata ``/rest/metadata/...``) and *validates*
 every write the way a strict server would: unknown fields, wrong value shapes, dangling relations,
 unique values (including ones held by soft-deleted records), the 60-record batch cap, pick-list
-values, fields that do not exist yet.
+values, fields that do not exist yet. Of GraphQL it answers only the file upload (``POST /graphql``
+with the multipart ``uploadFile`` mutation); stored files are served at ``GET /files/<path>``.
 
 Where the public material does not say what Twenty does, the emulator picks the **stricter** option
 and says so in a comment tagged ``STRICTER:``. Code that passes here should therefore pass against
@@ -15,13 +16,15 @@ documented vs inferred behaviours.
 
 Use :func:`create_app` and serve it with :class:`~airflow_ascora_provider.sandbox.emulator.ServedApp`.
 ``app.state.twenty`` is the :class:`TwentyState`; ``app.state.twenty.snapshot()`` gives a deep copy
-of every record (soft-deleted ones too) and all metadata, so rollback tests can compare before/after.
+of every record (soft-deleted ones too), all metadata and every stored file (sha256 and size), so
+rollback tests can compare before/after.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import math
 import re
@@ -30,10 +33,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from typing import Any
+from urllib.parse import quote
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from airflow_ascora_provider.sandbox.emulator import instrument
@@ -43,6 +48,16 @@ DEFAULT_PAGE_SIZE = 60
 # STRICTER: the REST limit factory enforces no maximum; the ORM layer caps it somewhere. The emulator
 # rejects anything above 200 so a client that asks for huge pages is caught here, not in production.
 MAX_PAGE_SIZE = 200
+# Upload cap of the emulated ``uploadFile`` mutation; configurable with create_app(max_file_bytes=...).
+DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024
+# GraphQL enum name -> folder prefix of the stored path (twenty-shared ``FileFolder``; values inferred).
+FILE_FOLDERS = {
+    "Attachment": "attachment",
+    "ProfilePicture": "profile-picture",
+    "WorkspaceLogo": "workspace-logo",
+    "PersonPicture": "person-picture",
+    "File": "file",
+}
 
 DEFAULT_MEMBERS = [
     {"email": "owner@sparkys-electrical.example", "firstName": "Olivia", "lastName": "Owner"},
@@ -277,10 +292,14 @@ _CASCADE = {("noteTarget", "noteId"), ("taskTarget", "taskId")}
 class TwentyState:
     """All data behind the emulator, guarded by one lock (tests read it from another thread)."""
 
-    def __init__(self, *, api_key: str, batch_cap: int, members: list[dict] | None):
+    def __init__(self, *, api_key: str, batch_cap: int, members: list[dict] | None,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
         self.api_key = api_key
         self.batch_cap = batch_cap
+        self.max_file_bytes = max_file_bytes
         self.lock = threading.RLock()
+        # Uploaded files: stored path (as returned by uploadFile) -> (bytes, content type, filename).
+        self.files: dict[str, tuple[bytes, str, str]] = {}
         self.objects: list[dict] = []
         self.records: dict[str, dict[str, dict]] = {}  # object id -> record id -> record
         self._seq: dict[str, int] = {}  # record id -> insertion sequence (cursor order)
@@ -488,14 +507,32 @@ class TwentyState:
         """Deep copy of all metadata and every record (soft-deleted too), for before/after checks.
 
         Shape: ``{"objects": [...rendered objects with fields...],
-        "records": {nameSingular: [records in insertion order]}}``.
+        "records": {nameSingular: [records in insertion order]},
+        "files": {path: {"sha256": hex digest, "size": bytes}}}``.
         """
         with self.lock:
             records = {}
             for obj in self.objects:
                 rows = sorted(self.records[obj["id"]].values(), key=lambda r: self._seq[r["id"]])
                 records[obj["nameSingular"]] = copy.deepcopy(rows)
-            return {"objects": [self.render_object(o) for o in self.objects], "records": records}
+            files = {
+                path: {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+                for path, (content, _type, _name) in sorted(self.files.items())
+            }
+            return {"objects": [self.render_object(o) for o in self.objects], "records": records,
+                    "files": files}
+
+    def store_file(self, folder: str, filename: str, content: bytes, content_type: str) -> str:
+        """Keep an uploaded file; return its path ``<folder>/<uuid>-<safe filename>``."""
+        safe = re.sub(r"[^\w.-]+", "_", filename.replace("\\", "/").rsplit("/", 1)[-1]).strip("._")
+        path = f"{folder}/{uuid.uuid4()}-{safe or 'file'}"
+        with self.lock:
+            self.files[path] = (content, content_type, filename)
+        return path
+
+    def file(self, path: str) -> tuple[bytes, str, str] | None:
+        with self.lock:
+            return self.files.get(path)
 
     def records_of(self, name_singular: str, *, include_deleted: bool = True) -> list[dict]:
         """Test helper: deep copies of one object's records in insertion order."""
@@ -503,6 +540,70 @@ class TwentyState:
             obj = self.object_by_singular(name_singular)
             rows = sorted(self.records[obj["id"]].values(), key=lambda r: self._seq[r["id"]])
             return copy.deepcopy([r for r in rows if include_deleted or r.get("deletedAt") is None])
+
+
+UPLOAD_ONLY_MESSAGE = "Only uploadFile is emulated"
+
+
+class GraphQLError(Exception):
+    """A GraphQL error answer: HTTP 200 with ``{"errors": [{"message", "extensions": {"code"}}]}``."""
+
+    def __init__(self, message: str, code: str = "BAD_USER_INPUT"):
+        self.message = message
+        self.code = code
+        super().__init__(message)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"errors": [{"message": self.message, "extensions": {"code": self.code}}]})
+
+
+def _human_bytes(size: int) -> str:
+    for unit, factor in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if size >= factor:
+            return f"{size / factor:g} {unit}"
+    return f"{size} bytes"
+
+
+_GRAPHQL_COMMENT = re.compile(r"#[^\n]*")
+_ARGUMENT = re.compile(r'\s*(\w+)\s*:\s*(\$\w+|\w+|"[^"]*")\s*,?')
+
+
+def _upload_file_arguments(query: str) -> dict[str, str] | None:
+    """Arguments of the only selection of a ``mutation { uploadFile(...) }`` document, else None.
+
+    Not a GraphQL parser: it accepts exactly one mutation whose only top-level field is
+    ``uploadFile(...)`` with no sub-selection (the field returns a String path). Anything else,
+    queries, other mutations, extra fields, is answered with "Only uploadFile is emulated".
+    """
+    text = _GRAPHQL_COMMENT.sub("", query).strip()
+    m = re.fullmatch(r"mutation\b[^{]*\{\s*(?:\w+\s*:\s*)?uploadFile\s*\(([^()]*)\)\s*\}", text, re.DOTALL)
+    if m is None:
+        if re.fullmatch(r"mutation\b[^{]*\{\s*(?:\w+\s*:\s*)?uploadFile\s*\([^()]*\)\s*\{.*\}\s*\}", text,
+                        re.DOTALL):
+            # STRICTER: the emulated schema returns a String, so a sub-selection is a schema error.
+            raise GraphQLError(
+                'Field "uploadFile" must not have a selection since type "String!" has no subfields.',
+                code="GRAPHQL_VALIDATION_FAILED",
+            )
+        return None
+    args: dict[str, str] = {}
+    rest = m.group(1)
+    pos = 0
+    while pos < len(rest):
+        am = _ARGUMENT.match(rest, pos)
+        if am is None or am.end() == pos:
+            if rest[pos:].strip():
+                raise GraphQLError(f"Cannot parse the uploadFile arguments '{rest.strip()}'",
+                                   code="GRAPHQL_PARSE_FAILED")
+            break
+        value = am.group(2)
+        args[am.group(1)] = value[1:-1] if value.startswith('"') else value
+        pos = am.end()
+    unknown = set(args) - {"file", "fileFolder"}
+    if unknown:
+        raise GraphQLError(f'Unknown argument(s) {sorted(unknown)} on field "Mutation.uploadFile".',
+                           code="GRAPHQL_VALIDATION_FAILED")
+    return args
 
 
 def _obj_ref(obj: dict) -> dict:
@@ -1071,7 +1172,9 @@ class TwentyEmulator:
             return 200, {"data": {f"destroy{singular}": rendered}}
 
     def _destroy(self, obj: dict, record_id: str) -> None:
-        del self.state.records[obj["id"]][record_id]
+        record = self.state.records[obj["id"]].pop(record_id)
+        if obj["nameSingular"] == "attachment":
+            self._drop_attachment_file(obj, record.get("fullPath"))
         self.state.invalidate_unique(obj["id"])
         self.state._seq.pop(record_id, None)
         # Relations pointing at the destroyed record: SET NULL, or CASCADE for note/task targets.
@@ -1087,6 +1190,76 @@ class TwentyEmulator:
                         self._destroy(other, child["id"])
                     else:
                         child[join] = None
+
+    def _drop_attachment_file(self, obj: dict, path: Any) -> None:
+        """EMULATOR CHOICE: hard-destroying an attachment deletes the stored file at its ``fullPath``
+        (whether real Twenty does is unknown), unless another attachment, live or soft-deleted, still
+        names the same path. Soft-deleting keeps the file so a restore finds it again."""
+        if not isinstance(path, str) or path not in self.state.files:
+            return
+        if any(r.get("fullPath") == path for r in self.state.records[obj["id"]].values()):
+            return
+        del self.state.files[path]
+
+    # ---- handlers: file upload (GraphQL multipart) and download --------------------------------
+
+    def upload_file(self, operations: Any, file_map: Any,
+                    parts: dict[str, tuple[bytes, str, str, int]]) -> dict:
+        """The ``uploadFile`` mutation from a GraphQL multipart request; raise :class:`GraphQLError`.
+
+        ``parts`` maps a multipart field name to (bytes, content type, filename, size) for every file
+        part; the bytes may be cut short once the file is known to be over the limit.
+        Returns the GraphQL answer ``{"data": {"uploadFile": "<folder>/<uuid>-<filename>"}}``.
+        """
+        if not isinstance(operations, dict):
+            # Batched operations (a JSON array) are part of the multipart spec but not emulated.
+            raise GraphQLError("'operations' must be one JSON object with 'query' and 'variables'")
+        query = operations.get("query")
+        variables = operations.get("variables") or {}
+        if not isinstance(query, str) or not isinstance(variables, dict):
+            raise GraphQLError("'operations' needs a string 'query' and an object 'variables'")
+        args = _upload_file_arguments(query)
+        if args is None:
+            raise GraphQLError(UPLOAD_ONLY_MESSAGE)
+        folder_arg = args.get("fileFolder")
+        if folder_arg is None:
+            # STRICTER: the schema has fileFolder nullable; the emulator wants it said explicitly.
+            raise GraphQLError("uploadFile needs a fileFolder argument, e.g. fileFolder: $fileFolder")
+        folder = variables.get(folder_arg[1:]) if folder_arg.startswith("$") else folder_arg
+        if folder not in FILE_FOLDERS:
+            raise GraphQLError(
+                f'Value {json.dumps(folder)} does not exist in "FileFolder" enum; '
+                f"use one of {sorted(FILE_FOLDERS)}"
+            )
+        file_arg = args.get("file")
+        if file_arg is None or not file_arg.startswith("$"):
+            raise GraphQLError("uploadFile needs its file passed as a variable, e.g. file: $file")
+        if variables.get(file_arg[1:]) is not None:
+            raise GraphQLError(f"Variable '{file_arg}' must be null in 'operations'; the file goes in 'map'")
+        if not isinstance(file_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(p, str) for p in v)
+            for k, v in file_map.items()
+        ):
+            raise GraphQLError("'map' must be a JSON object of file field name -> list of variable paths")
+        wanted = f"variables.{file_arg[1:]}"
+        keys = [key for key, paths in file_map.items() if wanted in paths]
+        if not keys:
+            raise GraphQLError(f'Variable "{file_arg}" of non-null type "Upload!" must not be null.')
+        if len(keys) > 1:
+            raise GraphQLError(f"'map' points {len(keys)} files at {wanted}; send exactly one")
+        missing = [key for key in file_map if key not in parts]
+        if missing:
+            raise GraphQLError(f"'map' names file field(s) {missing} that the request does not contain")
+        content, content_type, filename, size = parts[keys[0]]
+        limit = self.state.max_file_bytes
+        if size > limit or len(content) > limit:
+            raise GraphQLError(
+                f"File truncated as it exceeds the {limit} byte size limit ({_human_bytes(limit)}): "
+                f"'{filename}' is {max(size, len(content))} bytes",
+                code="PAYLOAD_TOO_LARGE",
+            )
+        path = self.state.store_file(FILE_FOLDERS[folder], filename, content, content_type)
+        return {"data": {"uploadFile": path}}
 
     def restore(self, plural: str, record_id: str) -> tuple[int, dict]:
         with self.state.lock:
@@ -1890,6 +2063,15 @@ def _validate_select_default(ftype: str, options: list[dict], default: Any) -> N
 # --------------------------------------------------------------------------------------------------
 
 
+def _json_field(fields: dict[str, str], name: str) -> Any:
+    if name not in fields:
+        raise GraphQLError(f"Missing multipart form field '{name}' (graphql-multipart-request-spec)")
+    try:
+        return json.loads(fields[name])
+    except ValueError:
+        raise GraphQLError(f"Multipart form field '{name}' is not valid JSON") from None
+
+
 def create_app(
     *,
     api_key: str = DEFAULT_API_KEY,
@@ -1897,16 +2079,66 @@ def create_app(
     window: float = 60.0,
     batch_cap: int = 60,
     members: list[dict] | None = None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ):
     """Build the Twenty emulator, wrapped by :func:`instrument` (request log, 429s, faults).
 
     ``rate_limit`` requests per ``window`` seconds per API key mirror Twenty's published 100/min;
     ``batch_cap`` is the documented 60 records per batch call; ``members`` seeds workspace members
     (list of ``{"email","firstName","lastName"}``; three defaults when omitted) because members can
-    only be invited through the UI, never created through the API.
+    only be invited through the UI, never created through the API. ``max_file_bytes`` caps one
+    ``uploadFile`` (``POST /graphql``, multipart); stored files are served at ``GET /files/{path}``.
     """
-    state = TwentyState(api_key=api_key, batch_cap=batch_cap, members=members)
+    state = TwentyState(api_key=api_key, batch_cap=batch_cap, members=members, max_file_bytes=max_file_bytes)
     emulator = TwentyEmulator(state)
+
+    def unauthorized(request: Request) -> JSONResponse | None:
+        if request.headers.get("authorization") == f"Bearer {state.api_key}":
+            return None
+        return JSONResponse(
+            {"statusCode": 401, "error": "Unauthorized", "messages": ["Token invalid."]}, status_code=401
+        )
+
+    async def graphql(request: Request) -> JSONResponse:
+        """Only the multipart ``uploadFile`` mutation; any other GraphQL request gets a GraphQL error."""
+        denied = unauthorized(request)
+        if denied is not None:
+            return denied
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return GraphQLError(UPLOAD_ONLY_MESSAGE).response()
+        try:
+            # Plain fields (operations, map) are capped at 1 MB; file parts spool to disk.
+            async with request.form(max_files=10, max_fields=10, max_part_size=1024 * 1024) as form:
+                fields: dict[str, str] = {}
+                parts: dict[str, tuple[bytes, str, str, int]] = {}
+                for key, value in form.multi_items():
+                    if isinstance(value, str):
+                        fields[key] = value
+                    else:
+                        # Read one byte past the cap at most: enough to know the file is too big.
+                        content = await value.read(state.max_file_bytes + 1)
+                        parts[key] = (content, value.content_type or "application/octet-stream",
+                                      value.filename or key, value.size or len(content))
+                operations, file_map = (_json_field(fields, name) for name in ("operations", "map"))
+                payload = emulator.upload_file(operations, file_map, parts)
+        except GraphQLError as exc:
+            return exc.response()
+        except HTTPException as exc:  # Starlette's answer to a malformed multipart body
+            body = GraphQLError(f"Invalid multipart request: {exc.detail}").response().body
+            return Response(body, status_code=exc.status_code, media_type="application/json")
+        return JSONResponse(payload)
+
+    async def download(request: Request) -> Response:
+        # Real Twenty serves /files/<path>?token=<signed file token>; the emulator takes the API key.
+        denied = unauthorized(request)
+        if denied is not None:
+            return denied
+        stored = state.file(request.path_params["path"])
+        if stored is None:
+            return TwentyError("File not found", 404).response()
+        content, content_type, filename = stored
+        return Response(content, media_type=content_type,
+                        headers={"Content-Disposition": f"inline; filename*=UTF-8''{quote(filename)}"})
 
     def endpoint(handler: Callable[..., tuple[int, dict]], *, body: bool = False, auth: bool = True):
         async def run(request: Request) -> JSONResponse:
@@ -1944,6 +2176,8 @@ def create_app(
 
     routes = [
         Route("/healthz", health, methods=["GET"]),
+        Route("/graphql", graphql, methods=["POST"]),
+        Route("/files/{path:path}", download, methods=["GET"]),
         Route("/rest/metadata/objects", endpoint(lambda r: emulator.list_objects()), methods=["GET"]),
         Route("/rest/metadata/objects", endpoint(lambda r, body: emulator.create_object(body), body=True),
               methods=["POST"]),

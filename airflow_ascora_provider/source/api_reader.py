@@ -27,6 +27,7 @@ What the API can and cannot give (see ``ascora-api.md`` §5):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from decimal import InvalidOperation
@@ -69,8 +70,15 @@ EXTENSION_OBJECTS = (
 )
 COMPANY_CUSTOMER_TYPES = frozenset({"commercial", "strata", "government"})
 _CHILD_NUMBER = re.compile(r"^(.+)\.\d+$")
-_ENTITY_TYPES = {"customer": "Customer", "site": "Site", "job": "Job", "quotation": "Quotation",
-                 "quote": "Quotation", "invoice": "Invoice", "enquiry": "Enquiry"}
+_ENTITY_TYPES = {
+    "customer": "Customer",
+    "site": "Site",
+    "job": "Job",
+    "quotation": "Quotation",
+    "quote": "Quotation",
+    "invoice": "Invoice",
+    "enquiry": "Enquiry",
+}
 
 
 def _key(value: Any) -> str | None:
@@ -153,8 +161,13 @@ class AscoraApiReader:
 
     name = "api"
 
-    def __init__(self, hook: AscoraHook, *, extensions: bool | None = None,
-                 invoices_prior_to: dt.date | dt.datetime | str | None = None):
+    def __init__(
+        self,
+        hook: AscoraHook,
+        *,
+        extensions: bool | None = None,
+        invoices_prior_to: dt.date | dt.datetime | str | None = None,
+    ):
         self.hook = hook
         self._extensions = extensions
         self.invoices_prior_to = invoices_prior_to
@@ -176,14 +189,20 @@ class AscoraApiReader:
 
     def iter_raw(self, object_name: str) -> Iterator[RawRecord]:
         if object_name not in self.objects():
-            raise KeyError(f"the Ascora API reader cannot produce {object_name!r}; it offers {self.objects()}")
+            raise KeyError(
+                f"the Ascora API reader cannot produce {object_name!r}; it offers {self.objects()}"
+            )
         return getattr(self, f"_read_{object_name}")()
 
     # -- walking with origins and indexes -----------------------------------------------------------
 
-    def _walk(self, records: Iterable[dict[str, Any]], origin: str,
-              note: Callable[[dict[str, Any]], None] | None = None,
-              done: str | None = None) -> Iterator[tuple[dict[str, Any], str]]:
+    def _walk(
+        self,
+        records: Iterable[dict[str, Any]],
+        origin: str,
+        note: Callable[[dict[str, Any]], None] | None = None,
+        done: str | None = None,
+    ) -> Iterator[tuple[dict[str, Any], str]]:
         """Pair each record with ``api:<path>#p<page>``; mark ``done`` only when the walk really finished.
 
         The page is derived from the position, which is exact because every page but the last is full.
@@ -210,8 +229,12 @@ class AscoraApiReader:
             self._idx.billing.setdefault(key, cid)
 
     def _customers(self, kind: str) -> Iterator[tuple[dict[str, Any], str]]:
-        return self._walk(self.hook.iter_customers(kind), f"api:{api.CUSTOMERS}?SiteBillingType={kind}",
-                          self._note_customer, f"customers:{kind}")
+        return self._walk(
+            self.hook.iter_customers(kind),
+            f"api:{api.CUSTOMERS}?SiteBillingType={kind}",
+            self._note_customer,
+            f"customers:{kind}",
+        )
 
     def _ensure_customers(self) -> _Indexes:
         missing = [k for k in ("Billing", "Site") if f"customers:{k}" not in self._idx.done]
@@ -226,13 +249,18 @@ class AscoraApiReader:
 
     def _note_job(self, record: dict[str, Any]) -> None:
         number = record.get("jobNumber")
-        if not _parent_number(number, record.get("topLevelJobNumber")) and _key(number) and record.get("jobId"):
+        if (
+            not _parent_number(number, record.get("topLevelJobNumber"))
+            and _key(number)
+            and record.get("jobId")
+        ):
             self._idx.jobs.setdefault(_key(number), record["jobId"])
 
     def _ensure_jobs(self) -> _Indexes:
         if "jobs" not in self._idx.done:
-            for _ in self._walk(self.hook.iter_jobs(include_child_jobs=False), f"api:{api.JOBS}", self._note_job,
-                                "jobs"):
+            for _ in self._walk(
+                self.hook.iter_jobs(include_child_jobs=False), f"api:{api.JOBS}", self._note_job, "jobs"
+            ):
                 pass
         return self._idx
 
@@ -268,7 +296,7 @@ class AscoraApiReader:
         if key in idx.billing:
             return idx.billing[key]
         if key in idx.sites:
-            site_id, billing = idx.sites[key]
+            _site_id, billing = idx.sites[key]
             issues.append(Issue(field, ref, "refers to a site; using that site's billing customer"))
             return idx.billing.get(_key(billing), billing)
         return ref  # unknown: kept so the audit reports the orphan rather than a silent blank
@@ -284,7 +312,9 @@ class AscoraApiReader:
             if site_key in idx.sites:
                 site_id = idx.sites[site_key][0]
             elif site_key not in idx.billing:
-                issues.append(Issue("site_id", site_ref, "site customer not found among Ascora customers or sites"))
+                issues.append(
+                    Issue("site_id", site_ref, "site customer not found among Ascora customers or sites")
+                )
             # a site customer that is a billing customer: the job is at the customer's own address
         customer_id = self._billing_of(bill_ref, "customer_id", issues) if bill_ref else None
         if customer_id is None and site_key is not None:
@@ -339,68 +369,127 @@ class AscoraApiReader:
     # -- customers, sites, contacts -----------------------------------------------------------------
 
     @staticmethod
-    def _person(record: dict[str, Any], first: str = "contactFirstName", last: str = "contactLastName",
-                email: str = "emailAddress", phone: str = "phoneNumber", mobile: str = "mobileNumber") -> dict:
-        return {"first_name": record.get(first), "last_name": record.get(last), "email": record.get(email),
-                "phone": record.get(phone), "mobile": record.get(mobile)}
+    def _person(
+        record: dict[str, Any],
+        first: str = "contactFirstName",
+        last: str = "contactLastName",
+        email: str = "emailAddress",
+        phone: str = "phoneNumber",
+        mobile: str = "mobileNumber",
+    ) -> dict:
+        return {
+            "first_name": record.get(first),
+            "last_name": record.get(last),
+            "email": record.get(email),
+            "phone": record.get(phone),
+            "mobile": record.get(mobile),
+        }
 
     @staticmethod
     def _street(record: dict[str, Any]) -> dict[str, Any]:
-        return {"address_line1": record.get("streetLine1"), "address_line2": record.get("streetLine2"),
-                "suburb": record.get("streetSuburb"), "state": record.get("streetState"),
-                "postcode": record.get("streetPostcode"), "country": record.get("streetCountry")}
+        return {
+            "address_line1": record.get("streetLine1"),
+            "address_line2": record.get("streetLine2"),
+            "suburb": record.get("streetSuburb"),
+            "state": record.get("streetState"),
+            "postcode": record.get("streetPostcode"),
+            "country": record.get("streetCountry"),
+        }
 
     def _read_customer(self) -> Iterator[RawRecord]:
         for r, origin in self._customers("Billing"):
             customer_type = _name(r.get("customerType"))
             company = r.get("companyName")
             is_company = bool(company and str(company).strip()) or (
-                _key(customer_type) in COMPANY_CUSTOMER_TYPES)
-            yield RawRecord({
-                "id": r.get("customerId"), "customer_number": r.get("customerNumber"), "name": r.get("customerName"),
-                "company_name": company, "is_company": is_company, **self._person(r), "on_hold": r.get("onHold"),
-                **self._street(r), "latitude": r.get("streetLatitude"), "longitude": r.get("streetLongitude"),
-                "postal_address_line1": r.get("postalLine1"), "postal_address_line2": r.get("postalLine2"),
-                "postal_suburb": r.get("postalSuburb"), "postal_state": r.get("postalState"),
-                "postal_postcode": r.get("postalPostcode"), "postal_country": r.get("postalCountry"),
-                "customer_type": customer_type, "lead_source": _name(r.get("leadSource")),
-                "assigned_user_name": _name(r.get("assignedUser")), "accounting_system": r.get("accountingSystem"),
-                "date_created": r.get("dateCreated"), "custom_fields": r.get("customFields"),
-            }, origin)
+                _key(customer_type) in COMPANY_CUSTOMER_TYPES
+            )
+            yield RawRecord(
+                {
+                    "id": r.get("customerId"),
+                    "customer_number": r.get("customerNumber"),
+                    "name": r.get("customerName"),
+                    "company_name": company,
+                    "is_company": is_company,
+                    **self._person(r),
+                    "on_hold": r.get("onHold"),
+                    **self._street(r),
+                    "latitude": r.get("streetLatitude"),
+                    "longitude": r.get("streetLongitude"),
+                    "postal_address_line1": r.get("postalLine1"),
+                    "postal_address_line2": r.get("postalLine2"),
+                    "postal_suburb": r.get("postalSuburb"),
+                    "postal_state": r.get("postalState"),
+                    "postal_postcode": r.get("postalPostcode"),
+                    "postal_country": r.get("postalCountry"),
+                    "customer_type": customer_type,
+                    "lead_source": _name(r.get("leadSource")),
+                    "assigned_user_name": _name(r.get("assignedUser")),
+                    "accounting_system": r.get("accountingSystem"),
+                    "date_created": r.get("dateCreated"),
+                    "custom_fields": r.get("customFields"),
+                },
+                origin,
+            )
 
     def _read_site(self) -> Iterator[RawRecord]:
         for r, origin in self._customers("Site"):
-            yield RawRecord({
-                "id": r.get("customerId"), "customer_number": r.get("customerNumber"), "name": r.get("customerName"),
-                "billing_customer_id": _link_id(r.get("billingCustomer")), **self._person(r), **self._street(r),
-                "latitude": r.get("streetLatitude"), "longitude": r.get("streetLongitude"),
-                "customer_type": _name(r.get("customerType")), "assigned_user_name": _name(r.get("assignedUser")),
-                "date_created": r.get("dateCreated"), "custom_fields": r.get("customFields"),
-            }, origin)
+            yield RawRecord(
+                {
+                    "id": r.get("customerId"),
+                    "customer_number": r.get("customerNumber"),
+                    "name": r.get("customerName"),
+                    "billing_customer_id": _link_id(r.get("billingCustomer")),
+                    **self._person(r),
+                    **self._street(r),
+                    "latitude": r.get("streetLatitude"),
+                    "longitude": r.get("streetLongitude"),
+                    "customer_type": _name(r.get("customerType")),
+                    "assigned_user_name": _name(r.get("assignedUser")),
+                    "date_created": r.get("dateCreated"),
+                    "custom_fields": r.get("customFields"),
+                },
+                origin,
+            )
 
     def _read_contact(self) -> Iterator[RawRecord]:
         for r, origin in self._walk(self.hook.iter_contacts(), f"api:{api.CONTACTS}"):
-            yield RawRecord({
-                "id": r.get("contactId"), "customer_id": r.get("customerId"),
-                **self._person(r, "firstName", "lastName"), "fax": r.get("faxNumber"),
-                "is_default": r.get("defaultContact"), "role": r.get("contactRole"),
-            }, origin)
+            yield RawRecord(
+                {
+                    "id": r.get("contactId"),
+                    "customer_id": r.get("customerId"),
+                    **self._person(r, "firstName", "lastName"),
+                    "fax": r.get("faxNumber"),
+                    "is_default": r.get("defaultContact"),
+                    "role": r.get("contactRole"),
+                },
+                origin,
+            )
 
     # -- job types, quotes, jobs --------------------------------------------------------------------
 
     def _read_job_type(self) -> Iterator[RawRecord]:
         if self.extensions:
             for r, origin in self._walk(self.hook.ext_iter_job_types(), f"api:{api.EXT_JOB_TYPES}"):
-                yield RawRecord({"id": r.get("id") or r.get("jobTypeId"), "name": r.get("name"),
-                                 "is_default": r.get("isDefault")}, origin)
+                yield RawRecord(
+                    {
+                        "id": r.get("id") or r.get("jobTypeId"),
+                        "name": r.get("name"),
+                        "is_default": r.get("isDefault"),
+                    },
+                    origin,
+                )
             return
         # The real API has no job type list: collect the distinct links on quotes and jobs, and fill the
         # quote and job indexes on the way, since the same walks are needed for those later anyway.
         seen: set[str] = set()
         walks = (
             self._walk(self.hook.iter_quotes(), f"api:{api.QUOTES}", self._note_quote, "quotes"),
-            self._walk(self.hook.iter_jobs(include_child_jobs=True), f"api:{api.JOBS}?IncludeChildJobs=true",
-                       self._note_job, "jobs"),
+            self._walk(
+                self.hook.iter_jobs(include_child_jobs=True),
+                f"api:{api.JOBS}?IncludeChildJobs=true",
+                self._note_job,
+                "jobs",
+            ),
         )
         for walk in walks:
             for r, origin in walk:
@@ -418,26 +507,46 @@ class AscoraApiReader:
             issues: list[Issue] = []
             customer_id, site_id = self._parties(r, issues)
             user = r.get("assignedUser")
-            yield RawRecord({
-                "id": r.get("quoteId"), "quote_number": r.get("quoteNumber"), "name": r.get("quoteName"),
-                "description": r.get("quoteDescription"),
-                "status": _status(r.get("quoteStatusText"), r.get("quoteStatus"), QUOTE_STATUS_CODES, "status",
-                                  issues),
-                "reason_for_loss": r.get("reasonForLoss"), "date_created": r.get("dateCreated"),
-                "quote_date": r.get("quotationDate"), "due_date": r.get("dueDate"),
-                "valid_until_date": r.get("validUntilDate"), "pricing_method": r.get("pricingMethod"),
-                "total_ex_tax": r.get("totalExTax"), "total_tax": _tax(r), "total_inc_tax": r.get("totalIncTax"),
-                "purchase_order_number": r.get("purchaseOrderNumber"),
-                "client_order_number": r.get("clientOrderNumber"),
-                "address_line1": r.get("addressLine1"), "address_line2": r.get("addressLine2"),
-                "suburb": r.get("suburb"), "state": r.get("state"), "postcode": r.get("postcode"),
-                "country": r.get("country"),
-                "job_type_id": self._job_type_id(r.get("jobType")), "job_type_name": _name(r.get("jobType")),
-                "customer_id": customer_id, "site_id": site_id,
-                "assigned_user_name": _name(user), "assigned_user_id": self._user_id(user),
-                "team": _name(r.get("team")), "variation_for_job_number": r.get("variationForJobNumber"),
-                "enquiry_id": r.get("enquiryId"), "custom_fields": r.get("customFields"),
-            }, origin, issues)
+            yield RawRecord(
+                {
+                    "id": r.get("quoteId"),
+                    "quote_number": r.get("quoteNumber"),
+                    "name": r.get("quoteName"),
+                    "description": r.get("quoteDescription"),
+                    "status": _status(
+                        r.get("quoteStatusText"), r.get("quoteStatus"), QUOTE_STATUS_CODES, "status", issues
+                    ),
+                    "reason_for_loss": r.get("reasonForLoss"),
+                    "date_created": r.get("dateCreated"),
+                    "quote_date": r.get("quotationDate"),
+                    "due_date": r.get("dueDate"),
+                    "valid_until_date": r.get("validUntilDate"),
+                    "pricing_method": r.get("pricingMethod"),
+                    "total_ex_tax": r.get("totalExTax"),
+                    "total_tax": _tax(r),
+                    "total_inc_tax": r.get("totalIncTax"),
+                    "purchase_order_number": r.get("purchaseOrderNumber"),
+                    "client_order_number": r.get("clientOrderNumber"),
+                    "address_line1": r.get("addressLine1"),
+                    "address_line2": r.get("addressLine2"),
+                    "suburb": r.get("suburb"),
+                    "state": r.get("state"),
+                    "postcode": r.get("postcode"),
+                    "country": r.get("country"),
+                    "job_type_id": self._job_type_id(r.get("jobType")),
+                    "job_type_name": _name(r.get("jobType")),
+                    "customer_id": customer_id,
+                    "site_id": site_id,
+                    "assigned_user_name": _name(user),
+                    "assigned_user_id": self._user_id(user),
+                    "team": _name(r.get("team")),
+                    "variation_for_job_number": r.get("variationForJobNumber"),
+                    "enquiry_id": r.get("enquiryId"),
+                    "custom_fields": r.get("customFields"),
+                },
+                origin,
+                issues,
+            )
 
     def _read_quote_section(self) -> Iterator[RawRecord]:
         seen: set[str] = set()
@@ -449,40 +558,66 @@ class AscoraApiReader:
                 issues: list[Issue] = []
                 parent_id = self._quote_id(parent, issues)
             else:
-                children = [(c, f"{origin}/childQuotes/{i}") for i, c in enumerate(r.get("childQuotes") or ())
-                            if isinstance(c, dict)]
+                children = [
+                    (c, f"{origin}/childQuotes/{i}")
+                    for i, c in enumerate(r.get("childQuotes") or ())
+                    if isinstance(c, dict)
+                ]
                 issues, parent_id = [], r.get("quoteId")
             for order, (child, child_origin) in enumerate(children, 1):
-                child_id = child.get("quoteId") or (f"{parent_id}#{child.get('quoteNumber')}" if parent_id else None)
+                child_id = child.get("quoteId") or (
+                    f"{parent_id}#{child.get('quoteNumber')}" if parent_id else None
+                )
                 if _key(child_id) in seen:
                     continue
                 seen.add(_key(child_id) or "")
-                yield RawRecord({
-                    "id": child_id, "quote_id": parent_id, "quote_number": child.get("quoteNumber"),
-                    "name": child.get("quoteName"),
-                    "display_order": child.get("displayOrder") if child.get("displayOrder") is not None else (
-                        None if parent else order),
-                    "total_ex_tax": child.get("totalExTax"), "total_inc_tax": child.get("totalIncTax"),
-                }, child_origin, list(issues))
+                yield RawRecord(
+                    {
+                        "id": child_id,
+                        "quote_id": parent_id,
+                        "quote_number": child.get("quoteNumber"),
+                        "name": child.get("quoteName"),
+                        "display_order": child.get("displayOrder")
+                        if child.get("displayOrder") is not None
+                        else (None if parent else order),
+                        "total_ex_tax": child.get("totalExTax"),
+                        "total_inc_tax": child.get("totalIncTax"),
+                    },
+                    child_origin,
+                    list(issues),
+                )
 
     def _read_quote_line_item(self) -> Iterator[RawRecord]:
         for r, origin in self._walk(self.hook.iter_quotes(), f"api:{api.QUOTES}", self._note_quote, "quotes"):
             quote_id = r.get("quoteId")
             for n, item in enumerate((i for i in (r.get("items") or ()) if isinstance(i, dict)), 1):
                 role = item.get("labourRole")
-                yield RawRecord({
-                    "id": item.get("itemId") or (f"{quote_id}#{n}" if quote_id else None), "quote_id": quote_id,
-                    "section_quote_number": item.get("sectionQuoteNumber"), "line_number": n,
-                    "item_type": item.get("itemType"), "part_number": item.get("partNumber"),
-                    "description": item.get("description"), "quantity": item.get("quantity"),
-                    "unit_of_measure": item.get("unitOfMeasure"), "labour_role": _name(role),
-                    "hours": item.get("hours"), "unit_cost_ex_tax": item.get("unitCostExTax"),
-                    "unit_sell_ex_tax": item.get("unitSellExTax"), "total_ex_tax": item.get("totalExTax"),
-                    "total_inc_tax": item.get("totalIncTax"), "is_taxable": item.get("isTaxable"),
-                }, f"{origin}/items/{n - 1}")
+                yield RawRecord(
+                    {
+                        "id": item.get("itemId") or (f"{quote_id}#{n}" if quote_id else None),
+                        "quote_id": quote_id,
+                        "section_quote_number": item.get("sectionQuoteNumber"),
+                        "line_number": n,
+                        "item_type": item.get("itemType"),
+                        "part_number": item.get("partNumber"),
+                        "description": item.get("description"),
+                        "quantity": item.get("quantity"),
+                        "unit_of_measure": item.get("unitOfMeasure"),
+                        "labour_role": _name(role),
+                        "hours": item.get("hours"),
+                        "unit_cost_ex_tax": item.get("unitCostExTax"),
+                        "unit_sell_ex_tax": item.get("unitSellExTax"),
+                        "total_ex_tax": item.get("totalExTax"),
+                        "total_inc_tax": item.get("totalIncTax"),
+                        "is_taxable": item.get("isTaxable"),
+                    },
+                    f"{origin}/items/{n - 1}",
+                )
 
     def _read_job(self) -> Iterator[RawRecord]:
-        walk = self._walk(self.hook.iter_jobs(include_child_jobs=False), f"api:{api.JOBS}", self._note_job, "jobs")
+        walk = self._walk(
+            self.hook.iter_jobs(include_child_jobs=False), f"api:{api.JOBS}", self._note_job, "jobs"
+        )
         for r, origin in walk:
             if _parent_number(r.get("jobNumber"), r.get("topLevelJobNumber")):
                 continue  # defensive: the server already left child jobs out
@@ -490,33 +625,58 @@ class AscoraApiReader:
             customer_id, site_id = self._parties(r, issues)
             user = r.get("assignedUser")
             quote_number = r.get("quoteNumber")
-            yield RawRecord({
-                "id": r.get("jobId"), "job_number": r.get("jobNumber"), "name": r.get("jobName"),
-                "description": r.get("jobDescription"), "work_undertaken": r.get("workUndertaken"),
-                "status": _status(r.get("jobStatusText"), r.get("jobStatus"), JOB_STATUS_CODES, "status", issues),
-                "date_created": r.get("dateCreated"), "completed_date": r.get("completedDate"),
-                "booking_date": r.get("bookingDate"), "expected_date": r.get("expectedDate"),
-                "pricing_method": r.get("pricingMethod"), "total_ex_tax": r.get("totalExTax"),
-                "total_tax": _tax(r), "total_inc_tax": r.get("totalIncTax"),
-                "purchase_order_number": r.get("purchaseOrderNumber"),
-                "client_order_number": r.get("clientOrderNumber"),
-                "address_line1": r.get("addressLine1"), "address_line2": r.get("addressLine2"),
-                "suburb": r.get("suburb"), "state": r.get("state"), "postcode": r.get("postcode"),
-                "country": r.get("country"), "latitude": r.get("latitude"), "longitude": r.get("longitude"),
-                "job_type_id": self._job_type_id(r.get("jobType")), "job_type_name": _name(r.get("jobType")),
-                "customer_id": customer_id, "site_id": site_id,
-                "site_contact_id": _link_id(r.get("siteContact")),
-                "billing_contact_id": _link_id(r.get("billingContact")),
-                "quote_id": self._quote_id(quote_number, issues) if quote_number else None,
-                "assigned_user_name": _name(user), "assigned_user_id": self._user_id(user),
-                "team": _name(r.get("team")), "priority": _name(r.get("priority")),
-                "estimated_duration_hours": r.get("estimatedDuration"),
-                "expected_duration_hours": r.get("expectedDuration"), "invoice_number": r.get("invoiceNumber"),
-                "custom_fields": r.get("customFields"),
-            }, origin, issues)
+            yield RawRecord(
+                {
+                    "id": r.get("jobId"),
+                    "job_number": r.get("jobNumber"),
+                    "name": r.get("jobName"),
+                    "description": r.get("jobDescription"),
+                    "work_undertaken": r.get("workUndertaken"),
+                    "status": _status(
+                        r.get("jobStatusText"), r.get("jobStatus"), JOB_STATUS_CODES, "status", issues
+                    ),
+                    "date_created": r.get("dateCreated"),
+                    "completed_date": r.get("completedDate"),
+                    "booking_date": r.get("bookingDate"),
+                    "expected_date": r.get("expectedDate"),
+                    "pricing_method": r.get("pricingMethod"),
+                    "total_ex_tax": r.get("totalExTax"),
+                    "total_tax": _tax(r),
+                    "total_inc_tax": r.get("totalIncTax"),
+                    "purchase_order_number": r.get("purchaseOrderNumber"),
+                    "client_order_number": r.get("clientOrderNumber"),
+                    "address_line1": r.get("addressLine1"),
+                    "address_line2": r.get("addressLine2"),
+                    "suburb": r.get("suburb"),
+                    "state": r.get("state"),
+                    "postcode": r.get("postcode"),
+                    "country": r.get("country"),
+                    "latitude": r.get("latitude"),
+                    "longitude": r.get("longitude"),
+                    "job_type_id": self._job_type_id(r.get("jobType")),
+                    "job_type_name": _name(r.get("jobType")),
+                    "customer_id": customer_id,
+                    "site_id": site_id,
+                    "site_contact_id": _link_id(r.get("siteContact")),
+                    "billing_contact_id": _link_id(r.get("billingContact")),
+                    "quote_id": self._quote_id(quote_number, issues) if quote_number else None,
+                    "assigned_user_name": _name(user),
+                    "assigned_user_id": self._user_id(user),
+                    "team": _name(r.get("team")),
+                    "priority": _name(r.get("priority")),
+                    "estimated_duration_hours": r.get("estimatedDuration"),
+                    "expected_duration_hours": r.get("expectedDuration"),
+                    "invoice_number": r.get("invoiceNumber"),
+                    "custom_fields": r.get("customFields"),
+                },
+                origin,
+                issues,
+            )
 
     def _read_job_section(self) -> Iterator[RawRecord]:
-        walk = self._walk(self.hook.iter_jobs(include_child_jobs=True), f"api:{api.JOBS}?IncludeChildJobs=true")
+        walk = self._walk(
+            self.hook.iter_jobs(include_child_jobs=True), f"api:{api.JOBS}?IncludeChildJobs=true"
+        )
         for r, origin in walk:
             parent = _parent_number(r.get("jobNumber"), r.get("topLevelJobNumber"))
             if not parent:
@@ -526,54 +686,95 @@ class AscoraApiReader:
             display_order = r.get("displayOrder")
             if display_order is None and isinstance(r.get("jobNumber"), str) and "." in r["jobNumber"]:
                 display_order = r["jobNumber"].rsplit(".", 1)[1]  # J1042.03 is the third section
-            yield RawRecord({
-                "id": r.get("jobId"), "job_id": self._job_id(parent, issues), "job_number": r.get("jobNumber"),
-                "name": r.get("jobName"), "description": r.get("jobDescription"),
-                "status": _status(r.get("jobStatusText"), r.get("jobStatus"), JOB_STATUS_CODES, "status", issues),
-                "display_order": display_order, "date_created": r.get("dateCreated"),
-                "completed_date": r.get("completedDate"), "total_ex_tax": r.get("totalExTax"),
-                "total_inc_tax": r.get("totalIncTax"), "assigned_user_name": _name(user),
-                "assigned_user_id": self._user_id(user),
-            }, origin, issues)
+            yield RawRecord(
+                {
+                    "id": r.get("jobId"),
+                    "job_id": self._job_id(parent, issues),
+                    "job_number": r.get("jobNumber"),
+                    "name": r.get("jobName"),
+                    "description": r.get("jobDescription"),
+                    "status": _status(
+                        r.get("jobStatusText"), r.get("jobStatus"), JOB_STATUS_CODES, "status", issues
+                    ),
+                    "display_order": display_order,
+                    "date_created": r.get("dateCreated"),
+                    "completed_date": r.get("completedDate"),
+                    "total_ex_tax": r.get("totalExTax"),
+                    "total_inc_tax": r.get("totalIncTax"),
+                    "assigned_user_name": _name(user),
+                    "assigned_user_id": self._user_id(user),
+                },
+                origin,
+                issues,
+            )
 
     # -- suppliers and bills ------------------------------------------------------------------------
 
     def _read_supplier(self) -> Iterator[RawRecord]:
         for r, origin in self._walk(self.hook.iter_suppliers(), f"api:{api.SUPPLIERS}"):
-            yield RawRecord({
-                "id": r.get("supplierId"), "supplier_number": r.get("supplierNumber"), "name": r.get("name"),
-                "business_number": r.get("businessNumber"),
-                **self._person(r, phone="phone", mobile="mobile"), "fax": r.get("fax"), "notes": r.get("notes"),
-                "expense_account": r.get("expenseAccount"), **self._street(r),
-            }, origin)
+            yield RawRecord(
+                {
+                    "id": r.get("supplierId"),
+                    "supplier_number": r.get("supplierNumber"),
+                    "name": r.get("name"),
+                    "business_number": r.get("businessNumber"),
+                    **self._person(r, phone="phone", mobile="mobile"),
+                    "fax": r.get("fax"),
+                    "notes": r.get("notes"),
+                    "expense_account": r.get("expenseAccount"),
+                    **self._street(r),
+                },
+                origin,
+            )
 
     def _read_supplier_bill(self) -> Iterator[RawRecord]:
         for r, origin in self._walk(self.hook.iter_supplier_invoices(), f"api:{api.SUPPLIER_INVOICES}"):
             reference = r.get("reference")
-            yield RawRecord({
-                "id": r.get("supplierInvoiceId"), "supplier_id": _link_id(r.get("supplier")),
-                "tracking_number": r.get("trackingNumber"), "reference": reference, "type": r.get("type"),
-                "invoice_date": r.get("invoiceDate"), "due_date": r.get("dueDate"), "created_on": r.get("createdOn"),
-                "accepted": r.get("accepted"), "account_code": r.get("accountCode"), "is_expense": r.get("isExpense"),
-                "sent_to_accounts": r.get("sentToAccounts"), "total_ex_tax": r.get("totalAmountExTax"),
-                "total_inc_tax": r.get("totalAmountIncTax"),
-                # The reference is "PO or job number": link it only when it names a job we know.
-                "job_id": self._job_id(reference) if isinstance(reference, str) else None,
-            }, origin)
+            yield RawRecord(
+                {
+                    "id": r.get("supplierInvoiceId"),
+                    "supplier_id": _link_id(r.get("supplier")),
+                    "tracking_number": r.get("trackingNumber"),
+                    "reference": reference,
+                    "type": r.get("type"),
+                    "invoice_date": r.get("invoiceDate"),
+                    "due_date": r.get("dueDate"),
+                    "created_on": r.get("createdOn"),
+                    "accepted": r.get("accepted"),
+                    "account_code": r.get("accountCode"),
+                    "is_expense": r.get("isExpense"),
+                    "sent_to_accounts": r.get("sentToAccounts"),
+                    "total_ex_tax": r.get("totalAmountExTax"),
+                    "total_inc_tax": r.get("totalAmountIncTax"),
+                    # The reference is "PO or job number": link it only when it names a job we know.
+                    "job_id": self._job_id(reference) if isinstance(reference, str) else None,
+                },
+                origin,
+            )
 
     def _read_supplier_bill_line(self) -> Iterator[RawRecord]:
         for r, origin in self._walk(self.hook.iter_supplier_invoices(), f"api:{api.SUPPLIER_INVOICES}"):
             bill_id = r.get("supplierInvoiceId")
             for n, line in enumerate((x for x in (r.get("lines") or ()) if isinstance(x, dict)), 1):
-                yield RawRecord({
-                    "id": line.get("supplierInvoiceLineId") or line.get("lineId") or (
-                        f"{bill_id}#{n}" if bill_id else None),
-                    "supplier_bill_id": bill_id, "line_number": n, "description": line.get("description"),
-                    "part_number": line.get("partNumber"), "quantity": line.get("quantity"),
-                    "unit_cost_ex_tax": line.get("unitCostExTax"), "total_ex_tax": line.get("totalAmountExTax"),
-                    "total_inc_tax": line.get("totalAmountIncTax"), "account_code": line.get("accountCode"),
-                    "reference": line.get("reference"), "is_taxable": line.get("isTaxable"),
-                }, f"{origin}/lines/{n - 1}")
+                yield RawRecord(
+                    {
+                        "id": line.get("supplierInvoiceLineId")
+                        or line.get("lineId")
+                        or (f"{bill_id}#{n}" if bill_id else None),
+                        "supplier_bill_id": bill_id,
+                        "line_number": n,
+                        "description": line.get("description"),
+                        "part_number": line.get("partNumber"),
+                        "quantity": line.get("quantity"),
+                        "unit_cost_ex_tax": line.get("unitCostExTax"),
+                        "total_ex_tax": line.get("totalAmountExTax"),
+                        "total_inc_tax": line.get("totalAmountIncTax"),
+                        "account_code": line.get("accountCode"),
+                        "reference": line.get("reference"),
+                        "is_taxable": line.get("isTaxable"),
+                    },
+                    f"{origin}/lines/{n - 1}",
+                )
 
     # -- invoices -----------------------------------------------------------------------------------
 
@@ -582,8 +783,11 @@ class AscoraApiReader:
             return self._walk(self.hook.ext_iter_invoices(), f"api:{api.EXT_INVOICES}")
         prior_to = self.invoices_prior_to or (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1))
         # One unpaged answer: every record is on "page 1".
-        return ((r, f"api:{api.INVOICES_TO_SEND}") for r in self.hook.invoices_to_send(prior_to)
-                if isinstance(r, dict))
+        return (
+            (r, f"api:{api.INVOICES_TO_SEND}")
+            for r in self.hook.invoices_to_send(prior_to)
+            if isinstance(r, dict)
+        )
 
     def _read_invoice(self) -> Iterator[RawRecord]:
         for r, origin in self._invoices():
@@ -591,41 +795,74 @@ class AscoraApiReader:
             job_id = r.get("jobId")
             if not job_id and r.get("jobNumber"):
                 job_id = self._job_id(r["jobNumber"], issues)
-            yield RawRecord({
-                "id": r.get("invoiceId"), "invoice_number": r.get("invoiceNumber"),
-                "invoice_date": r.get("invoiceDate"), "due_date": r.get("dueDate"), "status": r.get("status"),
-                "job_id": job_id, "job_number": r.get("jobNumber"),
-                "customer_id": self._billing_of(_link_id(r.get("billingCustomer")), "customer_id", issues),
-                "reference": r.get("reference"), "total_ex_tax": r.get("totalExTax"),
-                "total_tax": r.get("totalTax") if r.get("totalTax") is not None else _tax(r),
-                "total_inc_tax": r.get("totalIncTax"), "amount_paid": r.get("amountPaid"),
-                "amount_outstanding": r.get("amountOutstanding"), "sent_to_accounts": r.get("sentToAccounts"),
-                "accounting_system": r.get("accountingSystem"), "pdf_attachment_id": r.get("pdfAttachmentId"),
-                "custom_fields": r.get("invoiceCustomFields") or r.get("customFields"),
-            }, origin, issues)
+            yield RawRecord(
+                {
+                    "id": r.get("invoiceId"),
+                    "invoice_number": r.get("invoiceNumber"),
+                    "invoice_date": r.get("invoiceDate"),
+                    "due_date": r.get("dueDate"),
+                    "status": r.get("status"),
+                    "job_id": job_id,
+                    "job_number": r.get("jobNumber"),
+                    "customer_id": self._billing_of(
+                        _link_id(r.get("billingCustomer")), "customer_id", issues
+                    ),
+                    "reference": r.get("reference"),
+                    "total_ex_tax": r.get("totalExTax"),
+                    "total_tax": r.get("totalTax") if r.get("totalTax") is not None else _tax(r),
+                    "total_inc_tax": r.get("totalIncTax"),
+                    "amount_paid": r.get("amountPaid"),
+                    "amount_outstanding": r.get("amountOutstanding"),
+                    "sent_to_accounts": r.get("sentToAccounts"),
+                    "accounting_system": r.get("accountingSystem"),
+                    "pdf_attachment_id": r.get("pdfAttachmentId"),
+                    "custom_fields": r.get("invoiceCustomFields") or r.get("customFields"),
+                },
+                origin,
+                issues,
+            )
 
     def _read_invoice_line(self) -> Iterator[RawRecord]:
         for r, origin in self._invoices():
             invoice_id = r.get("invoiceId")
             for n, line in enumerate((x for x in (r.get("lines") or ()) if isinstance(x, dict)), 1):
-                yield RawRecord({
-                    "id": line.get("invoiceLineId") or line.get("lineId") or (
-                        f"{invoice_id}#{n}" if invoice_id else None),
-                    "invoice_id": invoice_id, "line_number": n, "description": line.get("description"),
-                    "part_number": line.get("partNumber"), "quantity": line.get("quantity"),
-                    "unit_price_ex_tax": line.get("unitPriceExTax"), "account_code": line.get("accountCode"),
-                    "tax_code": line.get("taxCode"), "total_ex_tax": line.get("totalExTax"), "tax": line.get("tax"),
-                }, f"{origin}/lines/{n - 1}")
+                yield RawRecord(
+                    {
+                        "id": line.get("invoiceLineId")
+                        or line.get("lineId")
+                        or (f"{invoice_id}#{n}" if invoice_id else None),
+                        "invoice_id": invoice_id,
+                        "line_number": n,
+                        "description": line.get("description"),
+                        "part_number": line.get("partNumber"),
+                        "quantity": line.get("quantity"),
+                        "unit_price_ex_tax": line.get("unitPriceExTax"),
+                        "account_code": line.get("accountCode"),
+                        "tax_code": line.get("taxCode"),
+                        "total_ex_tax": line.get("totalExTax"),
+                        "tax": line.get("tax"),
+                    },
+                    f"{origin}/lines/{n - 1}",
+                )
 
     # -- extension objects --------------------------------------------------------------------------
 
     def _read_staff_user(self) -> Iterator[RawRecord]:
-        for r, origin in self._walk(self.hook.ext_iter_users(), f"api:{api.EXT_USERS}", self._note_user, "users"):
-            yield RawRecord({
-                "id": r.get("userId"), "full_name": r.get("fullName"),
-                **self._person(r, "firstName", "lastName"), "is_active": r.get("isActive"),
-                "user_type": r.get("userType"), "labour_role": _name(r.get("labourRole")), "team": _name(r.get("team")),
-            }, origin)
+        for r, origin in self._walk(
+            self.hook.ext_iter_users(), f"api:{api.EXT_USERS}", self._note_user, "users"
+        ):
+            yield RawRecord(
+                {
+                    "id": r.get("userId"),
+                    "full_name": r.get("fullName"),
+                    **self._person(r, "firstName", "lastName"),
+                    "is_active": r.get("isActive"),
+                    "user_type": r.get("userType"),
+                    "labour_role": _name(r.get("labourRole")),
+                    "team": _name(r.get("team")),
+                },
+                origin,
+            )
 
     def _read_equipment(self) -> Iterator[RawRecord]:
         for r, origin in self._walk(self.hook.ext_iter_equipment(), f"api:{api.EXT_EQUIPMENT}"):
@@ -635,49 +872,85 @@ class AscoraApiReader:
             if not site_id and _key(owner) in self._ensure_customers().sites:
                 site_id = owner  # equipment recorded against a site: the site is where it is
             customer_id = self._billing_of(owner, "customer_id", []) if owner else None
-            yield RawRecord({
-                "id": r.get("equipmentId"), "customer_id": customer_id, "site_id": site_id, "name": r.get("name"),
-                "make": r.get("make"), "model": r.get("model"), "serial_number": r.get("serialNumber"),
-                "location": r.get("location"), "install_date": r.get("installDate"),
-                "warranty_expiry": r.get("warrantyExpiry"), "notes": r.get("notes"),
-                "custom_fields": r.get("customFields"),
-            }, origin, issues)
+            yield RawRecord(
+                {
+                    "id": r.get("equipmentId"),
+                    "customer_id": customer_id,
+                    "site_id": site_id,
+                    "name": r.get("name"),
+                    "make": r.get("make"),
+                    "model": r.get("model"),
+                    "serial_number": r.get("serialNumber"),
+                    "location": r.get("location"),
+                    "install_date": r.get("installDate"),
+                    "warranty_expiry": r.get("warrantyExpiry"),
+                    "notes": r.get("notes"),
+                    "custom_fields": r.get("customFields"),
+                },
+                origin,
+                issues,
+            )
 
     def _read_note(self) -> Iterator[RawRecord]:
         for r, origin in self._walk(self.hook.ext_iter_notes(), f"api:{api.EXT_NOTES}"):
-            yield RawRecord({
-                "id": r.get("noteId"), "entity_type": self._entity(r.get("entityType"), r.get("entityId")),
-                "entity_id": r.get("entityId"), "content": r.get("noteContent"),
-                "activity_type": r.get("activityType") or r.get("noteType"), "created_by_name": r.get("createdByName"),
-                "date_created": r.get("dateCreated"),
-            }, origin)
+            yield RawRecord(
+                {
+                    "id": r.get("noteId"),
+                    "entity_type": self._entity(r.get("entityType"), r.get("entityId")),
+                    "entity_id": r.get("entityId"),
+                    "content": r.get("noteContent"),
+                    "activity_type": r.get("activityType") or r.get("noteType"),
+                    "created_by_name": r.get("createdByName"),
+                    "date_created": r.get("dateCreated"),
+                },
+                origin,
+            )
 
     def _read_attachment(self) -> Iterator[RawRecord]:
         for r, origin in self._walk(self.hook.ext_iter_attachments(), f"api:{api.EXT_ATTACHMENTS}"):
             attachment_id = r.get("attachmentId")
-            fetch = None
-            if attachment_id:
-                fetch = (lambda a=attachment_id: self.hook.ext_download_attachment(a))
-            yield RawRecord({
-                "id": attachment_id, "entity_type": self._entity(r.get("entityType"), r.get("entityId")),
-                "entity_id": r.get("entityId"), "file_name": r.get("fileName"), "content_type": r.get("contentType"),
-                "size_bytes": r.get("sizeBytes"), "category": r.get("category"), "date_created": r.get("dateCreated"),
-            }, origin, fetch=fetch)
+            fetch = (
+                functools.partial(self.hook.ext_download_attachment, attachment_id) if attachment_id else None
+            )
+            yield RawRecord(
+                {
+                    "id": attachment_id,
+                    "entity_type": self._entity(r.get("entityType"), r.get("entityId")),
+                    "entity_id": r.get("entityId"),
+                    "file_name": r.get("fileName"),
+                    "content_type": r.get("contentType"),
+                    "size_bytes": r.get("sizeBytes"),
+                    "category": r.get("category"),
+                    "date_created": r.get("dateCreated"),
+                },
+                origin,
+                fetch=fetch,
+            )
 
     def _read_enquiry(self) -> Iterator[RawRecord]:
         for r, origin in self._walk(self.hook.ext_iter_enquiries(), f"api:{api.EXT_ENQUIRIES}"):
-            yield RawRecord({
-                "id": r.get("enquiryId"), "enquiry_number": r.get("enquiryNumber"),
-                "company_name": r.get("companyName"), **self._person(r, "firstName", "lastName", "email", "phone",
-                                                                     "mobile"),
-                "address_line1": r.get("addressLine1"), "address_line2": r.get("addressLine2"),
-                "suburb": r.get("addressSuburb"), "state": r.get("addressState"),
-                "postcode": r.get("addressPostcode"), "country": r.get("addressCountry"),
-                "description": r.get("enquiryDescription"), "lead_source": _name(r.get("leadSource")),
-                "status": r.get("status"), "date_created": r.get("dateCreated"),
-                "converted_to_quote_number": r.get("convertedToQuoteNumber"),
-                "converted_to_job_number": r.get("convertedToJobNumber"), "custom_fields": r.get("customFields"),
-            }, origin)
+            yield RawRecord(
+                {
+                    "id": r.get("enquiryId"),
+                    "enquiry_number": r.get("enquiryNumber"),
+                    "company_name": r.get("companyName"),
+                    **self._person(r, "firstName", "lastName", "email", "phone", "mobile"),
+                    "address_line1": r.get("addressLine1"),
+                    "address_line2": r.get("addressLine2"),
+                    "suburb": r.get("addressSuburb"),
+                    "state": r.get("addressState"),
+                    "postcode": r.get("addressPostcode"),
+                    "country": r.get("addressCountry"),
+                    "description": r.get("enquiryDescription"),
+                    "lead_source": _name(r.get("leadSource")),
+                    "status": r.get("status"),
+                    "date_created": r.get("dateCreated"),
+                    "converted_to_quote_number": r.get("convertedToQuoteNumber"),
+                    "converted_to_job_number": r.get("convertedToJobNumber"),
+                    "custom_fields": r.get("customFields"),
+                },
+                origin,
+            )
 
     def _read_form_response(self) -> Iterator[RawRecord]:
         for r, origin in self._walk(self.hook.ext_iter_form_responses(), f"api:{api.EXT_FORM_RESPONSES}"):
@@ -685,11 +958,25 @@ class AscoraApiReader:
             fields = r.get("fields")
             answers = fields
             if isinstance(fields, list):  # [{fieldCode, value}] -> {fieldCode: value}; coerce makes it JSON
-                answers = {str(f.get("fieldCode") or f.get("fieldName")): f.get("value", f.get("fieldValue"))
-                           for f in fields if isinstance(f, dict)}
-            job_id = r.get("jobId") or (self._job_id(r.get("jobNumber"), issues) if r.get("jobNumber") else None)
-            yield RawRecord({
-                "id": r.get("formResponseId"), "form_name": r.get("formName"), "job_id": job_id,
-                "job_number": r.get("jobNumber"), "completed_by": r.get("completedBy"),
-                "date_completed": r.get("dateCompleted"), "answers": answers, "attachment_id": r.get("attachmentId"),
-            }, origin, issues)
+                answers = {
+                    str(f.get("fieldCode") or f.get("fieldName")): f.get("value", f.get("fieldValue"))
+                    for f in fields
+                    if isinstance(f, dict)
+                }
+            job_id = r.get("jobId") or (
+                self._job_id(r.get("jobNumber"), issues) if r.get("jobNumber") else None
+            )
+            yield RawRecord(
+                {
+                    "id": r.get("formResponseId"),
+                    "form_name": r.get("formName"),
+                    "job_id": job_id,
+                    "job_number": r.get("jobNumber"),
+                    "completed_by": r.get("completedBy"),
+                    "date_completed": r.get("dateCompleted"),
+                    "answers": answers,
+                    "attachment_id": r.get("attachmentId"),
+                },
+                origin,
+                issues,
+            )

@@ -50,8 +50,13 @@ def make_reader(emulator):
     hooks = []
 
     def make(*, extensions=True, hook_extensions=True, page_size=3, **kwargs) -> AscoraApiReader:
-        hook = AscoraHook(base_url=emulator.url, api_key=KEY, page_size=page_size, enable_extensions=hook_extensions,
-                          retry=RetryPolicy(base_delay=0.01, min_retry_after=0.05))
+        hook = AscoraHook(
+            base_url=emulator.url,
+            api_key=KEY,
+            page_size=page_size,
+            enable_extensions=hook_extensions,
+            retry=RetryPolicy(base_delay=0.01, min_retry_after=0.05),
+        )
         hooks.append(hook)
         return AscoraApiReader(hook, extensions=extensions, **kwargs)
 
@@ -78,9 +83,26 @@ def by_id(records: list[dict]) -> dict[str, dict]:
 
 
 EXPECTED_COUNTS = {
-    "customer": 3, "site": 4, "contact": 4, "job_type": 2, "quote": 3, "quote_section": 2, "quote_line_item": 2,
-    "job": 5, "job_section": 2, "supplier": 2, "supplier_bill": 2, "supplier_bill_line": 2, "invoice": 3,
-    "invoice_line": 6, "staff_user": 2, "equipment": 2, "note": 3, "attachment": 2, "enquiry": 2, "form_response": 1,
+    "customer": 3,
+    "site": 4,
+    "contact": 4,
+    "job_type": 2,
+    "quote": 3,
+    "quote_section": 2,
+    "quote_line_item": 2,
+    "job": 5,
+    "job_section": 2,
+    "supplier": 2,
+    "supplier_bill": 2,
+    "supplier_bill_line": 2,
+    "invoice": 3,
+    "invoice_line": 6,
+    "staff_user": 2,
+    "equipment": 2,
+    "note": 3,
+    "attachment": 2,
+    "enquiry": 2,
+    "form_response": 1,
 }
 
 
@@ -92,8 +114,9 @@ def test_every_object_yields_canonical_records(make_reader, emulator):
         assert len(records) == EXPECTED_COUNTS[name], name
         for record in records:
             assert record["id"], (name, record)
-            assert re.match(r"^api:/[A-Za-z/]+(\?[A-Za-z=]+)?(#p\d+)?(/[A-Za-z]+(/\d+)?)*$", record["_origin"]), \
-                record["_origin"]
+            assert re.match(
+                r"^api:/[A-Za-z/]+(\?[A-Za-z=]+)?(#p\d+)?(/[A-Za-z]+(/\d+)?)*$", record["_origin"]
+            ), record["_origin"]
             missing = [i for i in issues_of(record) if i["reason"] == "required value is missing"]
             assert missing == [], (name, record["id"], missing)
     assert [r for r in emulator.control.requests if r.method != "GET"] == []
@@ -113,10 +136,15 @@ def test_customers_and_sites(make_reader):
     assert str(acme["latitude"]) == "-32.01"
     sites = by_id(canonical(reader, "site"))
     assert {k: v["billing_customer_id"] for k, v in sites.items()} == {
-        gid(11): gid(1), gid(12): gid(1), gid(13): gid(3), gid(14): gid(2)}
+        gid(11): gid(1),
+        gid(12): gid(1),
+        gid(13): gid(3),
+        gid(14): gid(2),
+    }
     origins = [r["_origin"] for r in canonical(reader, "site")]
     assert origins == ["api:/Customers/Customers?SiteBillingType=Site#p1"] * 3 + [
-        "api:/Customers/Customers?SiteBillingType=Site#p2"]
+        "api:/Customers/Customers?SiteBillingType=Site#p2"
+    ]
 
 
 def test_jobs_relations(make_reader):
@@ -135,11 +163,20 @@ def test_jobs_relations(make_reader):
     assert (jobs["J1002"]["customer_id"], jobs["J1002"]["site_id"]) == (gid(2), None)
     # no billing customer: the site's billing customer; status from the numeric code
     j3 = jobs["J1003"]
-    assert (j3["customer_id"], j3["site_id"], j3["status"], j3["quote_id"]) == (gid(3), gid(13), "In Progress", gid(202))
+    assert (j3["customer_id"], j3["site_id"], j3["status"], j3["quote_id"]) == (
+        gid(3),
+        gid(13),
+        "In Progress",
+        gid(202),
+    )
     # an unknown quote number leaves quote_id empty and says why
     j4 = jobs["J1004"]
     assert j4["quote_id"] is None
-    assert {"field": "quote_id", "value": "Q9999", "reason": "quote number not found in /Quotes/Quotes"} in issues_of(j4)
+    assert {
+        "field": "quote_id",
+        "value": "Q9999",
+        "reason": "quote number not found in /Quotes/Quotes",
+    } in issues_of(j4)
     assert jobs["J1005"]["assigned_user_id"] is None
     sections = {r["job_number"]: r for r in canonical(reader, "job_section")}
     assert set(sections) == {"J1001.01", "J1001.02"}
@@ -152,14 +189,24 @@ def test_quote_children(make_reader):
     quotes = by_id(canonical(reader, "quote"))
     q1, q3 = quotes[gid(201)], quotes[gid(203)]
     assert (q1["customer_id"], q1["site_id"], q1["status"]) == (gid(1), gid(11), "Won")
-    assert (q3["customer_id"], q3["site_id"], q3["status"], q3["reason_for_loss"]) == (gid(2), None, "Lost", "Price")
+    assert (q3["customer_id"], q3["site_id"], q3["status"], q3["reason_for_loss"]) == (
+        gid(2),
+        None,
+        "Lost",
+        "Price",
+    )
     assert str(q1["valid_until_date"]) == "2025-06-01"
     sections = by_id(canonical(reader, "quote_section"))
-    assert {s["quote_number"]: s["quote_id"] for s in sections.values()} == {"Q0001.01": gid(201), "Q0001.02": gid(201)}
+    assert {s["quote_number"]: s["quote_id"] for s in sections.values()} == {
+        "Q0001.01": gid(201),
+        "Q0001.02": gid(201),
+    }
     assert sections[gid(211)]["_origin"] == "api:/Quotes/Quotes#p1/childQuotes/0"
     items = canonical(reader, "quote_line_item")
     assert [(i["line_number"], i["item_type"], i["section_quote_number"]) for i in items] == [
-        (1, "SUPPLY", "Q0001.01"), (2, "LABOUR", "Q0001.02")]
+        (1, "SUPPLY", "Q0001.01"),
+        (2, "LABOUR", "Q0001.02"),
+    ]
     assert items[1]["labour_role"] == "Plumber" and str(items[1]["hours"]) == "2"
 
 
@@ -167,9 +214,15 @@ def test_suppliers_and_bills(make_reader):
     reader = make_reader()
     supplier = by_id(canonical(reader, "supplier"))[gid(501)]
     assert (supplier["name"], supplier["first_name"], supplier["phone"], supplier["suburb"]) == (
-        "Reece", "Kim", "08 9222 2222", "Welshpool")
+        "Reece",
+        "Kim",
+        "08 9222 2222",
+        "Welshpool",
+    )
     bills = {b["tracking_number"]: b for b in canonical(reader, "supplier_bill")}
-    assert bills["SUP-000"]["supplier_id"] == gid(501) and bills["SUP-000"]["job_id"] == gid(301)  # reference J1001
+    assert bills["SUP-000"]["supplier_id"] == gid(501) and bills["SUP-000"]["job_id"] == gid(
+        301
+    )  # reference J1001
     assert bills["SUP-001"]["job_id"] is None  # a PO number, not a job
     lines = canonical(reader, "supplier_bill_line")
     assert {line["supplier_bill_id"] for line in lines} == {gid(551), gid(552)}
@@ -204,7 +257,8 @@ def test_extension_objects(make_reader):
     enquiries = by_id(canonical(reader, "enquiry"))
     assert enquiries[gid(781)]["suburb"] == "Perth" and enquiries[gid(782)]["lead_source"] == "Google"
     assert {"field": "email", "value": "not-an-email", "reason": "invalid e-mail address"} in issues_of(
-        enquiries[gid(782)])
+        enquiries[gid(782)]
+    )
     form = canonical(reader, "form_response")[0]
     assert form["job_id"] == gid(301) and json.loads(form["answers"]) == {"PPE": "Yes", "SiteHazards": "Dog"}
     job_types = by_id(canonical(reader, "job_type"))
@@ -217,7 +271,10 @@ def test_real_api_view_without_extensions(make_reader, emulator):
     with pytest.raises(KeyError):
         reader.iter_raw("equipment")
     job_types = canonical(reader, "job_type")
-    assert {(t["id"], t["name"]) for t in job_types} == {(gid(801), "Standard Job"), (gid(802), "Maintenance")}
+    assert {(t["id"], t["name"]) for t in job_types} == {
+        (gid(801), "Standard Job"),
+        (gid(802), "Maintenance"),
+    }
     # not full history: only the unsent invoice dated before tomorrow
     invoices = canonical(reader, "invoice")
     assert [i["invoice_number"] for i in invoices] == ["INV-0002"]
@@ -227,7 +284,16 @@ def test_real_api_view_without_extensions(make_reader, emulator):
     assert [i["invoice_number"] for i in canonical(later, "invoice")] == ["INV-0002", "INV-0003"]
     jobs = {j["job_number"]: j for j in canonical(reader, "job")}
     assert jobs["J1001"]["assigned_user_id"] is None and jobs["J1001"]["assigned_user_name"] == "Sam Tech"
-    ext_paths = ("/Users", "/JobTypes", "/Invoices", "/Equipment", "/Notes", "/Attachments", "/Enquiries", "/Forms")
+    ext_paths = (
+        "/Users",
+        "/JobTypes",
+        "/Invoices",
+        "/Equipment",
+        "/Notes",
+        "/Attachments",
+        "/Enquiries",
+        "/Forms",
+    )
     assert [r.path for r in emulator.control.requests if r.path.startswith(ext_paths)] == []
     assert [r for r in emulator.control.requests if r.method != "GET"] == []
 
@@ -274,7 +340,9 @@ def test_dirty_tenant(tmp_path):
         assert jobs_out["J1001"]["total_ex_tax"] is None
         assert any(i["field"] == "total_ex_tax" for i in issues_of(jobs_out["J1001"]))
         assert jobs_out["J1002"]["status"] is None
-        assert {"field": "status", "value": 42, "reason": "unknown Ascora status code"} in issues_of(jobs_out["J1002"])
+        assert {"field": "status", "value": 42, "reason": "unknown Ascora status code"} in issues_of(
+            jobs_out["J1002"]
+        )
         assert jobs_out["J1003"]["customer_id"] == gid(3)
         assert any("refers to a site" in i["reason"] for i in issues_of(jobs_out["J1003"]))
         j4 = jobs_out["J1004"]

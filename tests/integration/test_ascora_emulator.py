@@ -50,9 +50,11 @@ def fresh(tmp_path):
     """A server of its own, for tests that change state."""
     resources, files = fixture_tenant_records()
     root = write_tenant(tmp_path / "t", resources, files=files)
-    with ServedApp(create_app(root)) as served:
-        with httpx.Client(base_url=served.url, headers={"Auth": KEY}, timeout=10) as c:
-            yield served, c
+    with (
+        ServedApp(create_app(root)) as served,
+        httpx.Client(base_url=served.url, headers={"Auth": KEY}, timeout=10) as c,
+    ):
+        yield served, c
 
 
 # -- conventions -------------------------------------------------------------------------------------
@@ -71,7 +73,10 @@ def test_api_key_defaults_from_tenant_json(tmp_path):
     resources, _ = fixture_tenant_records()
     root = write_tenant(tmp_path / "t", {"customers": resources["customers"]}, api_key="from-tenant-json")
     with ServedApp(create_app(root)) as served:
-        assert httpx.get(served.url + "/Customers/Customers", headers={"Auth": "from-tenant-json"}).status_code == 200
+        assert (
+            httpx.get(served.url + "/Customers/Customers", headers={"Auth": "from-tenant-json"}).status_code
+            == 200
+        )
         assert httpx.get(served.url + "/Customers/Customers", headers={"Auth": KEY}).status_code == 401
     with ServedApp(create_app(root, api_key="explicit")) as served:
         assert httpx.get(served.url + "/Customers/Customers", headers={"Auth": "explicit"}).status_code == 200
@@ -116,8 +121,13 @@ def test_default_page_size_and_clamp(tmp_path):
 
 
 def test_bad_parameter_values_are_400(client):
-    for path in ("/Customers/Customers?Page=abc", "/Jobs/Jobs?JobStatus=QUOTED", "/Jobs/Jobs?StartDate=yesterday",
-                 "/Customers/Customers?SiteBillingType=Both", "/Accounting/GetInvoicesToSend"):
+    for path in (
+        "/Customers/Customers?Page=abc",
+        "/Jobs/Jobs?JobStatus=QUOTED",
+        "/Jobs/Jobs?StartDate=yesterday",
+        "/Customers/Customers?SiteBillingType=Both",
+        "/Accounting/GetInvoicesToSend",
+    ):
         r = client.get(path)
         assert r.status_code == 400, path
         assert r.json()["success"] is False and r.json()["message"]
@@ -173,7 +183,10 @@ def test_customer_and_contact_writes(fresh):
     contact = c.post("/Customers/Contact", json={"customerId": new_id, "firstName": "Kai"}).json()
     assert contact["message"] == "Contact Created/Updated"
     assert c.get(f"/Customers/GetContactsForCustomer/{new_id}").json()["totalRecords"] == 1
-    assert c.post("/Customers/Contact", json={"customerId": gid(999), "firstName": "X"}).json()["success"] is False
+    assert (
+        c.post("/Customers/Contact", json={"customerId": gid(999), "firstName": "X"}).json()["success"]
+        is False
+    )
     assert [r.method for r in served.control.calls(path_prefix="/Customers/Customer")].count("POST") == 2
 
 
@@ -187,7 +200,14 @@ def _job_numbers(client, **params):
 def test_job_status_and_child_job_filters(client):
     assert _job_numbers(client) == ["J1001", "J1002", "J1003", "J1004", "J1005"]  # top level by default
     assert _job_numbers(client, JobStatus="ALL", IncludeChildJobs="true") == [
-        "J1001", "J1001.01", "J1001.02", "J1002", "J1003", "J1004", "J1005"]
+        "J1001",
+        "J1001.01",
+        "J1001.02",
+        "J1002",
+        "J1003",
+        "J1004",
+        "J1005",
+    ]
     assert _job_numbers(client, JobStatus="COMPLETED") == ["J1001"]
     assert _job_numbers(client, JobStatus="completed", IncludeChildJobs="TRUE") == ["J1001", "J1001.01"]
     assert _job_numbers(client, JobStatus="NEW") == _job_numbers(client, JobStatus="UNSCHEDULED") == ["J1005"]
@@ -199,7 +219,11 @@ def test_job_status_and_child_job_filters(client):
 def test_job_created_date_window_and_other_filters(client):
     assert _job_numbers(client, StartDate="2025-07-01") == ["J1002"]
     assert _job_numbers(client, EndDate="2024-01-10") == ["J1004"]  # a date-only end includes that day
-    assert _job_numbers(client, StartDate="2025-01-01", EndDate="2025-06-30T23:59:59") == ["J1001", "J1003", "J1005"]
+    assert _job_numbers(client, StartDate="2025-01-01", EndDate="2025-06-30T23:59:59") == [
+        "J1001",
+        "J1003",
+        "J1005",
+    ]
     assert _job_numbers(client, AssignedUser="sam tech") == ["J1001", "J1002", "J1003", "J1004"]
     assert _job_numbers(client, CustomerName="harbour") == ["J1003"]
     assert _job_numbers(client, JobType="Maintenance") == ["J1003"]
@@ -209,15 +233,20 @@ def test_job_created_date_window_and_other_filters(client):
 def test_single_job_and_not_found(client):
     body = client.get("/Jobs/Job/J1001").json()
     assert body["success"] is True and body["job"]["jobId"] == gid(301)
-    assert client.get("/Jobs/Job/J999").json() == {"success": False, "message": "No Matching Job Found (J999)"}
+    assert client.get("/Jobs/Job/J999").json() == {
+        "success": False,
+        "message": "No Matching Job Found (J999)",
+    }
 
 
 def test_job_create_and_sandbox_patch(fresh):
-    served, c = fresh
+    _, c = fresh
     created = c.post("/Jobs/Job", json={"siteCustomer": {"id": gid(12)}, "jobName": "Fix tap"}).json()
     assert created["success"]
     job = created["job"]
-    assert job["jobNumber"] == "J1006" and job["billingCustomer"]["id"] == gid(1)  # defaults to the site's payer
+    assert job["jobNumber"] == "J1006" and job["billingCustomer"]["id"] == gid(
+        1
+    )  # defaults to the site's payer
     assert c.post("/Jobs/Job", json={"jobName": "no site"}).json()["success"] is False
     refused = c.post("/Jobs/Job", json={"jobId": gid(301), "jobName": "x"}).json()
     assert refused["success"] is False and "__ascora__" in refused["message"]
@@ -247,7 +276,11 @@ def test_quotes_status_and_sections(client):
 
 
 def test_bare_arrays(client):
-    for path, count in (("/Quotes/LabourRoles", 2), ("/Quotes/StandardSections", 2), ("/Quotes/StandardStages", 1)):
+    for path, count in (
+        ("/Quotes/LabourRoles", 2),
+        ("/Quotes/StandardSections", 2),
+        ("/Quotes/StandardStages", 1),
+    ):
         body = client.get(path).json()
         assert isinstance(body, list) and len(body) == count
 
@@ -258,7 +291,10 @@ def test_inventory_and_suppliers(client):
     assert client.get("/Inventory/Kits").json()["totalRecords"] == 1
     assert client.get("/Inventory/Categories", params={"ParentOnly": "true"}).json()["totalRecords"] == 1
     assert client.get("/Suppliers/Suppliers", params={"SupplierName": "reec"}).json()["totalRecords"] == 1
-    assert client.get("/Suppliers/Suppliers", params={"BusinessNumber": "12345678901"}).json()["totalRecords"] == 1
+    assert (
+        client.get("/Suppliers/Suppliers", params={"BusinessNumber": "12345678901"}).json()["totalRecords"]
+        == 1
+    )
     assert client.get(f"/Suppliers/Supplier/{gid(501)}").json()["supplier"]["name"] == "Reece"
     bills = client.get("/SupplierInvoices/SupplierInvoices", params={"InvoiceDateStart": "2025-07-01"}).json()
     assert [b["trackingNumber"] for b in bills["results"]] == ["SUP-001"]
@@ -285,13 +321,20 @@ def test_invoices_to_send_filters_unsent_and_prior(client):
 
 def test_mark_endpoints_really_change_state(fresh):
     served, c = fresh
-    before = c.get("/Accounting/GetInvoicesToSend", params={"priorToDate": "2031-01-01"}).json()["totalRecords"]
+    before = c.get("/Accounting/GetInvoicesToSend", params={"priorToDate": "2031-01-01"}).json()[
+        "totalRecords"
+    ]
     r = c.post("/Accounting/MarkInvoicesAsSent", json={"InvoiceIds": [gid(402)]})
     assert r.json()["success"] is True
-    after = c.get("/Accounting/GetInvoicesToSend", params={"priorToDate": "2031-01-01"}).json()["totalRecords"]
+    after = c.get("/Accounting/GetInvoicesToSend", params={"priorToDate": "2031-01-01"}).json()[
+        "totalRecords"
+    ]
     assert (before, after) == (2, 1)
     c.post("/MarkInvoice", json={"invoiceIds": [gid(403)]})
-    assert c.get("/Accounting/GetInvoicesToSend", params={"priorToDate": "2031-01-01"}).json()["totalRecords"] == 0
+    assert (
+        c.get("/Accounting/GetInvoicesToSend", params={"priorToDate": "2031-01-01"}).json()["totalRecords"]
+        == 0
+    )
     assert len(served.control.calls("POST")) == 2
 
 
@@ -299,11 +342,22 @@ def test_mark_endpoints_really_change_state(fresh):
 
 
 def test_extension_endpoints(client):
-    expected = {"/Equipment/Equipment": 2, "/Users/Users": 2, "/JobTypes/JobTypes": 2, "/Notes/Notes": 3,
-                "/Attachments": 2, "/Enquiries/Enquiries": 2, "/Forms/FormResponses": 1, "/Invoices/Invoices": 3}
+    expected = {
+        "/Equipment/Equipment": 2,
+        "/Users/Users": 2,
+        "/JobTypes/JobTypes": 2,
+        "/Notes/Notes": 3,
+        "/Attachments": 2,
+        "/Enquiries/Enquiries": 2,
+        "/Forms/FormResponses": 1,
+        "/Invoices/Invoices": 3,
+    }
     for path, count in expected.items():
         assert client.get(path).json()["totalRecords"] == count, path
-    assert client.get("/Notes/Notes", params={"EntityType": "Job", "EntityId": gid(301)}).json()["totalRecords"] == 1
+    assert (
+        client.get("/Notes/Notes", params={"EntityType": "Job", "EntityId": gid(301)}).json()["totalRecords"]
+        == 1
+    )
     assert client.get("/Equipment/Equipment", params={"CustomerId": gid(11)}).json()["totalRecords"] == 1
     assert client.get(f"/Attachments/Quotation/{gid(201)}").json()["results"][0]["fileName"] == "quote.pdf"
     download = client.get(f"/Attachments/Download/{gid(772)}")
@@ -313,13 +367,18 @@ def test_extension_endpoints(client):
 
 
 def test_extensions_off_means_absent_and_strip_removes_ext_fields(tenant):
-    with ServedApp(create_app(tenant, enable_extensions=False, strip_ext_fields=True)) as served:
-        with httpx.Client(base_url=served.url, headers={"Auth": KEY}) as c:
-            for path in ("/Equipment/Equipment", "/Users/Users", "/Invoices/Invoices", f"/Attachments/Download/{gid(771)}"):
-                assert c.get(path).status_code == 404, path
-            job = c.get("/Jobs/Job/J1001").json()["job"]
-            assert "quoteNumber" not in job and "assignedUser" not in job and job["jobNumber"] == "J1001"
-            assert "items" not in c.get("/Quotes/Quote/Q0001").json()["quotation"]
+    app = create_app(tenant, enable_extensions=False, strip_ext_fields=True)
+    with ServedApp(app) as served, httpx.Client(base_url=served.url, headers={"Auth": KEY}) as c:
+        for path in (
+            "/Equipment/Equipment",
+            "/Users/Users",
+            "/Invoices/Invoices",
+            f"/Attachments/Download/{gid(771)}",
+        ):
+            assert c.get(path).status_code == 404, path
+        job = c.get("/Jobs/Job/J1001").json()["job"]
+        assert "quoteNumber" not in job and "assignedUser" not in job and job["jobNumber"] == "J1001"
+        assert "items" not in c.get("/Quotes/Quote/Q0001").json()["quotation"]
 
 
 # -- dirty data and the request log -------------------------------------------------------------------

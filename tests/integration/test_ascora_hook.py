@@ -35,7 +35,13 @@ def gid(n: int) -> str:
 
 
 def fast_retry(**overrides) -> RetryPolicy:
-    settings = {"max_attempts": 8, "base_delay": 0.01, "max_delay": 2.0, "min_retry_after": 0.05, "jitter": 0.0}
+    settings = {
+        "max_attempts": 8,
+        "base_delay": 0.01,
+        "max_delay": 2.0,
+        "min_retry_after": 0.05,
+        "jitter": 0.0,
+    }
     return RetryPolicy(**(settings | overrides))
 
 
@@ -67,8 +73,13 @@ def make_hook(emulator):
     hooks = []
 
     def make(**kwargs) -> AscoraHook:
-        settings = {"base_url": emulator.url, "api_key": KEY, "page_size": 3, "retry": fast_retry(),
-                    "enable_extensions": True} | kwargs
+        settings = {
+            "base_url": emulator.url,
+            "api_key": KEY,
+            "page_size": 3,
+            "retry": fast_retry(),
+            "enable_extensions": True,
+        } | kwargs
         hook = AscoraHook(**settings)
         hooks.append(hook)
         return hook
@@ -108,7 +119,9 @@ def test_filters(make_hook):
     assert [j["jobNumber"] for j in hook.iter_jobs(start_date="2025-07-01")] == ["J1002"]
     import datetime as dt
 
-    window = list(hook.iter_jobs(start_date=dt.date(2024, 1, 1), end_date=dt.datetime(2024, 12, 31, tzinfo=dt.UTC)))
+    window = list(
+        hook.iter_jobs(start_date=dt.date(2024, 1, 1), end_date=dt.datetime(2024, 12, 31, tzinfo=dt.UTC))
+    )
     assert [j["jobNumber"] for j in window] == ["J1004"]
     assert [q["quoteNumber"] for q in hook.iter_quotes("WON")] == ["Q0001"]
     assert [b["trackingNumber"] for b in hook.iter_supplier_invoices(start="2025-07-01")] == ["SUP-001"]
@@ -145,9 +158,11 @@ def test_invoices_to_send_is_a_read_only_view(make_hook, emulator):
 
 def test_not_found_envelopes_raise_with_ascoras_message(make_hook):
     hook = make_hook()
-    cases = ((lambda: hook.get_job("J999"), "No Matching Job Found (J999)"),
-             (lambda: hook.get_quote("Q404"), "QUOTE-NOT-FOUND"),
-             (lambda: hook.get_customer(gid(999)), "No Matching Customer Found"))
+    cases = (
+        (lambda: hook.get_job("J999"), "No Matching Job Found (J999)"),
+        (lambda: hook.get_quote("Q404"), "QUOTE-NOT-FOUND"),
+        (lambda: hook.get_customer(gid(999)), "No Matching Customer Found"),
+    )
     for call, message in cases:
         with pytest.raises(AscoraApiError) as info:
             call()
@@ -242,8 +257,12 @@ def test_request_budget_stops_before_the_quota(make_hook, emulator):
 
 
 def test_connection_from_airflow(monkeypatch, emulator):
-    conn = {"conn_type": "ascora", "host": emulator.url, "password": KEY,
-            "extra": {"page_size": "2", "enable_extensions": "true", "timeout": "5", "max_attempts": "2"}}
+    conn = {
+        "conn_type": "ascora",
+        "host": emulator.url,
+        "password": KEY,
+        "extra": {"page_size": "2", "enable_extensions": "true", "timeout": "5", "max_attempts": "2"},
+    }
     monkeypatch.setenv("AIRFLOW_CONN_ASCORA_TEST", json.dumps(conn))
     hook = AscoraHook("ascora_test")
     try:
@@ -259,7 +278,9 @@ def test_connection_from_airflow(monkeypatch, emulator):
 
 
 def test_connection_defaults(monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_ASCORA_DEFAULT", json.dumps({"conn_type": "ascora", "password": "k-123456"}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ASCORA_DEFAULT", json.dumps({"conn_type": "ascora", "password": "k-123456"})
+    )
     hook = AscoraHook()
     assert hook.base_url == "https://api.ascora.com.au"
     assert hook.page_size == 250 and hook.enable_extensions is False
@@ -278,16 +299,26 @@ def test_ui_metadata():
     assert behaviour["relabeling"] == {"host": "API base URL", "password": "API key (Auth header)"}
     widgets = AscoraHook.get_connection_form_widgets()  # {} when wtforms/flask_appbuilder are absent
     assert isinstance(widgets, dict)
-    assert (AscoraHook.conn_type, AscoraHook.conn_name_attr, AscoraHook.default_conn_name, AscoraHook.hook_name) == (
-        "ascora", "ascora_conn_id", "ascora_default", "Ascora")
+    assert (
+        AscoraHook.conn_type,
+        AscoraHook.conn_name_attr,
+        AscoraHook.default_conn_name,
+        AscoraHook.hook_name,
+    ) == ("ascora", "ascora_conn_id", "ascora_default", "Ascora")
 
 
 # -- extensions ----------------------------------------------------------------------------------------
 
 EXT_CALLS = {
-    "ext_iter_equipment": (), "ext_iter_users": (), "ext_iter_job_types": (), "ext_iter_notes": (),
-    "ext_iter_attachments": (), "ext_download_attachment": (gid(771),), "ext_iter_enquiries": (),
-    "ext_iter_form_responses": (), "ext_iter_invoices": (),
+    "ext_iter_equipment": (),
+    "ext_iter_users": (),
+    "ext_iter_job_types": (),
+    "ext_iter_notes": (),
+    "ext_iter_attachments": (),
+    "ext_download_attachment": (gid(771),),
+    "ext_iter_enquiries": (),
+    "ext_iter_form_responses": (),
+    "ext_iter_invoices": (),
 }
 
 
@@ -323,12 +354,30 @@ def test_extension_reads(make_hook):
 # Arguments for every public method the hook defines. A new public method without an entry here fails
 # the test, so nobody can add a way out of the read-only rule without this test exercising it.
 PUBLIC_CALLS = {
-    "iter_customers": (), "get_customer": (gid(1),), "iter_contacts": (), "contacts_for_customer": (gid(1),),
-    "get_contact": (gid(101),), "iter_jobs": (), "get_job": ("J1001",), "iter_quotes": (),
-    "get_quote": ("Q0001.01",), "iter_suppliers": (), "get_supplier": (gid(501),), "iter_supplier_invoices": (),
-    "get_supplier_invoice": (gid(551),), "iter_supplies": (), "iter_kits": (), "iter_categories": (),
-    "labour_roles": (), "standard_sections": (), "standard_stages": (), "invoices_to_send": ("2031-01-01",),
-    "test_connection": (), "get_conn": (), "get_ui_field_behaviour": (), "get_connection_form_widgets": (),
+    "iter_customers": (),
+    "get_customer": (gid(1),),
+    "iter_contacts": (),
+    "contacts_for_customer": (gid(1),),
+    "get_contact": (gid(101),),
+    "iter_jobs": (),
+    "get_job": ("J1001",),
+    "iter_quotes": (),
+    "get_quote": ("Q0001.01",),
+    "iter_suppliers": (),
+    "get_supplier": (gid(501),),
+    "iter_supplier_invoices": (),
+    "get_supplier_invoice": (gid(551),),
+    "iter_supplies": (),
+    "iter_kits": (),
+    "iter_categories": (),
+    "labour_roles": (),
+    "standard_sections": (),
+    "standard_stages": (),
+    "invoices_to_send": ("2031-01-01",),
+    "test_connection": (),
+    "get_conn": (),
+    "get_ui_field_behaviour": (),
+    "get_connection_form_widgets": (),
     **EXT_CALLS,
     "close": (),
 }
@@ -336,8 +385,11 @@ PUBLIC_CALLS = {
 
 def test_no_public_method_ever_posts_or_marks(make_hook, emulator):
     hook = make_hook()
-    public = sorted(name for name, value in vars(AscoraHook).items()
-                    if not name.startswith("_") and (callable(value) or isinstance(value, (classmethod, staticmethod))))
+    public = sorted(
+        name
+        for name, value in vars(AscoraHook).items()
+        if not name.startswith("_") and (callable(value) or isinstance(value, (classmethod, staticmethod)))
+    )
     assert set(public) == set(PUBLIC_CALLS), "update PUBLIC_CALLS for new public hook methods"
     before = emulator.control.calls("GET", "/Accounting/GetInvoicesToSend")
     for name in public:
@@ -353,20 +405,23 @@ def test_no_public_method_ever_posts_or_marks(make_hook, emulator):
     assert emulator.app.state.ascora.find("invoices", "invoiceId", gid(402))["sentToAccounts"] is False
 
 
-@pytest.mark.parametrize("method,path", [
-    ("POST", "/Accounting/MarkInvoicesAsSent"),
-    ("POST", "/Accounting/MarkPaymentsAsSent"),
-    ("GET", "/Accounting/MarkInvoicesAsSent"),
-    ("get", "/accounting/markinvoicesassent"),
-    ("POST", "/MarkInvoice"),
-    ("POST", "/MarkPayment"),
-    ("POST", "/acct/api/MarkPayment"),
-    ("GET", "/Accounting/%4DarkInvoicesAsSent"),
-    ("GET", "/Accounting/Mark%2549nvoicesAsSent"),
-    ("GET", "https://api.ascora.com.au/Accounting/MarkInvoicesAsSent?x=1"),
-    ("POST", "/Customers/Customer"),
-    ("PUT", "/Jobs/Job"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("POST", "/Accounting/MarkInvoicesAsSent"),
+        ("POST", "/Accounting/MarkPaymentsAsSent"),
+        ("GET", "/Accounting/MarkInvoicesAsSent"),
+        ("get", "/accounting/markinvoicesassent"),
+        ("POST", "/MarkInvoice"),
+        ("POST", "/MarkPayment"),
+        ("POST", "/acct/api/MarkPayment"),
+        ("GET", "/Accounting/%4DarkInvoicesAsSent"),
+        ("GET", "/Accounting/Mark%2549nvoicesAsSent"),
+        ("GET", "https://api.ascora.com.au/Accounting/MarkInvoicesAsSent?x=1"),
+        ("POST", "/Customers/Customer"),
+        ("PUT", "/Jobs/Job"),
+    ],
+)
 def test_the_request_function_refuses_before_sending(make_hook, emulator, method, path):
     hook = make_hook()
     hook.get_conn()
@@ -379,7 +434,9 @@ def test_the_request_function_refuses_before_sending(make_hook, emulator, method
 
 def test_hook_source_names_the_mark_endpoints_only_in_the_guard():
     source = Path(inspect.getsourcefile(hook_module)).read_text(encoding="utf-8")
-    guard_lines = [i for i, line in enumerate(source.splitlines()) if line.startswith("_FORBIDDEN_PATH = re.compile(")]
+    guard_lines = [
+        i for i, line in enumerate(source.splitlines()) if line.startswith("_FORBIDDEN_PATH = re.compile(")
+    ]
     assert len(guard_lines) == 1
     for word in ("MarkInvoicesAsSent", "MarkPaymentsAsSent"):
         hits = [source.count("\n", 0, m.start()) for m in re.finditer(word, source, re.IGNORECASE)]
@@ -391,9 +448,15 @@ def test_hook_source_names_the_mark_endpoints_only_in_the_guard():
     for func in ast.walk(tree):
         if isinstance(func, ast.FunctionDef):
             for node in ast.walk(func):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
-                        "request", "json", "get", "post", "put", "patch", "delete", "stream"):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr
+                    in ("request", "json", "get", "post", "put", "patch", "delete", "stream")
+                ):
                     receiver = ast.unparse(node.func.value)
                     if "get_conn()" in receiver or "_client" in receiver or "_http" in receiver:
-                        senders.append((func.name, node.func.attr, ast.unparse(node.args[0]) if node.args else None))
+                        senders.append(
+                            (func.name, node.func.attr, ast.unparse(node.args[0]) if node.args else None)
+                        )
     assert senders == [("_request", "request", "'GET'")]

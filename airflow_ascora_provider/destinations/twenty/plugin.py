@@ -58,6 +58,7 @@ TO_TWENTY = {
 }
 FROM_TWENTY = {v: k for k, v in TO_TWENTY.items() if k not in ("long_text",)}
 FROM_TWENTY.update({"NUMERIC": "number", "TEXT": "text", "UUID": "system", "DATE_TIME": "datetime"})
+COMPOSITE_TYPES = frozenset({"CURRENCY", "FULL_NAME", "ADDRESS", "EMAILS", "PHONES", "LINKS", "RICH_TEXT", "ACTOR"})
 ATTACH_FIELD = "targets"  # virtual field: AttachTo for notes and tasks
 LINK_OBJECTS = {"note": ("noteTarget", "noteId"), "task": ("taskTarget", "taskId")}
 _FIELD_IN_MESSAGE = re.compile(r"(?:field|column) ['\"`]?([A-Za-z_][A-Za-z0-9_.]*)['\"`]?", re.IGNORECASE)
@@ -75,6 +76,7 @@ class TwentyDestination(Destination):
         creatable=frozenset({"custom_object", "custom_field", "picklist_option"}),
         manual=frozenset(),
         plan_limits={"records_per_batch": 60, "requests_per_minute": 100},
+        custom_object_fields=frozenset({"name"}),
         max_concurrency=1,
     )
 
@@ -133,7 +135,7 @@ class TwentyDestination(Destination):
                     lookup_target=target,
                     read_only=bool(f.get("isSystem")),
                 )
-            if name in LINK_OBJECTS:
+            if name in LINK_OBJECTS or name == "attachment":
                 fields[ATTACH_FIELD] = DestField(ATTACH_FIELD, "lookup")
             schema[name] = DestObject(name=name, label=obj.get("labelSingular", name),
                                       custom=bool(obj.get("isCustom")), fields=fields)
@@ -179,13 +181,15 @@ class TwentyDestination(Destination):
         types = self._field_types(target)
         wire: dict[str, Any] = {}
         for name, value in payload.items():
-            if name == ATTACH_FIELD:
-                continue
+            if name == ATTACH_FIELD and target in LINK_OBJECTS:
+                continue  # notes and tasks attach through noteTargets/taskTargets after the write
             if isinstance(value, AttachTo):  # attachments: set the parent's join column directly
                 for ref in value.refs:
                     wire[f"{ref.target_object}Id"] = ref.dest_id
                 continue
             kind = types.get(name, {}).get("type")
+            if value is None and kind in COMPOSITE_TYPES:
+                continue  # Twenty refuses null for a composite; leaving it out keeps it empty
             wire[name] = encode_value(value, kind)
         return wire
 
@@ -195,46 +199,60 @@ class TwentyDestination(Destination):
 
     # -- records ------------------------------------------------------------------------------
     def write_batch(self, target: str, records: list[OutgoingRecord], key_field: str | None) -> list[WriteResult]:
-        from airflow_ascora_provider.hooks.twenty import TwentyBatchError
+        """Creates go out as plain creates, updates as upserts matched by Twenty id.
 
+        Never an upsert without an id: Twenty's upsert also matches on *any* unique field (a person's
+        e-mail, a company's domain), which would silently merge two different Ascora records into one
+        CRM record. A create that collides on a unique value is refused instead, and that record is
+        quarantined with Twenty's message.
+        """
         plural = self._plural(target)
         results: dict[int, WriteResult] = {}
-        pending = list(range(len(records)))
         wire = {}
-        for i in pending:
-            body = self._encode(target, records[i].payload)
-            if records[i].dest_id:
-                body["id"] = records[i].dest_id
+        for i, record in enumerate(records):
+            body = self._encode(target, record.payload)
+            if record.dest_id:
+                body["id"] = record.dest_id
             wire[i] = body
-        queue = [pending]
+        creates = [i for i, r in enumerate(records) if not r.dest_id]
+        updates = [i for i, r in enumerate(records) if r.dest_id]
+        for group, upsert in ((creates, False), (updates, True)):
+            self._send(plural, records, wire, group, upsert, results)
+        ordered = [results[i] for i in range(len(records))]
+        if target in LINK_OBJECTS:
+            self._attach(target, records, ordered)
+        return ordered
+
+    def _send(self, plural: str, records: list[OutgoingRecord], wire: dict[int, dict], group: list[int],
+              upsert: bool, results: dict[int, WriteResult]) -> None:
+        """Send a group; on a refused (all-or-nothing) batch drop the named items or bisect, and resend."""
+        from airflow_ascora_provider.hooks.twenty import TwentyBatchError
+
+        queue = [group]
         while queue:
-            group = queue.pop()
-            if not group:
+            part = queue.pop()
+            if not part:
                 continue
             try:
-                created = self.hook.create_batch(plural, [wire[i] for i in group], upsert=True)
+                written = self.hook.create_batch(plural, [wire[i] for i in part], upsert=upsert)
             except TwentyBatchError as exc:
-                named = {group[k]: msgs for k, msgs in exc.item_errors.items() if k < len(group)}
+                named = {part[k]: msgs for k, msgs in exc.item_errors.items() if k < len(part)}
                 if named:
                     for i, msgs in named.items():
                         message = "; ".join(msgs)
                         results[i] = WriteResult(records[i].source_id, None, error=message,
                                                  error_field=_field_of(message))
-                    queue.append([i for i in group if i not in named])
-                elif len(group) == 1:
+                    queue.append([i for i in part if i not in named])
+                elif len(part) == 1:
                     message = "; ".join(exc.messages) or str(exc)
-                    results[group[0]] = WriteResult(records[group[0]].source_id, None, error=message,
-                                                    error_field=_field_of(message))
+                    results[part[0]] = WriteResult(records[part[0]].source_id, None, error=message,
+                                                   error_field=_field_of(message))
                 else:
-                    half = len(group) // 2
-                    queue.extend([group[half:], group[:half]])
+                    half = len(part) // 2
+                    queue.extend([part[half:], part[:half]])
                 continue
-            for i, row in zip(group, created):
-                results[i] = WriteResult(records[i].source_id, row["id"], created=records[i].dest_id is None)
-        ordered = [results[i] for i in range(len(records))]
-        if target in LINK_OBJECTS:
-            self._attach(target, records, ordered)
-        return ordered
+            for i, row in zip(part, written):
+                results[i] = WriteResult(records[i].source_id, row["id"], created=not upsert)
 
     def _attach(self, target: str, records: list[OutgoingRecord], results: list[WriteResult]) -> None:
         """Create the missing noteTargets/taskTargets for written notes/tasks (idempotent)."""
@@ -265,11 +283,18 @@ class TwentyDestination(Destination):
         fields = list(fields)
         types = self._field_types(target)
         wire_fields = ["id"] + [f for f in fields if f in types and f != "id"]
+        join_columns = [c for c, f in types.items() if f["type"] == "RELATION"]
+        direct_attach = ATTACH_FIELD in fields and target not in LINK_OBJECTS
+        if direct_attach:
+            wire_fields += [c for c in join_columns if c not in wire_fields]
         out: dict[str, dict[str, Any]] = {}
         for start in range(0, len(dest_ids), 50):
             chunk = dest_ids[start:start + 50]
             for row in self.hook.find_many(plural, filter={"id": chunk}, fields=wire_fields, limit=60):
                 out[row["id"]] = self._decode(target, row, fields)
+                if direct_attach:
+                    refs = [DestRef(c[:-2], row[c]) for c in join_columns if row.get(c)]
+                    out[row["id"]][ATTACH_FIELD] = AttachTo(tuple(sorted(refs, key=lambda r: (r.target_object, r.dest_id))))
         if target in LINK_OBJECTS and ATTACH_FIELD in fields and out:
             link_object, own_column = LINK_OBJECTS[target]
             refs: dict[str, list[DestRef]] = {i: [] for i in out}
@@ -321,8 +346,12 @@ def _label(value: str) -> str:
     return value.replace("_", " ").title()
 
 
+_DOTTED_FIELD = re.compile(r"\b([a-z][A-Za-z0-9]*)\.[a-z][A-Za-z0-9]*\b")
+
+
 def _field_of(message: str) -> str | None:
-    match = _FIELD_IN_MESSAGE.search(message)
+    """The destination field a Twenty error names (``field 'phones'`` or ``emails.primaryEmail``)."""
+    match = _FIELD_IN_MESSAGE.search(message) or _DOTTED_FIELD.search(message)
     return match.group(1).split(".")[0] if match else None
 
 
@@ -343,7 +372,9 @@ def encode_value(value: Any, kind: str | None) -> Any:
         return {"primaryEmail": value.primary or "", "additionalEmails": list(value.others) or None}
     if isinstance(value, Phones):
         return {"primaryPhoneNumber": value.primary or "", "primaryPhoneCountryCode": value.country_code,
-                "primaryPhoneCallingCode": value.calling_code, "additionalPhones": list(value.others) or None}
+                "primaryPhoneCallingCode": value.calling_code,
+                "additionalPhones": [{"number": p, "countryCode": value.country_code,
+                                      "callingCode": value.calling_code} for p in value.others] or None}
     if isinstance(value, Link):
         return {"primaryLinkUrl": value.url, "primaryLinkLabel": value.label or "", "secondaryLinks": None}
     if isinstance(value, RichText):
@@ -392,7 +423,8 @@ def decode_value(wire: Any, kind: str | None) -> Any:
             primary = wire.get("primaryPhoneNumber") or None
             if not primary:
                 return None
-            return Phones(primary, tuple(wire.get("additionalPhones") or ()),
+            others = tuple(p.get("number") if isinstance(p, dict) else p for p in wire.get("additionalPhones") or ())
+            return Phones(primary, others,
                           wire.get("primaryPhoneCountryCode") or "AU", wire.get("primaryPhoneCallingCode") or "+61")
         case "LINKS":
             url = wire.get("primaryLinkUrl")

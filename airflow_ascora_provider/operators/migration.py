@@ -1,0 +1,509 @@
+"""The migration steps as Airflow operators.
+
+Every step takes the same handful of names (destination, connections, staging path, snapshot, run
+id) and rebuilds what it needs from staging and the ledger (see :mod:`engine.context`), so any task
+can be retried or run on another worker; XCom carries only small summaries and report paths.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow_ascora_provider.compat import BaseOperator, Context
+from airflow_ascora_provider.settings import default_staging_root, reports_folder
+
+PROPOSED_MAPPING = "proposed_mapping"
+SAMPLE_SUFFIX = "__sample"
+
+
+def sample_run_id(run_id: str) -> str:
+    return f"{run_id}{SAMPLE_SUFFIX}"
+
+
+class MigrationStepOperator(BaseOperator):
+    """Base of every migration step: common parameters and the context builder.
+
+    :param destination: destination plugin name (``twenty``, ``salesforce`` ...).
+    :param destination_conn_id: Airflow connection of the destination (plugin's default when None).
+    :param destination_options: extra plugin options (e.g. ``base_url``/``api_key`` for a sandbox).
+    :param ledger_conn_id: the ledger's connection (SQLite file by default, PostgreSQL in production).
+    :param staging_path: staging root (ObjectStoragePath URI).
+    :param snapshot_id: the extraction snapshot to read.
+    :param migration_run_id: the run the ledger files writes under (default: the DAG run id).
+    :param mapping_path: a mapping YAML to propose instead of the plugin's default.
+    """
+
+    template_fields: Sequence[str] = ("destination", "staging_path", "snapshot_id", "migration_run_id",
+                                      "fallback_owner", "mapping_path", "destination_options")
+    template_fields_renderers = {"destination_options": "json"}
+    ui_color = "#eef6ee"
+
+    def __init__(
+        self,
+        *,
+        destination: str,
+        destination_conn_id: str | None = None,
+        destination_options: dict[str, Any] | None = None,
+        ledger_conn_id: str = "ascora_ledger_default",
+        staging_path: str | None = None,
+        snapshot_id: str = "{{ run_id }}",
+        migration_run_id: str = "{{ run_id }}",
+        fallback_owner: str | None = None,
+        mapping_path: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.destination = destination
+        self.destination_conn_id = destination_conn_id
+        self.destination_options = destination_options or {}
+        self.ledger_conn_id = ledger_conn_id
+        self.staging_path = staging_path
+        self.snapshot_id = snapshot_id
+        self.migration_run_id = migration_run_id
+        self.fallback_owner = fallback_owner
+        self.mapping_path = mapping_path
+
+    # -- building blocks ----------------------------------------------------------------------
+    @property
+    def staging(self) -> str:
+        return self.staging_path or default_staging_root()
+
+    def ledger(self):
+        from airflow_ascora_provider.hooks.ledger import LedgerHook
+
+        return LedgerHook(ledger_conn_id=self.ledger_conn_id).get_ledger()
+
+    def reports(self):
+        return reports_folder(self.staging, self.migration_run_id)
+
+    def default_mapping_text(self) -> str:
+        if self.mapping_path:
+            return Path(self.mapping_path).read_text(encoding="utf-8")
+        from airflow_ascora_provider.destinations.manager import get_destination_class
+
+        return get_destination_class(self.destination).default_mapping.read_text(encoding="utf-8")
+
+    def build_context(self, *, approved: bool = True, run_id: str | None = None):
+        from airflow_ascora_provider.engine.context import MigrationContext
+        from airflow_ascora_provider.mapping.spec import load_mapping
+
+        ledger = self.ledger()
+        if approved:
+            record = ledger.approved_mapping(self.destination)
+            if record is None:
+                from airflow_ascora_provider.engine.context import MappingNotApproved
+
+                raise MappingNotApproved(f"no approved mapping for {self.destination}: approve one first")
+            mapping = load_mapping(record["mapping_text"])
+        else:
+            proposed = ledger.get_watermark(self.destination, PROPOSED_MAPPING)
+            mapping = load_mapping(proposed or self.default_mapping_text())
+        return MigrationContext(
+            run_id=run_id or self.migration_run_id,
+            destination_name=self.destination,
+            ledger=ledger,
+            staging_path=self.staging,
+            snapshot_id=self.snapshot_id,
+            mapping=mapping,
+            destination_conn_id=self.destination_conn_id,
+            destination_options=dict(self.destination_options),
+            fallback_owner_email=self.fallback_owner or None,
+        )
+
+    def write(self, ledger, name: str, title: str, data: dict[str, Any], sections, run_id: str | None = None):
+        from airflow_ascora_provider.reports.render import write_report
+
+        paths = write_report(self.reports(), name, title, data, sections,
+                             meta={"run": self.migration_run_id, "destination": self.destination})
+        summary = data.get("summary") or data.get("totals")
+        ledger.add_report(run_id or self.migration_run_id, name, paths["html"],
+                          summary if isinstance(summary, dict) else None)
+        self.log.info("%s report: %s", title, paths["html"])
+        return paths
+
+
+class ProposeMappingOperator(MigrationStepOperator):
+    """Complete the destination's default map for this tenant and write the compatibility report.
+
+    Step 1 of the approach (audit against the destination's described schema) and the input of the
+    approval step: the proposed mapping is stored in the ledger with its hash.
+    """
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_ascora_provider.engine.schema import plan_schema, schema_sections
+        from airflow_ascora_provider.mapping.complete import complete_mapping, mapping_summary, summary_markdown
+        from airflow_ascora_provider.mapping.spec import load_mapping
+        from airflow_ascora_provider.source.audit import audit_snapshot
+        from airflow_ascora_provider.source.staging import Snapshot
+
+        ctx = self.build_context(approved=False)
+        try:
+            audit = audit_snapshot(Snapshot(self.staging, self.snapshot_id))
+            described = ctx.destination.describe_schema()
+            base = load_mapping(self.default_mapping_text())
+            existing = {name: set(obj.fields) for name, obj in described.items()}
+            mapping = complete_mapping(base, audit, ctx.destination.custom_field_name, existing)
+            caps = ctx.destination.capabilities
+            plan = plan_schema(mapping, described, caps.creatable, caps.custom_object_fields)
+            summary = mapping_summary(mapping)
+            folder = self.reports()
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "mapping.yaml").write_text(mapping.to_yaml())
+            paths = self.write(ctx.ledger, "compatibility", "Field-type compatibility and schema plan",
+                               {"summary": {"changes": len(plan.changes), "problems": len(plan.problems)},
+                                "plan": plan.as_dict(), "mapping": summary}, schema_sections(plan, []))
+            ctx.ledger.set_watermark(self.destination, PROPOSED_MAPPING, mapping.to_yaml())
+            return {"hash": mapping.hash, "markdown": summary_markdown(summary, paths["html"]),
+                    "mapping_uri": str(folder / "mapping.yaml"), "report": paths,
+                    "schema_changes": len(plan.changes), "problems": plan.problems[:20]}
+        finally:
+            ctx.close()
+
+
+def _approval_base():
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    return ApprovalOperator
+
+
+class _ApprovalGate(_approval_base()):  # type: ignore[misc]
+    """An ApprovalOperator that can be bypassed by ``params.auto_approve`` and acts on the answer.
+
+    With ``auto_approve`` (demo, tests, scripted re-runs) the decision is recorded as automatic and no
+    human is asked; otherwise the task waits for Approve/Reject in Airflow's Required Actions.
+    """
+
+    def __init__(self, *, destination: str, ledger_conn_id: str = "ascora_ledger_default",
+                 migration_run_id: str = "{{ run_id }}", staging_path: str | None = None,
+                 destination_conn_id: str | None = None, destination_options: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("fail_on_reject", True)
+        super().__init__(**kwargs)
+        self.destination = destination
+        self.ledger_conn_id = ledger_conn_id
+        self.migration_run_id = migration_run_id
+        self.staging_path = staging_path
+        self.destination_conn_id = destination_conn_id
+        self.destination_options = destination_options or {}
+
+    template_fields = (*_approval_base().template_fields, "migration_run_id", "staging_path", "destination_options")
+
+    def ledger(self):
+        from airflow_ascora_provider.hooks.ledger import LedgerHook
+
+        return LedgerHook(ledger_conn_id=self.ledger_conn_id).get_ledger()
+
+    def execute(self, context: Context):
+        if _truthy(context["params"].get("auto_approve")):
+            self.log.info("auto_approve is set: recording an automatic approval, nobody is asked")
+            self.on_approve(context, approved_by="auto_approve", params_input={})
+            return {"chosen_options": [self.APPROVE], "params_input": {}, "auto": True}
+        return super().execute(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        chosen = event.get("chosen_options") or []
+        if "error" not in event:
+            who = (event.get("responded_by_user") or {}).get("name") or "unknown"
+            if self.APPROVE in chosen:
+                self.on_approve(context, approved_by=who, params_input=event.get("params_input") or {})
+            else:
+                self.on_reject(context, rejected_by=who)
+        return super().execute_complete(context, event)
+
+    def on_approve(self, context: Context, *, approved_by: str, params_input: dict[str, Any]) -> None:
+        """What approval means for this gate."""
+
+    def on_reject(self, context: Context, *, rejected_by: str) -> None:
+        """What rejection means for this gate (the run stops afterwards)."""
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+class MappingApprovalOperator(_ApprovalGate):
+    """Step 2: show the proposed map; Approve stores it (edited or not) with its hash; Reject stops."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        from airflow.sdk import Param
+
+        kwargs.setdefault("subject", "Approve the Ascora → {{ task.destination }} field map")
+        kwargs.setdefault("body", "{{ ti.xcom_pull(task_ids='propose_mapping')['markdown'] }}")
+        kwargs.setdefault("params", {"edited_mapping": Param(
+            "", type="string", title="Edited mapping (optional)",
+            description="Paste an edited mapping YAML to approve it instead of the proposal.")})
+        super().__init__(**kwargs)
+
+    def on_approve(self, context: Context, *, approved_by: str, params_input: dict[str, Any]) -> None:
+        from airflow_ascora_provider.mapping.spec import load_mapping
+
+        ledger = self.ledger()
+        edited = (params_input.get("edited_mapping") or "").strip()
+        text = edited or ledger.get_watermark(self.destination, PROPOSED_MAPPING)
+        if not text:
+            raise RuntimeError("no proposed mapping in the ledger: run propose_mapping first")
+        mapping = load_mapping(text)  # an edited map is validated before it can be approved
+        source = "auto_approve" if approved_by == "auto_approve" else "hitl"
+        ledger.approve_mapping(self.destination, mapping_hash=mapping.hash, mapping_text=mapping.to_yaml(),
+                               approved_by=approved_by, source=source,
+                               note="edited in review" if edited else None)
+        self.log.info("Mapping %s approved by %s", mapping.hash[:12], approved_by)
+
+
+class SetupSchemaOperator(MigrationStepOperator):
+    """Step 3: plan, apply what the API allows, list the rest; fail while anything is missing."""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_ascora_provider.engine.schema import apply_schema, plan_for, require_schema_ready, schema_sections
+
+        ctx = self.build_context()
+        try:
+            dest = ctx.destination
+            plan = plan_for(ctx.mapping, dest)
+            applied = apply_schema(dest, plan) if not plan.problems else []
+            paths = self.write(ctx.ledger, "schema", "Schema setup",
+                               {"summary": {"applied": len(applied), "manual": len(plan.manual),
+                                            "problems": len(plan.problems)}, "plan": plan.as_dict(),
+                                "applied": applied}, schema_sections(plan, applied))
+            require_schema_ready(ctx.mapping, dest)
+            return {"applied": len(applied), "manual": [c.describe() for c in plan.manual], "report": paths}
+        finally:
+            ctx.close()
+
+
+class ResolveUsersOperator(MigrationStepOperator):
+    """Step 4: staff e-mail → destination user; unmatched staff listed; fallback owner required."""
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_ascora_provider.engine.users import resolve_users, users_sections
+
+        ctx = self.build_context()
+        try:
+            result = resolve_users(ctx)
+            paths = self.write(ctx.ledger, "users", "Owner resolution",
+                               {"summary": {"matched": result["matched"], "unmatched": len(result["unmatched"])},
+                                **result}, users_sections(result))
+            return {"matched": result["matched"], "unmatched": len(result["unmatched"]), "report": paths}
+        finally:
+            ctx.close()
+
+
+class SampleMigrationOperator(MigrationStepOperator):
+    """Step 5: FK-closed sample written for real, read back, field-level diff."""
+
+    template_fields = (*MigrationStepOperator.template_fields, "sample_size")
+
+    def __init__(self, *, sample_size: int | str = 300, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sample_size = sample_size
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_ascora_provider.engine.sample import (
+            attach_source_values,
+            diff_sample,
+            load_sample,
+            sample_sections,
+            select_sample,
+        )
+        from airflow_ascora_provider.engine.schema import require_schema_ready
+
+        run_id = sample_run_id(self.migration_run_id)
+        ctx = self.build_context(run_id=run_id)
+        try:
+            ctx.require_approved_mapping()
+            require_schema_ready(ctx.mapping, ctx.destination)
+            ctx.ledger.start_run(run_id, destination=self.destination, kind="sample", dag_id=self.dag_id,
+                                 mapping_hash=ctx.mapping.hash, params={"sample_size": int(self.sample_size)})
+            selection = select_sample(ctx, int(self.sample_size))
+            loaded = load_sample(ctx, selection)
+            diff = diff_sample(ctx, loaded)
+            attach_source_values(ctx, diff)
+            diff["selection"] = {k: len(v) for k, v in selection.items()}
+            paths = self.write(ctx.ledger, "sample_diff", "Sample migration: field-level diff", diff,
+                               sample_sections(diff), run_id=run_id)
+            ctx.ledger.finish_run(run_id, status="success", summary=diff["totals"])
+            totals = diff["totals"]
+            self.log.info("Sample: %s records, %s fields compared, %s mismatches, %s%% linked",
+                          totals["records"], totals["fields"], totals["mismatch"], totals["linked_percentage"])
+            return {"totals": totals, "report": paths, "sample_run_id": run_id}
+        finally:
+            ctx.close()
+
+
+class SampleApprovalOperator(_ApprovalGate):
+    """Approve the sample diff before the full load; Reject rolls the sample back and stops."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("subject", "Approve the sample migration into {{ task.destination }}")
+        kwargs.setdefault("body", "Sample: {{ ti.xcom_pull(task_ids='sample')['totals'] | tojson }}\n\n"
+                                  "Full diff: {{ ti.xcom_pull(task_ids='sample')['report']['html'] }}")
+        super().__init__(**kwargs)
+
+    def on_reject(self, context: Context, *, rejected_by: str) -> None:
+        from airflow_ascora_provider.destinations.manager import get_destination
+        from airflow_ascora_provider.engine.rollback import rollback_run
+
+        ledger = self.ledger()
+        run_id = sample_run_id(self.migration_run_id)
+        dest = get_destination(self.destination, self.destination_conn_id, **self.destination_options)
+        try:
+            summary = rollback_run(ledger, dest, self.destination, run_id, f"{run_id}__rollback")
+        finally:
+            dest.close()
+        self.log.info("Sample rejected by %s; rolled back: %s", rejected_by, summary)
+
+
+class PlanLoadOperator(MigrationStepOperator):
+    """Step 6a: the units of one wave of the full load (mapped over by :class:`LoadUnitOperator`)."""
+
+    template_fields = (*MigrationStepOperator.template_fields, "wave")
+
+    def __init__(self, *, wave: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.wave = wave
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        from airflow_ascora_provider.engine.runner import plan_units, waves
+        from airflow_ascora_provider.engine.schema import require_schema_ready
+
+        ctx = self.build_context()
+        try:
+            ctx.require_approved_mapping()
+            if int(self.wave) == 0:
+                require_schema_ready(ctx.mapping, ctx.destination)
+                ctx.ledger.start_run(self.migration_run_id, destination=self.destination, kind="full",
+                                     dag_id=self.dag_id, mapping_hash=ctx.mapping.hash)
+            all_waves = waves(ctx.mapping)
+            wave = int(self.wave)
+            # The last planned wave also carries any deeper ones (a mapping deeper than the DAG's waves).
+            maps = all_waves[wave] if wave < len(all_waves) else []
+            if wave == MAX_WAVES - 1:
+                maps = [m for w in all_waves[wave:] for m in w]
+            units = plan_units(ctx, maps)
+            self.log.info("Wave %s: maps %s in %s units", wave, maps, len(units))
+            return units
+        finally:
+            ctx.close()
+
+
+MAX_WAVES = 6
+
+
+class LoadUnitOperator(MigrationStepOperator):
+    """Step 6b: load one unit (a row range of one map); safe to retry: upserts keyed by the Ascora id."""
+
+    template_fields = (*MigrationStepOperator.template_fields, "unit")
+
+    def __init__(self, *, unit: dict[str, Any] | str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.unit = unit
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_ascora_provider.engine.runner import run_unit
+
+        unit = json.loads(self.unit) if isinstance(self.unit, str) else self.unit
+        ctx = self.build_context()
+        try:
+            ctx.require_approved_mapping()
+            stats = run_unit(ctx, unit)
+            result = {"unit": unit, **stats.as_dict(), "api": ctx.destination.api_stats()}
+            self.log.info("Loaded %s[%s:%s]: %s", unit["map"], unit["start"], unit["stop"], stats.as_dict())
+            return result
+        finally:
+            ctx.close()
+
+
+class ReconcileOperator(MigrationStepOperator):
+    """Step 7: source = loaded + quarantined + skipped per object; content check; JSON + HTML."""
+
+    template_fields = (*MigrationStepOperator.template_fields, "verify", "verify_size")
+
+    def __init__(self, *, verify: str = "sample", verify_size: int | str = 200, fail_on_mismatch: bool = True,
+                 finish_run: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.verify = verify
+        self.verify_size = verify_size
+        self.fail_on_mismatch = fail_on_mismatch
+        self.finish_run = finish_run
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_ascora_provider.engine.reconcile import reconcile, reconcile_sections
+
+        ctx = self.build_context()
+        try:
+            result = reconcile(ctx, verify=self.verify, verify_size=int(self.verify_size))
+            paths = self.write(ctx.ledger, "reconciliation", "Reconciliation", result, reconcile_sections(result))
+            if self.finish_run and ctx.ledger.get_run(self.migration_run_id):
+                ctx.ledger.finish_run(self.migration_run_id, status="success" if result["ok"] else "failed",
+                                      summary=result["totals"])
+            self.log.info("Reconciliation %s: %s", "OK" if result["ok"] else "FAILED", result["totals"])
+            if not result["ok"] and self.fail_on_mismatch:
+                raise RuntimeError(f"reconciliation failed: {result['totals']}; see {paths['html']}")
+            return {"ok": result["ok"], "totals": result["totals"], "report": paths}
+        finally:
+            ctx.close()
+
+
+class DeltaLoadOperator(MigrationStepOperator):
+    """Step 8: load a fresh snapshot; only new and changed records are written; vanished ones reported."""
+
+    template_fields = (*MigrationStepOperator.template_fields, "delete_vanished")
+
+    def __init__(self, *, delete_vanished: bool | str = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.delete_vanished = delete_vanished
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_ascora_provider.engine.delta import delta_sections, run_delta
+
+        ctx = self.build_context()
+        try:
+            ctx.require_approved_mapping()
+            result = run_delta(ctx, delete_vanished=_truthy(self.delete_vanished), dag_id=self.dag_id)
+            paths = self.write(ctx.ledger, "delta", "Delta pickup", result, delta_sections(result))
+            return {"totals": result["totals"], "vanished": result["vanished_total"], "report": paths}
+        finally:
+            ctx.close()
+
+
+class RollbackOperator(MigrationStepOperator):
+    """Step 9: undo one migration run (and its sample), newest first; reports what could not be undone."""
+
+    template_fields = (*MigrationStepOperator.template_fields, "target_run_id", "confirm")
+
+    def __init__(self, *, target_run_id: str, confirm: str | bool = False, include_sample: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.target_run_id = target_run_id
+        self.confirm = confirm
+        self.include_sample = include_sample
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from airflow_ascora_provider.engine.rollback import rollback_run, rollback_sections
+
+        if not _truthy(self.confirm):
+            raise ValueError("rollback needs confirm=true: it deletes records from the destination")
+        ledger = self.ledger()
+        runs = [self.target_run_id]
+        if self.include_sample and ledger.get_run(sample_run_id(self.target_run_id)):
+            runs.append(sample_run_id(self.target_run_id))
+        from airflow_ascora_provider.destinations.manager import get_destination
+
+        dest = get_destination(self.destination, self.destination_conn_id, **self.destination_options)
+        summaries = []
+        try:
+            for run_id in runs:
+                if ledger.get_run(run_id) is None:
+                    raise KeyError(f"no migration run {run_id!r} in the ledger")
+                summaries.append(rollback_run(ledger, dest, self.destination, run_id,
+                                              f"{run_id}__rollback__{self.migration_run_id}"))
+        finally:
+            dest.close()
+        data = {"summary": {"runs": runs, "complete": all(s["complete"] for s in summaries)}, "runs": summaries}
+        self.write(ledger, "rollback", "Rollback", data, rollback_sections(summaries))
+        if not data["summary"]["complete"]:
+            raise RuntimeError(f"rollback could not undo everything: {[s['failures'][:5] for s in summaries]}")
+        return data["summary"]
