@@ -54,6 +54,7 @@ class Capabilities:
     supports_delete: bool = True
     max_concurrency: int = 4
     custom_object_fields: frozenset[str] = frozenset()  # fields a new custom object is born with
+    max_file_bytes: int | None = None  # largest file the destination accepts
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,9 @@ def _plain(value: Any) -> Any:
     from decimal import Decimal
 
     if dataclasses.is_dataclass(value):
-        return {"__type__": type(value).__name__, **dataclasses.asdict(value)}
+        # Only compared fields count: a file's staging path changes per snapshot, its bytes do not.
+        return {"__type__": type(value).__name__,
+                **{f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.compare}}
     if isinstance(value, Decimal):
         return format(value.normalize(), "f")
     if isinstance(value, (dt.datetime, dt.date)):

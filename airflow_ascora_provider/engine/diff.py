@@ -33,7 +33,7 @@ def _norm(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return value.astimezone(dt.UTC).replace(microsecond=0)
     if dataclasses.is_dataclass(value):
-        data = {k: _norm(v) for k, v in dataclasses.asdict(value).items()}
+        data = {f.name: _norm(getattr(value, f.name)) for f in dataclasses.fields(value) if f.compare}
         data = {k: (None if v in ("", (), []) else v) for k, v in data.items()}
         return (type(value).__name__, tuple(sorted(data.items(), key=lambda kv: kv[0])))
     if value == "":

@@ -19,7 +19,7 @@ from airflow_ascora_provider.engine.context import MigrationContext
 from airflow_ascora_provider.ledger import QuarantineEntry
 from airflow_ascora_provider.mapping.spec import ObjectMap
 from airflow_ascora_provider.mapping.transforms import TRANSFORMS, TransformError, _maps_for
-from airflow_ascora_provider.mapping.values import DestRef, UserRef
+from airflow_ascora_provider.mapping.values import DestRef, FileRef, UserRef
 from airflow_ascora_provider.source.model import ISSUES_COLUMN
 
 log = logging.getLogger(__name__)
@@ -154,11 +154,25 @@ class BatchTransformer:
                     source_object=om.source, source_id=source_id, field=exc.field, value=exc.value,
                     reason=f"[{om.name}] {exc.reason}", stage="transform"))
                 continue
+            too_big = self._oversized_file(payload)
+            if too_big:
+                outcome.quarantined.append(QuarantineEntry(
+                    source_object=om.source, source_id=source_id, field=too_big[0], value=too_big[1],
+                    reason=f"[{om.name}] {too_big[2]}", stage="transform"))
+                continue
             if om.key_field:
                 payload[om.key_field] = source_id
             outcome.records.append(OutgoingRecord(source_id=source_id, payload=payload))
             outcome.source_values[source_id] = {s: record.get(s) for s in used}
         return outcome
+
+    def _oversized_file(self, payload: dict[str, Any]) -> tuple[str, str, str] | None:
+        limit = self.ctx.destination.capabilities.max_file_bytes
+        for name, value in payload.items():
+            if isinstance(value, FileRef) and limit and value.size > limit:
+                return (name, value.name, f"file is {value.size / 1e6:.1f} MB; {self.ctx.destination_name} "
+                        f"accepts at most {limit / 1e6:.0f} MB (kept in Ascora: move it by hand or link it)")
+        return None
 
     def _field_problems(self, record: dict[str, Any], used: set[str]) -> list[QuarantineEntry]:
         text = record.get(ISSUES_COLUMN)

@@ -22,6 +22,7 @@ from airflow_ascora_provider.mapping.values import (
     AttachTo,
     DestRef,
     Emails,
+    FileRef,
     FullName,
     Link,
     Money,
@@ -181,6 +182,14 @@ def _link(record, fm, ctx):
 def _rich_text(record, fm, ctx):
     value = _first(record, fm)
     return None if not value else RichText(str(value))
+
+
+def _file(record, fm, ctx):
+    name, uri, sha256, size, content_type = (_values(record, fm) + [None] * 5)[:5]
+    if not uri or not sha256:
+        raise TransformError(fm.sources[1] if len(fm.sources) > 1 else fm.dest_field, name,
+                             "the file's bytes were not staged (see the extraction issues for why)")
+    return FileRef(sha256=sha256, size=int(size or 0), name=name or "", content_type=content_type, uri=uri)
 
 
 def _boolean(record, fm, ctx):
@@ -362,6 +371,8 @@ TRANSFORMS: dict[str, Transform] = {
         Transform("phone", _phone, ("phone", "mobile")),
         Transform("link", _link, description="a URL, or the domain of an e-mail address"),
         Transform("rich_text", _rich_text),
+        Transform("file", _file, ("file_name", "file_uri", "sha256", "size_bytes", "content_type"),
+                  description="a staged file to upload (compared by content)"),
         Transform("constant", _constant),
         Transform("value_map", _value_map, check=_check_value_map, description="pick-list values one by one"),
         Transform("json_key", _json_key, check=_check_json_key, description="one custom field or form answer"),

@@ -67,6 +67,24 @@ class RichText:
 
 
 @dataclass(frozen=True)
+class FileRef:
+    """A file to (re-)upload. Identity is the content: a re-run with the same bytes writes nothing."""
+
+    sha256: str
+    size: int
+    name: str = field(default="", compare=False)
+    content_type: str | None = field(default=None, compare=False)
+    uri: str | None = field(default=None, compare=False)
+
+    def read_bytes(self) -> bytes:
+        from airflow_ascora_provider.source.staging import as_path
+
+        if not self.uri:
+            raise FileNotFoundError(f"no staged copy of {self.name!r}")
+        return as_path(self.uri).read_bytes()
+
+
+@dataclass(frozen=True)
 class DestRef:
     """A reference to a record already written to the destination (resolved through the crosswalk)."""
 
@@ -89,7 +107,8 @@ class UserRef:
     fallback: bool = False
 
 
-_TYPES = {cls.__name__: cls for cls in (Money, FullName, Address, Emails, Phones, Link, RichText, DestRef, AttachTo, UserRef)}
+_TYPES = {cls.__name__: cls for cls in (Money, FullName, Address, Emails, Phones, Link, RichText, DestRef, AttachTo,
+                                          UserRef, FileRef)}
 
 
 def to_jsonable(value):

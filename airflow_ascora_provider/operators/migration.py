@@ -144,7 +144,9 @@ class ProposeMappingOperator(MigrationStepOperator):
             audit = audit_snapshot(Snapshot(self.staging, self.snapshot_id))
             described = ctx.destination.describe_schema()
             base = load_mapping(self.default_mapping_text())
-            existing = {name: set(obj.fields) for name, obj in described.items()}
+            # Only the destination's own fields are off limits: custom fields an earlier run created
+            # for this mapping keep their names, so re-proposing gives the same map (and hash).
+            existing = {name: {f for f, d in obj.fields.items() if not d.custom} for name, obj in described.items()}
             mapping = complete_mapping(base, audit, ctx.destination.custom_field_name, existing)
             caps = ctx.destination.capabilities
             plan = plan_schema(mapping, described, caps.creatable, caps.custom_object_fields)

@@ -78,7 +78,7 @@ def test_find_many_follows_cursors(hook):
     names = [c["name"] for c in hook.find_many("companies", limit=50, fields=["name"])]
     assert names == [r["name"] for r in rows]
     # Three pages of 50/50/30.
-    assert len(hook.client.stats.by_path) >= 1 and hook.client.stats.by_path["/rest/companies"] == 3
+    assert len(hook.client.stats.by_path) >= 1 and hook.client.stats.by_path["GET /rest/companies"] == 3
 
     filtered = list(hook.find_many("companies", filter=build_filter({"name": ["Co 001", "Co 129"]})))
     assert sorted(c["name"] for c in filtered) == ["Co 001", "Co 129"]

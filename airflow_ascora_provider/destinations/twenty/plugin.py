@@ -40,6 +40,7 @@ from airflow_ascora_provider.mapping.values import (
     AttachTo,
     DestRef,
     Emails,
+    FileRef,
     FullName,
     Link,
     Money,
@@ -77,6 +78,7 @@ class TwentyDestination(Destination):
         manual=frozenset(),
         plan_limits={"records_per_batch": 60, "requests_per_minute": 100},
         custom_object_fields=frozenset({"name"}),
+        max_file_bytes=100 * 1024 * 1024,
         max_concurrency=1,
     )
 
@@ -188,6 +190,10 @@ class TwentyDestination(Destination):
                     wire[f"{ref.target_object}Id"] = ref.dest_id
                 continue
             kind = types.get(name, {}).get("type")
+            if isinstance(value, FileRef):  # re-upload the bytes; the record stores the returned path
+                wire[name] = self.hook.upload_file(value.name or "file", value.read_bytes(),
+                                                   content_type=value.content_type or "application/octet-stream")
+                continue
             if value is None and kind in COMPOSITE_TYPES:
                 continue  # Twenty refuses null for a composite; leaving it out keeps it empty
             wire[name] = encode_value(value, kind)
@@ -292,6 +298,8 @@ class TwentyDestination(Destination):
             chunk = dest_ids[start:start + 50]
             for row in self.hook.find_many(plural, filter={"id": chunk}, fields=wire_fields, limit=60):
                 out[row["id"]] = self._decode(target, row, fields)
+                if target == "attachment" and "fullPath" in fields and row.get("fullPath"):
+                    out[row["id"]]["fullPath"] = self._stored_file(row["fullPath"])
                 if direct_attach:
                     refs = [DestRef(c[:-2], row[c]) for c in join_columns if row.get(c)]
                     out[row["id"]][ATTACH_FIELD] = AttachTo(tuple(sorted(refs, key=lambda r: (r.target_object, r.dest_id))))
@@ -307,6 +315,18 @@ class TwentyDestination(Destination):
             for dest_id, items in refs.items():
                 out[dest_id][ATTACH_FIELD] = AttachTo(tuple(sorted(items, key=lambda r: (r.target_object, r.dest_id))))
         return out
+
+    def _stored_file(self, path: str) -> FileRef | str:
+        """What the destination really stores, by content (verifies the re-upload byte for byte)."""
+        import hashlib
+
+        from airflow_ascora_provider.hooks.twenty import TwentyApiError
+
+        try:
+            content = self.hook.download_file(path)
+        except TwentyApiError:
+            return path
+        return FileRef(sha256=hashlib.sha256(content).hexdigest(), size=len(content), uri=path)
 
     def find_by_source_ids(self, target: str, key_field: str, source_ids: list[str]) -> dict[str, str]:
         found = {}

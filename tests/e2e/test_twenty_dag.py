@@ -1,0 +1,139 @@
+"""Real DAG runs (dag.test) of ascora_to_twenty, its delta DAG and ascora_rollback, against the emulators.
+
+One scenario per ledger backend (SQLite file, PostgreSQL schema): full run → idempotent re-run (zero
+writes) → delta after changing source records (exactly those written) → rollback of the delta and of
+the migration → the Twenty workspace holds exactly the records it held before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import httpx
+import pytest
+
+from tests.conftest import tenant_members
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def sandbox(small_tenant, ledger_url, tmp_path, airflow_db, monkeypatch):
+    from airflow_ascora_provider.hooks.ledger import dispose_engines
+    from airflow_ascora_provider.sandbox.ascora import create_app as ascora_app
+    from airflow_ascora_provider.sandbox.emulator import ServedApp
+    from airflow_ascora_provider.sandbox.twenty import create_app as twenty_app
+
+    # A private copy: the delta test edits source records.
+    import shutil
+
+    tenant = tmp_path / "tenant"
+    shutil.copytree(small_tenant, tenant)
+    url, schema = ledger_url
+    ascora = ServedApp(ascora_app(tenant)).start()
+    twenty = ServedApp(twenty_app(rate_limit=100_000, members=tenant_members(tenant))).start()
+    monkeypatch.setenv("AIRFLOW_CONN_ASCORA_DEFAULT", json.dumps({
+        "conn_type": "ascora", "host": ascora.url, "password": "ascora-sandbox-key",
+        "extra": {"enable_extensions": True}}))
+    monkeypatch.setenv("AIRFLOW_CONN_TWENTY_DEFAULT", json.dumps({
+        "conn_type": "twenty", "host": twenty.url, "password": "twenty-sandbox-key",
+        "extra": {"requests_per_minute": 0}}))
+    monkeypatch.setenv("ASCORA_LEDGER_URL", url)
+    if schema:
+        monkeypatch.setenv("ASCORA_LEDGER_SCHEMA", schema)
+    monkeypatch.setenv("ASCORA_STAGING_PATH", str(tmp_path / "staging"))
+    dispose_engines()
+    yield {"ascora": ascora, "twenty": twenty, "tenant": tenant}
+    ascora.stop()
+    twenty.stop()
+    dispose_engines()
+
+
+def _dag(dag_id):
+    from airflow.models.dagbag import DagBag
+
+    bag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    assert not bag.import_errors, bag.import_errors
+    return bag.get_dag(dag_id)
+
+
+def _run(dag_id, conf):
+    run = _dag(dag_id).test(run_conf=conf)
+    failed = [(ti.task_id, ti.state) for ti in run.get_task_instances() if ti.state not in ("success", "skipped")]
+    assert run.state == "success", failed
+    return run
+
+
+def _ledger():
+    from airflow_ascora_provider.hooks.ledger import LedgerHook
+
+    return LedgerHook().get_ledger()
+
+
+def _records(twenty) -> dict[str, list[dict]]:
+    return twenty.app.state.twenty.snapshot()["records"]
+
+
+def _writes(ledger, run_id) -> dict[str, int]:
+    return ledger.audit_ops_count(run_id)
+
+
+@pytest.mark.parametrize("ledger_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+                         indirect=True)
+def test_full_rerun_delta_and_rollback(sandbox):
+    twenty = sandbox["twenty"]
+    before = _records(twenty)
+    conf = {"auto_approve": True, "fallback_owner": "owner@example.com", "sample_size": 60, "verify": "all"}
+
+    first = _run("ascora_to_twenty", conf)
+    ledger = _ledger()
+    writes = _writes(ledger, first.run_id)
+    sample_writes = _writes(ledger, f"{first.run_id}__sample")
+    assert writes.get("create", 0) + sample_writes.get("create", 0) > 250
+    reconcile = first.get_task_instance("reconcile").xcom_pull(task_ids="reconcile")
+    assert reconcile["ok"] and reconcile["totals"]["missing"] == 0, reconcile
+    people = _records(twenty)["person"]
+    ascora_ids = [p["ascoraId"] for p in people if p.get("ascoraId")]
+    assert len(ascora_ids) == len(set(ascora_ids)), "a person was written twice"
+
+    # An identical second run changes nothing at all.
+    second = _run("ascora_to_twenty", conf)
+    assert _writes(ledger, second.run_id) == {}
+
+    # Change two customers and one job in Ascora, add a new customer: the delta writes exactly those.
+    ascora = httpx.Client(base_url=sandbox["ascora"].url, headers={"Auth": "ascora-sandbox-key"})
+    billing = ascora.get("/Customers/Customers", params={"SiteBillingType": "Billing", "PageSize": 5}).json()["results"]
+    for customer in billing[:2]:
+        changed = {**customer, "phoneNumber": "08 9999 0000"}
+        assert ascora.post("/Customers/Customer", json=changed).json()["success"]
+    job = ascora.get("/Jobs/Jobs", params={"JobStatus": "ALL", "PageSize": 1}).json()["results"][0]
+    assert ascora.post(f"/__ascora__/jobs/{job['jobNumber']}", json={"jobName": "Replace hot water unit (delta)"}
+                       ).json()["success"]
+    created = ascora.post("/Customers/Customer", json={"customerName": "Delta Test Plumbing Pty Ltd",
+                                                       "companyName": "Delta Test Plumbing Pty Ltd",
+                                                       "emailAddress": "office@deltatest.example"}).json()
+    assert created["success"]
+    delta = _run("ascora_twenty_delta", {"fallback_owner": "owner@example.com"})
+    ops = _writes(ledger, delta.run_id)
+    assert ops == {"create": 1, "update": 3}, ops
+
+    # Roll back the delta, then the migration (with its sample): Twenty is back to where it was.
+    _run("ascora_rollback", {"destination": "twenty", "run_id": delta.run_id, "confirm": True})
+    _run("ascora_rollback", {"destination": "twenty", "run_id": first.run_id, "confirm": True})
+    after = _records(twenty)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert all(not rows for name, rows in after.items() if name not in before)
+    assert ledger.get_run(first.run_id)["status"] == "rolled_back"
+
+    # Rollback is idempotent: a second one finds nothing to undo and leaves everything as it is.
+    _run("ascora_rollback", {"destination": "twenty", "run_id": first.run_id, "confirm": True})
+    assert _records(twenty) == after
+
+
+def test_rollback_refuses_without_confirmation(sandbox):
+    from airflow_ascora_provider.operators.migration import RollbackOperator
+
+    op = RollbackOperator(task_id="rb", destination="twenty", target_run_id="nope", confirm=False)
+    with pytest.raises(ValueError, match="confirm"):
+        op.execute({})
