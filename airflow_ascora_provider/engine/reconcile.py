@@ -53,7 +53,8 @@ def reconcile(ctx: MigrationContext, verify: str = "sample", verify_size: int = 
             "loaded": len(loaded),
             "quarantined": len(quarantined) + info["quarantined"],
             "skipped": info["skipped"] + rule_skipped + no_map,
-            "skip_rules": ({"not mapped to " + ctx.destination_name: rule_skipped} if rule_skipped else {}) |
+            "skip_rules": ({ctx.mapping.not_migrated.get(name, "not mapped to " + ctx.destination_name): rule_skipped}
+                           if rule_skipped else {}) |
                           ({"no map condition applies": no_map} if no_map else {}) |
                           ({"exact duplicate at extraction": info["skipped"]} if info["skipped"] else {}),
         }

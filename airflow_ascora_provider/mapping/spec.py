@@ -139,6 +139,7 @@ class Mapping:
     currency: str = "AUD"
     key_field: str | None = None
     custom_objects: dict[str, CustomObject] = field(default_factory=dict)
+    not_migrated: dict[str, str] = field(default_factory=dict)  # Ascora object → why it has no map
     document: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -332,8 +333,17 @@ def parse_mapping(document: dict[str, Any]) -> Mapping:
                 problems.append(f"maps.{name}: lookup refers to unknown map {ref!r}")
     if problems:
         raise MappingError(problems)
+    not_migrated = {str(k): str(v) for k, v in (document.get("not_migrated") or {}).items()}
+    for name in not_migrated:
+        if name not in MODEL:
+            problems.append(f"not_migrated: unknown Ascora object {name!r}")
+        elif any(m.source == name for m in maps.values()):
+            problems.append(f"not_migrated: {name} is also mapped")
+    if problems:
+        raise MappingError(problems)
     mapping = Mapping(
         destination=str(destination),
+        not_migrated=not_migrated,
         maps=maps,
         currency=str(document.get("currency", "AUD")),
         key_field=document.get("key_field"),

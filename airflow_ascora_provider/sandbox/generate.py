@@ -27,7 +27,11 @@ Design choices, and why:
   two thousand.
 * **Size.** ``size`` is the approximate total number of records over *all* objects, counting nested
   records the canonical model stages separately (quote items and sections, invoice lines, supplier
-  invoice lines). Per-object counts follow fixed ratios per household (see :data:`_PER_HOUSEHOLD`).
+  invoice lines). Per-object counts follow fixed ratios per household (per billing customer ~1.5 sites,
+  ~2.3 contacts, ~5.7 jobs incl. sections, ~1.2 quotes with ~3.5 items, ~3 invoices lines per job
+  invoiced ...); households are added until the running total reaches ``size``. Staff
+  ``max(5, size/5000)`` capped at 200, 12 job types, suppliers ``size/500`` (min 5), supplies
+  ``size/250`` (30..5000).
 * **Realism.** Real suburb/state/postcode combinations, AU phone formats, ABNs with a valid check digit,
   GST at 10%, money in whole cents (no float drift: totals always add up), every job status, quote status
   and invoice status present (the first few records cycle through them so even a tiny tenant has all).
@@ -89,9 +93,9 @@ JOB_STATUS_TEXT = (
 QUOTE_STATUS_TEXT = ("In Progress", "Sent To Customer", "Won", "Lost")
 INVOICE_STATUSES = ("Unpaid", "Part Paid", "Paid", "Overdue", "Void")
 
-# Records per household, measured over large tenants (nested records included). Used only to turn
-# ``size`` into a household count; a unit test keeps it honest (total within a few % of size).
-_PER_HOUSEHOLD = 41.9
+# Average records per household (nested records included), measured over large tenants; only used to
+# size the creation-date jitter of one household.
+_PER_HOUSEHOLD = 41.0
 _FILE_BATCH = 512  # attachment files written per parallel burst
 
 # ---------------------------------------------------------------------------------------------------
@@ -732,6 +736,7 @@ class TenantGenerator:
         self.forced_invoices = 0
         self.files_bytes = 0
         self.files_written = 0
+        self.dirty_extra = 0  # records that exist only because of dirt (duplicates)
 
     # -- primitives --------------------------------------------------------------------------------
 
@@ -1045,15 +1050,26 @@ class TenantGenerator:
             row["billingCustomerOnHold"] = billing["onHold"]
         return row
 
-    def household(self, index: int, total: int) -> None:
+    def total_records(self) -> int:
+        """Records written so far, *not* counting the extra records dirt adds (duplicates).
+
+        Household placement and the stop condition use this, so a dirty tenant is generated from
+        exactly the same random stream as the clean tenant of its seed.
+        """
+        return sum(self.out.counts.values()) + sum(self.nested.values()) - self.dirty_extra
+
+    def household(self, progress: float) -> None:
+        """One billing customer and everything hanging off it; ``progress`` (0..1) places it in time."""
         r = self.rng
         out = self.out
         span = self.now - self.start
-        created = self.start + int(span * 0.92 * (index + r.random()) / total)
+        jitter = r.random() * min(1.0, _PER_HOUSEHOLD / self.size)
+        created = self.start + int(span * 0.92 * min(1.0, progress + jitter))
         roll = r.random()
         ctype = "Residential" if roll < 0.6 else "Commercial" if roll < 0.85 else "Strata" if roll < 0.95 else \
             "Government"
         billing = self.new_customer(created, ctype, None)
+        self.is_company = bool(billing["companyName"])  # pre-dirt: random draws must not depend on dirt
         # Dirty mutations on the billing customer happen before anything copies its name into a link.
         self.dirty_customer(billing)
         if ctype == "Residential":
@@ -1141,6 +1157,7 @@ class TenantGenerator:
             self.new_enquiry(billing, quotes, jobs, created)
 
         for quote in quotes:
+            self.dirty_quote(quote)
             out.write("quotes", quote)
             if r.random() < 0.3:
                 self.new_note("Quotation", quote["quoteId"], self.stamp(quote["dateCreated"]))
@@ -1153,13 +1170,14 @@ class TenantGenerator:
             invoices = self.invoices_for(job, billing)
             if invoices:
                 job["invoiceNumber"] = invoices[0]["invoiceNumber"]
+            clean = (self.stamp(job["dateCreated"]), job["assignedUser"]["name"] if job["assignedUser"] else None)
             self.dirty_job(job)
             out.write("jobs", job, 2 if self.exact_dup("jobs", job["jobId"]) else 1)
             for child in children:
                 out.write("jobs", child)
             for invoice in invoices:
                 self.write_invoice(invoice)
-            self.job_extras(job)
+            self.job_extras(job, *clean)
 
         if r.random() < 0.3:
             self.new_note("Customer", billing["customerId"], created)
@@ -1271,13 +1289,15 @@ class TenantGenerator:
             "dateCreated": _ts(date, self.ms()),
             "lastModified": _ts(self.when(date, date + 40 * 86400), self.ms()),
         }
+        return quote
+
+    def dirty_quote(self, quote: dict[str, Any]) -> None:
         if self.want("number_as_text", 0.01):
-            quote["totalExTax"] = f"${ex / 100:,.2f}"
+            quote["totalExTax"] = f"${quote['totalExTax']:,.2f}"
             self.note_dirty("number_as_text", "quotes", quote["quoteId"], "totalExTax", value=quote["totalExTax"])
         elif self.want("text_date", 0.01):
             quote["quotationDate"] = self.drng.choice(_TEXT_DATES)
             self.note_dirty("text_date", "quotes", quote["quoteId"], "quotationDate", value=quote["quotationDate"])
-        return quote
 
     # -- jobs -----------------------------------------------------------------------------------------
 
@@ -1313,7 +1333,7 @@ class TenantGenerator:
         number = f"J{self.next_job}"
         self.next_job += 1
         name, desc, work, jtype, (low, high), cf_names = template
-        if from_quote is not None and isinstance(from_quote["totalExTax"], float):
+        if from_quote is not None:
             ex = int(round(from_quote["totalExTax"] * 100))
         else:
             ex = r.randrange(low, high)
@@ -1365,10 +1385,8 @@ class TenantGenerator:
             "pricingMethod": "SECTIONS" if sectioned else r.choice(("FIXED-PRICE", "FIXED-PRICE",
                                                                     "TIME-AND-MATERIALS")),
             "totalExTax": _money(ex), "totalIncTax": _money(inc),
-            "purchaseOrderNumber": f"PO{r.randrange(10000, 99999)}" if billing.get("companyName") and
-            r.random() < 0.5 else "",
-            "clientOrderNumber": f"WO-{r.randrange(1000, 99999)}" if billing.get("companyName") and r.random() < 0.2
-            else "",
+            "purchaseOrderNumber": f"PO{r.randrange(10000, 99999)}" if self.is_company and r.random() < 0.5 else "",
+            "clientOrderNumber": f"WO-{r.randrange(1000, 99999)}" if self.is_company and r.random() < 0.2 else "",
             "addressLine1": place["streetLine1"], "addressLine2": "", "suburb": place["streetSuburb"],
             "state": place["streetState"], "postcode": place["streetPostcode"], "country": "Australia",
             "latitude": place["streetLatitude"], "longitude": place["streetLongitude"],
@@ -1474,7 +1492,7 @@ class TenantGenerator:
     def write_invoice(self, invoice: dict[str, Any]) -> None:
         r = self.rng
         if self.want("number_as_text", 0.02):
-            invoice["amountPaid"] = f"{invoice['amountPaid']:,.2f}"
+            invoice["amountPaid"] = f"${invoice['amountPaid']:,.2f}"
             self.note_dirty("number_as_text", "invoices", invoice["invoiceId"], "amountPaid",
                             value=invoice["amountPaid"])
         elif self.want("text_date", 0.01):
@@ -1483,7 +1501,7 @@ class TenantGenerator:
         self.out.write("invoices", invoice)
         status = invoice["status"]
         if status in ("Paid", "Part Paid"):
-            paid = int(round(float(str(invoice["amountPaid"]).replace(",", "")) * 100))
+            paid = int(round(float(str(invoice["amountPaid"]).replace(",", "").replace("$", "")) * 100))
             date = self.stamp(invoice["invoiceDate"])
             self.out.write("payments", {
                 "paymentId": self.uid(), "invoiceId": invoice["invoiceId"], "invoiceNumber": invoice["invoiceNumber"],
@@ -1502,9 +1520,9 @@ class TenantGenerator:
 
     # -- per-job extras: supplier bills, notes, photos, forms -------------------------------------------
 
-    def job_extras(self, job: dict[str, Any]) -> None:
+    def job_extras(self, job: dict[str, Any], created: int, tech: str | None) -> None:
+        """Bills, notes, photos and forms of one job; ``created``/``tech`` are the pre-dirt values."""
         r = self.rng
-        created = self.stamp(job["dateCreated"])
         status = job["jobStatus"]
         if status in (0, 2, 6, 7) and r.random() < 0.45:
             supplier = r.choice(self.suppliers)
@@ -1541,7 +1559,7 @@ class TenantGenerator:
             self.new_attachment("Job", job["jobId"], created, "Document", title=f"Compliance certificate "
                                 f"{job['jobNumber']}")
         if status in (0, 2, 6, 7) and r.random() < 0.2:
-            self.new_form(job, created)
+            self.new_form(job, created, tech)
 
     def new_note(self, entity_type: str, entity_id: str, after: int, text: str | None = None) -> None:
         r = self.rng
@@ -1617,10 +1635,10 @@ class TenantGenerator:
         })
         return ident
 
-    def new_form(self, job: dict[str, Any], created: int) -> None:
+    def new_form(self, job: dict[str, Any], created: int, tech: str | None) -> None:
         r = self.rng
         form_name, fields = r.choice(FORMS)
-        tech = job["assignedUser"]["name"] if job.get("assignedUser") else r.choice(self.staff_names)
+        tech = tech or self.staff_names[0]
         answers = []
         for code, values in fields:
             if values is None:
@@ -1671,6 +1689,7 @@ class TenantGenerator:
     def exact_dup(self, resource: str, ident: str) -> bool:
         if self.want("exact_duplicate", 0.01):
             self.note_dirty("exact_duplicate", resource, ident, None)
+            self.dirty_extra += 1
             return True
         return False
 
@@ -1723,6 +1742,7 @@ class TenantGenerator:
             dup["companyName"] = dup["customerName"]
         dup["customerNumber"] = ""
         self.out.write("customers", dup)
+        self.dirty_extra += 1
         self.note_dirty("duplicate_customer", "customers", dup["customerId"], "customerName",
                         value=dup["customerName"], duplicate_of=c["customerId"])
 
@@ -1787,10 +1807,13 @@ class TenantGenerator:
         self._pending_files: list[tuple[Path, str, bytes]] = []
         try:
             self.make_globals()
-            fixed = sum(self.out.counts.values())
-            households = max(1, round((self.size - fixed) / _PER_HOUSEHOLD))
-            for index in range(households):
-                self.household(index, households)
+            # Households until the running total reaches ``size`` (overshoot: at most one household).
+            # Each household sits on the timeline at the share of ``size`` already written, so creation
+            # dates (and job numbers) rise together through the tenant's four years of history.
+            households = 0
+            while households == 0 or self.total_records() < self.size:
+                self.household(min(1.0, self.total_records() / self.size))
+                households += 1
             self.flush_files()
         finally:
             self.out.close()
