@@ -35,10 +35,12 @@ from __future__ import annotations
 import csv
 import re
 import sys
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 from airflow_ascora_provider.source.coerce import CoercionError, Issue, to_bool, to_decimal
 from airflow_ascora_provider.source.model import MODEL, FieldType, dependency_order
@@ -475,6 +477,7 @@ class _Table:
     path: Path
     sheet: str | None  # None for CSV
     label: str  # "jobs.xlsx:Jobs" or "jobs__Jobs.csv"
+    opener: Callable[[Path], Any] | None = None  # returns the (cached) read-only workbook
     headings: list[Any] = field(default_factory=list)
 
     def stream(self) -> Iterator[tuple[int, tuple[Any, ...]]]:
@@ -496,16 +499,12 @@ class _Table:
         if self.sheet is None:
             yield from self._csv_rows()
             return
-        from openpyxl import load_workbook
-
-        wb = load_workbook(self.path, read_only=True, data_only=True)
-        try:
-            ws = wb[self.sheet]
-            ws.reset_dimensions()  # other tools write wrong <dimension> tags; read what is really there
-            for number, row in enumerate(ws.iter_rows(values_only=True), start=1):
-                yield number, row
-        finally:
-            wb.close()
+        assert self.opener is not None
+        ws = self.opener(self.path)[self.sheet]
+        ws.reset_dimensions()  # other tools write wrong <dimension> tags; read what is really there
+        # iter_rows re-opens the sheet's zip member on every pass: no rows are cached between passes.
+        for number, row in enumerate(ws.iter_rows(values_only=True), start=1):
+            yield number, row
 
     def _csv_rows(self) -> Iterator[tuple[int, tuple[Any, ...]]]:
         with self.path.open(encoding="utf-8-sig", newline="", errors="replace") as fh:
@@ -558,20 +557,51 @@ class ExportReader:
     def __init__(self, folder: str | Path):
         folder = Path(folder)
         self.folder = folder
-        self._tables = self._discover(folder)
+        self._workbooks: dict[Path, Any] = {}
+        self._tables = self._discover(folder, self._workbook)
         if not self._tables and (folder / "exports").is_dir():  # a tenant directory
             self.folder = folder / "exports"
-            self._tables = self._discover(self.folder)
+            self._tables = self._discover(self.folder, self._workbook)
         self._customers: _CustomerIndex | None = None
         self._staff: dict[str, str] | None = None
         self._contacts: dict[tuple[str, str], str] | None = None
         self._numbers: dict[str, dict[str, str]] = {}  # sheet kind -> number -> id (complete)
         self._seen: dict[str, dict[str, str]] = {}  # sheet kind -> number -> id (filled while streaming)
 
+    # -- workbooks ----------------------------------------------------------------------------------------
+
+    def _workbook(self, path: Path) -> Any:
+        """One read-only workbook per file for the reader's lifetime.
+
+        ``load_workbook(read_only=True)`` scans every sheet of the file for its ``<dimension>`` tag, and
+        when the tag is missing (openpyxl's own write-only files, many other tools) that scan is a
+        full parse of every sheet. Loading each file once, instead of once per pass, saves that.
+        Rows themselves are never cached: each pass streams the sheet from the zip again.
+        """
+        wb = self._workbooks.get(path)
+        if wb is None:
+            from openpyxl import load_workbook
+
+            wb = load_workbook(path, read_only=True, data_only=True)
+            self._workbooks[path] = wb
+        return wb
+
+    def close(self) -> None:
+        """Release the open workbook files (also done on ``with ExportReader(...)`` exit)."""
+        for wb in self._workbooks.values():
+            wb.close()
+        self._workbooks.clear()
+
+    def __enter__(self) -> ExportReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     # -- discovery ----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _discover(folder: Path) -> dict[str, _Table]:
+    def _discover(folder: Path, opener: Callable[[Path], Any]) -> dict[str, _Table]:
         """Map sheet kinds to tables. xlsx sheets win over CSVs of the same sheet."""
         if not folder.is_dir():
             return {}
@@ -590,20 +620,14 @@ class ExportReader:
                 workbook = by_workbook.get(norm_heading(path.stem))
                 if workbook is None:
                     continue
-                from openpyxl import load_workbook
-
-                wb = load_workbook(path, read_only=True, data_only=True)
-                try:
-                    names = list(wb.sheetnames)
-                finally:
-                    wb.close()
+                names = _sheet_names(path)
                 for name in names:
                     key = sheet_kinds.get((workbook, norm_heading(name)))
                     if key is not None and key not in tables:
-                        tables[key] = _Table(path, name, f"{path.name}:{name}")
+                        tables[key] = _Table(path, name, f"{path.name}:{name}", opener)
                 main = MAIN_SHEET[workbook]
                 if len(names) == 1 and main not in tables:
-                    tables[main] = _Table(path, names[0], f"{path.name}:{names[0]}")
+                    tables[main] = _Table(path, names[0], f"{path.name}:{names[0]}", opener)
             elif suffix == ".csv":
                 stem = path.stem
                 key = None
@@ -1281,6 +1305,25 @@ _NUMBER_KEYS = {
     "enquiries": ("enquiry_number", "enquiry"),
     "bills": ("tracking_number", "supplier_bill"),
 }
+
+
+def _sheet_names(path: Path) -> list[str]:
+    """Sheet names from ``xl/workbook.xml`` without loading the workbook (which would parse every sheet)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            root = ElementTree.fromstring(zf.read("xl/workbook.xml"))
+        names = [el.get("name") for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "sheet"]
+        if names and all(names):
+            return names
+    except (KeyError, zipfile.BadZipFile, ElementTree.ParseError):
+        pass
+    from openpyxl import load_workbook  # unusual package layout: let openpyxl work it out
+
+    wb = load_workbook(path, read_only=True, data_only=True)
+    try:
+        return list(wb.sheetnames)
+    finally:
+        wb.close()
 
 
 def job_type_id(name: str) -> str:

@@ -51,7 +51,7 @@ def sandbox(small_tenant, ledger_url, tmp_path, airflow_db, monkeypatch):
 
 
 def _dag(dag_id):
-    from airflow.models.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
     assert not bag.import_errors, bag.import_errors
