@@ -42,7 +42,9 @@ def _common(destination: str, destination_conn_id: str | None) -> dict[str, Any]
 
 
 def migration_dag(destination: str, *, dag_id: str | None = None, destination_conn_id: str | None = None,
-                  label: str | None = None) -> DAG:
+                  label: str | None = None, max_concurrency: int = 4, pool: str | None = None) -> DAG:
+    """``max_concurrency``: load tasks of one run at once (the destination's limit: Twenty wants 1, as
+    every task paces itself under the same per-key request limit). ``pool`` caps it across runs and DAGs."""
     label = label or destination.title()
     with DAG(
         dag_id=dag_id or f"ascora_to_{destination}",
@@ -81,7 +83,9 @@ def migration_dag(destination: str, *, dag_id: str | None = None, destination_co
         for wave in range(MAX_WAVES):
             plan = PlanLoadOperator(task_id=f"plan_wave_{wave}", wave=wave, trigger_rule="none_failed", **common)
             load = LoadUnitOperator.partial(task_id=f"load_wave_{wave}", trigger_rule="none_failed",
-                                            retries=3, retry_delay=dt.timedelta(seconds=5), **common
+                                            retries=3, retry_delay=dt.timedelta(seconds=5),
+                                            max_active_tis_per_dagrun=max_concurrency,
+                                            **({"pool": pool} if pool else {}), **common
                                             ).expand(unit=plan.output)
             previous >> plan >> load
             previous = load
@@ -128,9 +132,10 @@ def delta_dag(destination: str, *, dag_id: str | None = None, destination_conn_i
         common = _common(destination, destination_conn_id)
         window = ShortCircuitOperator(task_id="inside_cutover_window", python_callable=inside_window)
         extract = AscoraExtractOperator(task_id="extract", source="{{ params.source }}", staging_path=STAGING)
+        users = ResolveUsersOperator(task_id="resolve_users", **common)
         delta = DeltaLoadOperator_(common)
         reconcile = ReconcileOperator(task_id="reconcile", verify="sample", finish_run=False, **common)
-        window >> extract >> delta >> reconcile
+        window >> extract >> users >> delta >> reconcile
     return dag
 
 
@@ -160,7 +165,7 @@ def rollback_dag(dag_id: str = "ascora_rollback") -> DAG:
         RollbackOperator(
             task_id="rollback",
             destination="{{ params.destination }}",
-            destination_conn_id=None,
+            destination_conn_id="{{ params.destination_conn_id or '' }}",
             target_run_id="{{ params.run_id }}",
             confirm="{{ params.confirm }}",
             staging_path=STAGING,

@@ -2,5 +2,6 @@
 
 from airflow_ascora_provider.example_dags import delta_dag, migration_dag
 
-dag = migration_dag("twenty", label="Twenty CRM")
+# Twenty allows 100 requests a minute per API key: one load task at a time, each paced under it.
+dag = migration_dag("twenty", label="Twenty CRM", max_concurrency=1)
 delta = delta_dag("twenty")

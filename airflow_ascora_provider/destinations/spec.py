@@ -141,6 +141,11 @@ class Destination(ABC):
         self.conn_id = conn_id
         self.options = options
 
+    @property
+    def batch_size(self) -> int:
+        """Records per write call for this connection (never above the declared cap)."""
+        return self.capabilities.batch_size
+
     # -- schema -------------------------------------------------------------------------------
     @abstractmethod
     def describe_schema(self) -> dict[str, DestObject]:

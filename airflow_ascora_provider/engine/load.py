@@ -69,7 +69,7 @@ def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 def batch_size_for(ctx: MigrationContext) -> int:
-    cap = ctx.destination.capabilities.batch_size
+    cap = ctx.destination.batch_size
     wanted = int(ctx.destination_options.get("batch_size") or cap)
     return max(1, min(cap, wanted))
 

@@ -65,8 +65,15 @@ def complete_mapping(mapping: Mapping, audit: dict[str, Any], field_name=None,
             taken.add(candidate)
             return candidate
 
+        # Completing an already completed (approved) map adds only what is new.
+        covered_custom = {fm.options.get("key") for fm in om.fields
+                          if fm.transform == "json_key" and fm.sources == ("custom_fields",)}
+        covered_form = {fm.options.get("key") for fm in om.fields
+                        if fm.transform == "related" and fm.options.get("object") == "form_response"}
         if "custom_fields" in om.expand:
             for cf_name, info in custom_inventory.get(om.source, {}).items():
+                if cf_name in covered_custom:
+                    continue
                 neutral = INFERRED_TO_NEUTRAL.get(info["inferred_type"], "text")
                 dest = unique(f"ascora {cf_name}")
                 entry: dict[str, Any] = {"transform": "json_key", "from": "custom_fields", "key": cf_name,
@@ -77,6 +84,8 @@ def complete_mapping(mapping: Mapping, audit: dict[str, Any], field_name=None,
                 fields[dest] = entry
         if "form_fields" in om.expand and om.source == "job":
             for code, info in custom_inventory.get("form_response", {}).items():
+                if code in covered_form:
+                    continue
                 neutral = INFERRED_TO_NEUTRAL.get(info["inferred_type"], "text")
                 dest = unique(f"form {code}")
                 entry = {"transform": "related", "object": "form_response", "by": "job_id", "field": "answers",

@@ -208,8 +208,8 @@ def _value_map(record, fm, ctx):
     values = fm.options.get("values") or {}
     if value in values:
         return values[value]
-    if "default" in fm.options:
-        return fm.options["default"]
+    if fm.default is not None:  # the mapping's fallback for values it does not list
+        return fm.default
     raise TransformError(fm.sources[0], value,
                          f"no value-map entry for {value!r} in {fm.dest_field}; add it to the mapping")
 

@@ -36,8 +36,8 @@ class MigrationStepOperator(BaseOperator):
     :param mapping_path: a mapping YAML to propose instead of the plugin's default.
     """
 
-    template_fields: Sequence[str] = ("destination", "staging_path", "snapshot_id", "migration_run_id",
-                                      "fallback_owner", "mapping_path", "destination_options")
+    template_fields: Sequence[str] = ("destination", "destination_conn_id", "staging_path", "snapshot_id",
+                                      "migration_run_id", "fallback_owner", "mapping_path", "destination_options")
     template_fields_renderers = {"destination_options": "json"}
     ui_color = "#eef6ee"
 
@@ -57,7 +57,7 @@ class MigrationStepOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.destination = destination
-        self.destination_conn_id = destination_conn_id
+        self.destination_conn_id = destination_conn_id or None
         self.destination_options = destination_options or {}
         self.ledger_conn_id = ledger_conn_id
         self.staging_path = staging_path
@@ -108,7 +108,7 @@ class MigrationStepOperator(BaseOperator):
             staging_path=self.staging,
             snapshot_id=self.snapshot_id,
             mapping=mapping,
-            destination_conn_id=self.destination_conn_id,
+            destination_conn_id=self.destination_conn_id or None,
             destination_options=dict(self.destination_options),
             fallback_owner_email=self.fallback_owner or None,
         )
@@ -143,7 +143,11 @@ class ProposeMappingOperator(MigrationStepOperator):
         try:
             audit = audit_snapshot(Snapshot(self.staging, self.snapshot_id))
             described = ctx.destination.describe_schema()
-            base = load_mapping(self.default_mapping_text())
+            # An approved map is the baseline: re-proposing only adds what is new (custom fields the
+            # audit found since), it never replaces a human's choices with the defaults again.
+            approved = ctx.ledger.approved_mapping(self.destination)
+            base = load_mapping(approved["mapping_text"] if approved and not self.mapping_path
+                                else self.default_mapping_text())
             # Only the destination's own fields are off limits: custom fields an earlier run created
             # for this mapping keep their names, so re-proposing gives the same map (and hash).
             existing = {name: {f for f, d in obj.fields.items() if not d.custom} for name, obj in described.items()}
@@ -494,7 +498,7 @@ class RollbackOperator(MigrationStepOperator):
             runs.append(sample_run_id(self.target_run_id))
         from airflow_ascora_provider.destinations.manager import get_destination
 
-        dest = get_destination(self.destination, self.destination_conn_id, **self.destination_options)
+        dest = get_destination(self.destination, self.destination_conn_id or None, **self.destination_options)
         summaries = []
         try:
             for run_id in runs:

@@ -76,6 +76,8 @@ def test_completion_adds_custom_and_form_fields_deterministically(twenty_doc):
     done = complete_mapping(base, audit, TwentyDestination.custom_field_name.__get__(object()))
     again = complete_mapping(base, audit, TwentyDestination.custom_field_name.__get__(object()))
     assert done.hash == again.hash
+    # Completing the completed (approved) map again adds nothing: re-proposals keep the approval valid.
+    assert complete_mapping(done, audit, TwentyDestination.custom_field_name.__get__(object())).hash == done.hash
     fields = {f.dest_field: f for f in done.maps["opportunity"].fields}
     assert fields["ascoraSwitchboardType"].options["key"] == "Switchboard Type"
     assert fields["ascoraRoofPitch"].create.type == "number"

@@ -2,8 +2,10 @@
 
 Twenty specifics this module owns (and nothing else):
 
-* Upsert key: every object we write gets a unique TEXT field (``ascoraId``); batch creates are sent
-  with ``upsert=true`` so a retried batch adopts the records an interrupted attempt created.
+* Key: every object we write gets a unique TEXT field (``ascoraId``). New records go out as plain
+  creates and updates as upserts matched by Twenty id, never as a bare upsert: Twenty's upsert also
+  matches on any other unique field (e-mail, domain) and would merge different Ascora records. After
+  an interrupted batch the engine finds the records by ``ascoraId`` and adopts them.
 * Batches are all-or-nothing in Twenty (the stricter reading): when one is refused, the items the
   error names are answered as failures and the rest is resent; with no item named, the batch is
   bisected until the bad records are isolated.
@@ -90,6 +92,10 @@ class TwentyDestination(Destination):
                                                 "request_budget") if options.get(k) is not None}
         self.hook = TwentyHook(twenty_conn_id=conn_id or "twenty_default", **hook_kwargs)
         self._objects: dict[str, dict] | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return max(1, min(self.capabilities.batch_size, self.hook.max_batch_size))
 
     # -- metadata -----------------------------------------------------------------------------
     def _metadata(self, refresh: bool = False) -> dict[str, dict]:
