@@ -1,4 +1,4 @@
-"""``python -m airflow_ascora_provider.sandbox`` (console script ``ascora-sandbox``): make and serve fake tenants.
+"""``python -m airflow_ascora_provider.sandbox`` / ``ascora-sandbox``: make and serve fake tenants.
 
 Why a CLI: demos, benchmarks and manual poking all need the same two things - a deterministic tenant
 on disk and an emulator serving it - without writing Python::
@@ -27,11 +27,20 @@ def _parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="write a deterministic synthetic Ascora tenant")
     gen.add_argument("--out", required=True, help="tenant directory to write (created if missing)")
-    gen.add_argument("--size", type=int, default=500, help="approximate total number of records (default 500)")
+    gen.add_argument(
+        "--size", type=int, default=500, help="approximate total number of records (default 500)"
+    )
     gen.add_argument("--seed", type=int, default=42, help="random seed; same seed+size+dirty = same bytes")
-    gen.add_argument("--dirty", action="store_true", help="inject real-world mess, listed in dirty_manifest.json")
-    gen.add_argument("--format", action="append", choices=("xlsx", "csv"), default=[],
-                     help="also write Ascora-style exports under <out>/exports (repeatable)")
+    gen.add_argument(
+        "--dirty", action="store_true", help="inject real-world mess, listed in dirty_manifest.json"
+    )
+    gen.add_argument(
+        "--format",
+        action="append",
+        choices=("xlsx", "csv"),
+        default=[],
+        help="also write Ascora-style exports under <out>/exports (repeatable)",
+    )
 
     serve = sub.add_parser("serve", help="serve an emulator over HTTP (uvicorn)")
     which = serve.add_subparsers(dest="target", required=True)
@@ -41,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     for p in (ascora, twenty):
         p.add_argument("--port", type=int, required=True)
         p.add_argument("--host", default="127.0.0.1")
-        p.add_argument("--rate-limit", type=int, default=None, help="requests per minute per key (429 beyond)")
+        p.add_argument(
+            "--rate-limit", type=int, default=None, help="requests per minute per key (429 beyond)"
+        )
         p.add_argument("--api-key", default=None, help="key clients must send (default: the emulator's own)")
     return parser
 
@@ -50,11 +61,16 @@ def _generate(args: argparse.Namespace) -> int:
     from airflow_ascora_provider.sandbox.generate import generate_tenant
 
     started = time.perf_counter()
-    generate_tenant(args.out, size=args.size, seed=args.seed, dirty=args.dirty, formats=("jsonl", *args.format))
+    generate_tenant(
+        args.out, size=args.size, seed=args.seed, dirty=args.dirty, formats=("jsonl", *args.format)
+    )
     elapsed = time.perf_counter() - started
     meta = json.loads((Path(args.out) / "tenant.json").read_text(encoding="utf-8"))
     total = meta.get("total_records", sum(meta["counts"].values()))
-    print(f"tenant written to {args.out}: {total} records in {elapsed:.1f}s ({total / max(elapsed, 1e-9):,.0f}/s)")
+    print(
+        f"tenant written to {args.out}: {total} records in {elapsed:.1f}s "
+        f"({total / max(elapsed, 1e-9):,.0f}/s)"
+    )
     for resource, count in meta["counts"].items():
         print(f"  {resource:<20} {count:>9}")
     if args.dirty:
@@ -71,7 +87,9 @@ def _serve(args: argparse.Namespace) -> int:
 
         tenant = Path(args.tenant)
         if not (tenant / "tenant.json").exists():
-            print(f"{tenant} is not a tenant directory (no tenant.json); run `generate` first", file=sys.stderr)
+            print(
+                f"{tenant} is not a tenant directory (no tenant.json); run `generate` first", file=sys.stderr
+            )
             return 2
         app = create_app(tenant, api_key=args.api_key, rate_limit=args.rate_limit)
     else:

@@ -51,6 +51,7 @@ from typing import Any
 # ---------------------------------------------------------------------------------------------------
 # The layout: workbook -> sheet -> headings (custom-field columns are appended at run time)
 
+# fmt: off
 JOB_TEMPLATE_HEADINGS = (  # Ascora "Importing Jobs" template, columns A-AD
     "JOB NUMBER", "JOB NAME", "IS SECTION/STAGE", "JOB STATUS", "DATE CREATED", "QUOTE NUMBER",
     "SITE CUSTOMER", "SITE CONTACT", "BILLING CUSTOMER", "BILLING CONTACT", "ADDRESS LINE 1",
@@ -63,8 +64,10 @@ JOB_EXTRA_HEADINGS = (  # ours: ids that make references unambiguous, and API fi
     "BILLING CONTACT ID", "COMPLETED DATE", "COUNTRY", "LATITUDE", "LONGITUDE", "DISPLAY ORDER",
 )
 QUOTE_TEMPLATE_HEADINGS = (  # Ascora "Importing Quotes" template, columns A-AB
-    "QUOTE NUMBER", "QUOTE NAME", "IS SECTION/STAGE", "QUOTE STATUS", "DATE CREATED", "QUOTE DATE", "DUE DATE",
-    "VALID UNTIL DATE", "SITE CUSTOMER", "SITE CONTACT", "BILLING CUSTOMER", "BILLING CONTACT", "ADDRESS LINE 1",
+    "QUOTE NUMBER", "QUOTE NAME", "IS SECTION/STAGE", "QUOTE STATUS", "DATE CREATED", "QUOTE DATE",
+        "DUE DATE",
+    "VALID UNTIL DATE", "SITE CUSTOMER", "SITE CONTACT", "BILLING CUSTOMER", "BILLING CONTACT",
+        "ADDRESS LINE 1",
     "ADDRESS LINE 2", "SUBURB", "STATE", "POSTCODE", "PRICING METHOD", "TOTAL AMOUNT EX TAX", "TOTAL TAX",
     "QUOTE DESCRIPTION", "PURCHASE ORDER", "CLIENT ORDER NUMBER", "JOB TYPE", "ASSIGNED TO", "BOOKING DATE",
     "TEAM", "VARIATION FOR JOB NUMBER",
@@ -75,20 +78,24 @@ QUOTE_EXTRA_HEADINGS = ("QUOTE ID", "SITE CUSTOMER ID", "BILLING CUSTOMER ID", "
 LAYOUT: dict[str, dict[str, tuple[str, ...]]] = {
     "customers": {
         "Customers": (
-            "CUSTOMER NUMBER", "CUSTOMER NAME", "COMPANY NAME", "CUSTOMER TYPE", "BILLING CUSTOMER", "FIRST NAME",
+            "CUSTOMER NUMBER", "CUSTOMER NAME", "COMPANY NAME", "CUSTOMER TYPE", "BILLING CUSTOMER",
+                "FIRST NAME",
             "LAST NAME", "EMAIL", "PHONE", "MOBILE", "ADDRESS LINE 1", "ADDRESS LINE 2", "SUBURB", "STATE",
             "POSTCODE", "COUNTRY", "LATITUDE", "LONGITUDE", "POSTAL ADDRESS LINE 1", "POSTAL ADDRESS LINE 2",
-            "POSTAL SUBURB", "POSTAL STATE", "POSTAL POSTCODE", "POSTAL COUNTRY", "LEAD SOURCE", "ASSIGNED TO",
+            "POSTAL SUBURB", "POSTAL STATE", "POSTAL POSTCODE", "POSTAL COUNTRY", "LEAD SOURCE",
+                "ASSIGNED TO",
             "ON HOLD", "ACCOUNTING SYSTEM", "DATE CREATED", "CUSTOMER ID", "BILLING CUSTOMER ID",
         ),
         "Contacts": ("CUSTOMER", "FIRST NAME", "LAST NAME", "EMAIL", "PHONE", "MOBILE", "FAX", "ROLE",
                      "DEFAULT CONTACT", "CONTACT ID", "CUSTOMER ID"),
-        "Equipment": ("CUSTOMER", "SITE", "NAME", "MAKE", "MODEL", "SERIAL NUMBER", "LOCATION", "INSTALL DATE",
+        "Equipment": ("CUSTOMER", "SITE", "NAME", "MAKE", "MODEL", "SERIAL NUMBER", "LOCATION",
+                      "INSTALL DATE",
                       "WARRANTY EXPIRY", "NOTES", "EQUIPMENT ID", "CUSTOMER ID", "SITE ID"),
     },
     "jobs": {
         "Jobs": JOB_TEMPLATE_HEADINGS + JOB_EXTRA_HEADINGS,
-        "Supply": ("JOB NUMBER", "PART NUMBER", "DESCRIPTION", "QUANTITY", "UNIT COST EX TAX", "UNIT SELL EX TAX",
+        "Supply": ("JOB NUMBER", "PART NUMBER", "DESCRIPTION", "QUANTITY", "UNIT COST EX TAX",
+                   "UNIT SELL EX TAX",
                    "TOTAL EX TAX"),
         "Labour": ("JOB NUMBER", "LABOUR ROLE", "USER", "DESCRIPTION", "HOURS", "RATE", "TOTAL EX TAX"),
     },
@@ -103,49 +110,65 @@ LAYOUT: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "invoices": {
         "Invoices": ("INVOICE NUMBER", "INVOICE DATE", "DUE DATE", "STATUS", "JOB NUMBER", "BILLING CUSTOMER",
-                     "REFERENCE", "TOTAL EX TAX", "TOTAL TAX", "TOTAL INC TAX", "AMOUNT PAID", "AMOUNT OUTSTANDING",
+                     "REFERENCE", "TOTAL EX TAX", "TOTAL TAX", "TOTAL INC TAX", "AMOUNT PAID",
+                         "AMOUNT OUTSTANDING",
                      "SENT TO ACCOUNTS", "ACCOUNTING SYSTEM", "INVOICE ID", "JOB ID", "BILLING CUSTOMER ID"),
         "Invoice Lines": ("INVOICE NUMBER", "LINE NUMBER", "DESCRIPTION", "PART NUMBER", "QUANTITY",
-                          "UNIT PRICE EX TAX", "ACCOUNT CODE", "TAX CODE", "TOTAL EX TAX", "TAX", "INVOICE ID"),
+                          "UNIT PRICE EX TAX", "ACCOUNT CODE", "TAX CODE", "TOTAL EX TAX", "TAX",
+                              "INVOICE ID"),
     },
     "staff": {
-        "Staff": ("FULL NAME", "FIRST NAME", "LAST NAME", "EMAIL", "MOBILE", "ACTIVE", "USER TYPE", "LABOUR ROLE",
+        "Staff": ("FULL NAME", "FIRST NAME", "LAST NAME", "EMAIL", "MOBILE", "ACTIVE", "USER TYPE",
+                  "LABOUR ROLE",
                   "TEAM", "USER ID"),
     },
     "notes": {
-        "Notes": ("ENTITY TYPE", "ENTITY ID", "NOTE", "ACTIVITY TYPE", "CREATED BY", "DATE CREATED", "NOTE ID"),
+        "Notes": ("ENTITY TYPE", "ENTITY ID", "NOTE", "ACTIVITY TYPE", "CREATED BY", "DATE CREATED",
+                  "NOTE ID"),
     },
     "attachments": {
         "Attachments": ("ENTITY TYPE", "ENTITY ID", "FILE NAME", "CONTENT TYPE", "SIZE BYTES", "CATEGORY",
                         "DATE CREATED", "FILE PATH", "ATTACHMENT ID"),
     },
     "form_responses": {
-        "Form Responses": ("RESPONSE ID", "FORM NAME", "JOB NUMBER", "COMPLETED BY", "DATE COMPLETED", "JOB ID",
+        "Form Responses": ("RESPONSE ID", "FORM NAME", "JOB NUMBER", "COMPLETED BY", "DATE COMPLETED",
+                           "JOB ID",
                            "ATTACHMENT ID"),
     },
     "enquiries": {
-        "Enquiries": ("ENQUIRY NUMBER", "DATE CREATED", "STATUS", "COMPANY NAME", "FIRST NAME", "LAST NAME", "EMAIL",
+        "Enquiries": ("ENQUIRY NUMBER", "DATE CREATED", "STATUS", "COMPANY NAME", "FIRST NAME",
+                      "LAST NAME", "EMAIL",
                       "MOBILE", "PHONE", "ADDRESS LINE 1", "ADDRESS LINE 2", "SUBURB", "STATE", "POSTCODE",
                       "COUNTRY", "DESCRIPTION", "LEAD SOURCE", "CONVERTED TO QUOTE NUMBER",
                       "CONVERTED TO JOB NUMBER", "ENQUIRY ID"),
     },
     "supplier_bills": {
-        "Suppliers": ("SUPPLIER NUMBER", "NAME", "ABN", "CONTACT FIRST NAME", "CONTACT LAST NAME", "EMAIL", "PHONE",
-                      "MOBILE", "FAX", "NOTES", "EXPENSE ACCOUNT", "ADDRESS LINE 1", "ADDRESS LINE 2", "SUBURB",
+        "Suppliers": ("SUPPLIER NUMBER", "NAME", "ABN", "CONTACT FIRST NAME", "CONTACT LAST NAME",
+                      "EMAIL", "PHONE",
+                      "MOBILE", "FAX", "NOTES", "EXPENSE ACCOUNT", "ADDRESS LINE 1", "ADDRESS LINE 2",
+                          "SUBURB",
                       "STATE", "POSTCODE", "SUPPLIER ID"),
-        "Bills": ("SUPPLIER", "TRACKING NUMBER", "REFERENCE", "TYPE", "INVOICE DATE", "DUE DATE", "CREATED ON",
-                  "ACCEPTED", "ACCOUNT CODE", "IS EXPENSE", "SENT TO ACCOUNTS", "TOTAL EX TAX", "TOTAL INC TAX",
+        "Bills": ("SUPPLIER", "TRACKING NUMBER", "REFERENCE", "TYPE", "INVOICE DATE", "DUE DATE",
+                  "CREATED ON",
+                  "ACCEPTED", "ACCOUNT CODE", "IS EXPENSE", "SENT TO ACCOUNTS", "TOTAL EX TAX",
+                      "TOTAL INC TAX",
                   "BILL ID", "SUPPLIER ID"),
         "Bill Lines": ("TRACKING NUMBER", "LINE NUMBER", "DESCRIPTION", "PART NUMBER", "QUANTITY",
-                       "UNIT COST EX TAX", "TOTAL EX TAX", "TOTAL INC TAX", "ACCOUNT CODE", "REFERENCE", "TAXABLE",
+                       "UNIT COST EX TAX", "TOTAL EX TAX", "TOTAL INC TAX", "ACCOUNT CODE", "REFERENCE",
+                           "TAXABLE",
                        "BILL ID"),
     },
 }
 
+# fmt: on
 # Dirty tenants: headings renamed the way hand-edited or older exports drift, and an unknown column.
 DIRTY_RENAMES: dict[tuple[str, str], dict[str, str]] = {
-    ("jobs", "Jobs"): {"JOB NUMBER": "Job  number", "JOB STATUS": "job_status", "SITE CUSTOMER": "Site Customer ",
-                       "ASSIGNED TO": "Technician"},
+    ("jobs", "Jobs"): {
+        "JOB NUMBER": "Job  number",
+        "JOB STATUS": "job_status",
+        "SITE CUSTOMER": "Site Customer ",
+        "ASSIGNED TO": "Technician",
+    },
     ("customers", "Customers"): {"EMAIL": "E-mail Address", "CUSTOMER NAME": "Customer_Name"},
     ("quotes", "Quotes"): {"QUOTE STATUS": "Status"},
 }
@@ -162,17 +185,27 @@ JOB_STATUS_VARIANTS = {
     "Unscheduled": ("Not Scheduled",),
 }
 QUOTE_STATUS_VARIANTS = {"Won": ("Accepted",), "Sent To Customer": ("Sent",), "Lost": ("Declined",)}
-JOB_STATUS_TEXT = ("In Progress", "Booked", "Completed", "Cancelled", "Deferred", "Unscheduled", "Ready To Invoice",
-                   "Closed")
+JOB_STATUS_TEXT = (
+    "In Progress",
+    "Booked",
+    "Completed",
+    "Cancelled",
+    "Deferred",
+    "Unscheduled",
+    "Ready To Invoice",
+    "Closed",
+)
 QUOTE_STATUS_TEXT = ("In Progress", "Sent To Customer", "Won", "Lost")
 
 EXCEL_MAX_CHARS = 32767
-_ILLEGAL = re.compile(r"[\000-\010]|[\013-\014]|[\016-\037]")  # what an xlsx cell cannot hold (openpyxl's rule)
+_ILLEGAL = re.compile(
+    r"[\000-\010]|[\013-\014]|[\016-\037]"
+)  # what an xlsx cell cannot hold (openpyxl's rule)
 _FILE_BATCH = 512
 
 
 def csv_name(workbook: str, sheet: str) -> str:
-    """``jobs`` + ``Jobs`` -> ``jobs__Jobs.csv`` (the sheet name keeps its spaces: ``invoices__Invoice Lines.csv``)."""
+    """``jobs``, ``Jobs`` -> ``jobs__Jobs.csv``; sheet names keep spaces (``invoices__Invoice Lines.csv``)."""
     return f"{workbook}__{sheet}.csv"
 
 
@@ -288,11 +321,17 @@ def _collect_names(path: Path, key: str, marker: str) -> list[str]:
 
 
 class _FixedTimeZip(zipfile.ZipFile):
-    """A ZipFile that stamps every member with one fixed time, so equal content gives equal bytes."""
+    """A ZipFile that stamps every member with one fixed time, so equal content gives equal bytes.
+
+    It also adds the ``<dimension ref="A1:X9"/>`` element openpyxl's write-only sheets lack. Readers
+    use it to size a sheet; without it openpyxl's read-only loader parses every whole sheet just to
+    find out, which costs a full pass and memory growing with the rows.
+    """
 
     fixed: tuple[int, int, int, int, int, int] = (2026, 1, 1, 0, 0, 0)
+    sheets: Sequence[_XlsxSheet] = ()
 
-    def writestr(self, zinfo_or_arcname, data, compress_type=None, compresslevel=None):  # noqa: D401
+    def writestr(self, zinfo_or_arcname, data, compress_type=None, compresslevel=None):
         if not isinstance(zinfo_or_arcname, zipfile.ZipInfo):
             zinfo_or_arcname = zipfile.ZipInfo(zinfo_or_arcname, date_time=self.fixed)
             zinfo_or_arcname.compress_type = self.compression
@@ -304,7 +343,18 @@ class _FixedTimeZip(zipfile.ZipFile):
         info.date_time = self.fixed
         info.compress_type = self.compression if compress_type is None else compress_type
         info.external_attr = 0o600 << 16
+        # sheet paths are assigned by openpyxl during save, so match them only now
+        ref = next((s.dimension for s in self.sheets if s.ws.path.lstrip("/") == info.filename), None)
         with open(filename, "rb") as src, self.open(info, "w", force_zip64=True) as dest:
+            if ref:
+                head = src.read(1 << 16)
+                marker = head.find(b"</sheetPr>")
+                cut = (
+                    marker + len(b"</sheetPr>")
+                    if marker >= 0
+                    else head.find(b">", head.find(b"<worksheet")) + 1
+                )
+                dest.write(head[:cut] + f'<dimension ref="{ref}"/>'.encode("ascii") + head[cut:])
             shutil.copyfileobj(src, dest, 1 << 20)
 
 
@@ -314,8 +364,18 @@ class _XlsxSheet:
         from openpyxl.cell import WriteOnlyCell
 
         self._cell = WriteOnlyCell
+        self.rows = 0
+        self.width = 0
+
+    @property
+    def dimension(self) -> str:
+        from openpyxl.utils import get_column_letter
+
+        return f"A1:{get_column_letter(max(1, self.width))}{max(1, self.rows)}"
 
     def append(self, values: Sequence[Any]) -> None:
+        self.rows += 1
+        self.width = max(self.width, len(values))
         row = []
         for v in values:
             if isinstance(v, str):
@@ -338,19 +398,28 @@ class _XlsxBook:
         self.wb.properties.created = stamp
         self.wb.properties.modified = stamp
         self.stamp = stamp
+        self.sheets: list[_XlsxSheet] = []
 
     def sheet(self, name: str, headings: Sequence[str]) -> _XlsxSheet:
-        ws = self.wb.create_sheet(name)
-        ws.append(list(headings))
-        return _XlsxSheet(ws)
+        sheet = _XlsxSheet(self.wb.create_sheet(name))
+        sheet.append(list(headings))
+        self.sheets.append(sheet)
+        return sheet
 
     def close(self) -> None:
         from openpyxl.writer.excel import ExcelWriter
 
-        fixed = (self.stamp.year, self.stamp.month, self.stamp.day, self.stamp.hour, self.stamp.minute,
-                 self.stamp.second)
+        fixed = (
+            self.stamp.year,
+            self.stamp.month,
+            self.stamp.day,
+            self.stamp.hour,
+            self.stamp.minute,
+            self.stamp.second,
+        )
         archive = _FixedTimeZip(self.path, "w", zipfile.ZIP_DEFLATED, allowZip64=True)
         archive.fixed = fixed
+        archive.sheets = self.sheets
         ExcelWriter(self.wb, archive).save()
 
 
@@ -467,45 +536,108 @@ class ExportWriter:
             for c in _iter_jsonl(path):
                 self.customer_names[c["customerId"]] = c.get("customerName") or ""
                 cf = _fields(c.get("customFields"))
-                self.put(sheet, "customers", "Customers", [
-                    c.get("customerNumber"), c.get("customerName"), c.get("companyName"), _name(c.get("customerType")),
-                    _name(c.get("billingCustomer")), c.get("contactFirstName"), c.get("contactLastName"),
-                    c.get("emailAddress"), c.get("phoneNumber"), c.get("mobileNumber"), c.get("streetLine1"),
-                    c.get("streetLine2"), c.get("streetSuburb"), c.get("streetState"), c.get("streetPostcode"),
-                    c.get("streetCountry"), c.get("streetLatitude"), c.get("streetLongitude"), c.get("postalLine1"),
-                    c.get("postalLine2"), c.get("postalSuburb"), c.get("postalState"), c.get("postalPostcode"),
-                    c.get("postalCountry") if c.get("postalLine1") else None, _name(c.get("leadSource")),
-                    _name(c.get("assignedUser")), _yes(c.get("onHold")) if not c.get("billingCustomer") or
-                    c.get("onHold") else None, c.get("accountingSystem"), _when(c.get("dateCreated")),
-                    c.get("customerId"), _id(c.get("billingCustomer")), *(cf.get(n) for n in custom)], unknown)
+                self.put(
+                    sheet,
+                    "customers",
+                    "Customers",
+                    [
+                        c.get("customerNumber"),
+                        c.get("customerName"),
+                        c.get("companyName"),
+                        _name(c.get("customerType")),
+                        _name(c.get("billingCustomer")),
+                        c.get("contactFirstName"),
+                        c.get("contactLastName"),
+                        c.get("emailAddress"),
+                        c.get("phoneNumber"),
+                        c.get("mobileNumber"),
+                        c.get("streetLine1"),
+                        c.get("streetLine2"),
+                        c.get("streetSuburb"),
+                        c.get("streetState"),
+                        c.get("streetPostcode"),
+                        c.get("streetCountry"),
+                        c.get("streetLatitude"),
+                        c.get("streetLongitude"),
+                        c.get("postalLine1"),
+                        c.get("postalLine2"),
+                        c.get("postalSuburb"),
+                        c.get("postalState"),
+                        c.get("postalPostcode"),
+                        c.get("postalCountry") if c.get("postalLine1") else None,
+                        _name(c.get("leadSource")),
+                        _name(c.get("assignedUser")),
+                        _yes(c.get("onHold")) if not c.get("billingCustomer") or c.get("onHold") else None,
+                        c.get("accountingSystem"),
+                        _when(c.get("dateCreated")),
+                        c.get("customerId"),
+                        _id(c.get("billingCustomer")),
+                        *(cf.get(n) for n in custom),
+                    ],
+                    unknown,
+                )
             sheet, unknown = self.open(book, "customers", "Contacts")
             for p in _iter_jsonl(self.api / "contacts.jsonl"):
-                self.put(sheet, "customers", "Contacts", [
-                    self.customer_names.get(p.get("customerId"), ""), p.get("firstName"), p.get("lastName"),
-                    p.get("emailAddress"), p.get("phoneNumber"), p.get("mobileNumber"), p.get("faxNumber"),
-                    p.get("contactRole"), _yes(p.get("defaultContact")), p.get("contactId"), p.get("customerId")],
-                    unknown)
+                self.put(
+                    sheet,
+                    "customers",
+                    "Contacts",
+                    [
+                        self.customer_names.get(p.get("customerId"), ""),
+                        p.get("firstName"),
+                        p.get("lastName"),
+                        p.get("emailAddress"),
+                        p.get("phoneNumber"),
+                        p.get("mobileNumber"),
+                        p.get("faxNumber"),
+                        p.get("contactRole"),
+                        _yes(p.get("defaultContact")),
+                        p.get("contactId"),
+                        p.get("customerId"),
+                    ],
+                    unknown,
+                )
             path = self.api / "equipment.jsonl"
             custom = _collect_names(path, "customFields", '"fieldName"')
             sheet, unknown = self.open(book, "customers", "Equipment", custom)
             for e in _iter_jsonl(path):
                 cf = _fields(e.get("customFields"))
                 site = e.get("siteCustomerId")
-                self.put(sheet, "customers", "Equipment", [
-                    self.customer_names.get(e.get("customerId"), ""), self.customer_names.get(site) if site else None,
-                    e.get("name"), e.get("make"), e.get("model"), e.get("serialNumber"), e.get("location"),
-                    _when(e.get("installDate"), date_only=True), _when(e.get("warrantyExpiry"), date_only=True),
-                    e.get("notes"), e.get("equipmentId"), e.get("customerId"), site,
-                    *(cf.get(n) for n in custom)], unknown)
+                self.put(
+                    sheet,
+                    "customers",
+                    "Equipment",
+                    [
+                        self.customer_names.get(e.get("customerId"), ""),
+                        self.customer_names.get(site) if site else None,
+                        e.get("name"),
+                        e.get("make"),
+                        e.get("model"),
+                        e.get("serialNumber"),
+                        e.get("location"),
+                        _when(e.get("installDate"), date_only=True),
+                        _when(e.get("warrantyExpiry"), date_only=True),
+                        e.get("notes"),
+                        e.get("equipmentId"),
+                        e.get("customerId"),
+                        site,
+                        *(cf.get(n) for n in custom),
+                    ],
+                    unknown,
+                )
         finally:
             book.close()
 
     def jobs(self) -> None:
         path = self.api / "jobs.jsonl"
         custom = _collect_names(path, "customFields", '"fieldName"')
-        supplies = [(s.get("partNumber"), s.get("description"), s.get("unitCostExTax"), s.get("unitSellExTax"))
-                    for s in _iter_jsonl(self.api / "supplies.jsonl")][:2000]
-        roles = [(r.get("name"), r.get("hourlyRateExTax")) for r in _iter_jsonl(self.api / "labour_roles.jsonl")]
+        supplies = [
+            (s.get("partNumber"), s.get("description"), s.get("unitCostExTax"), s.get("unitSellExTax"))
+            for s in _iter_jsonl(self.api / "supplies.jsonl")
+        ][:2000]
+        roles = [
+            (r.get("name"), r.get("hourlyRateExTax")) for r in _iter_jsonl(self.api / "labour_roles.jsonl")
+        ]
         book = self.book("jobs")
         try:
             jobs, unknown = self.open(book, "jobs", "Jobs", custom)
@@ -517,21 +649,56 @@ class ExportWriter:
                 if status is None and isinstance(j.get("jobStatus"), int) and 0 <= j["jobStatus"] < 8:
                     status = JOB_STATUS_TEXT[j["jobStatus"]]
                 parent = j.get("topLevelJobNumber")
-                self.put(jobs, "jobs", "Jobs", [
-                    j.get("jobNumber"), j.get("jobName"), "Yes" if parent else "No",
-                    self.status_text(status, JOB_STATUS_VARIANTS), _when(j.get("dateCreated")), j.get("quoteNumber"),
-                    _name(j.get("siteCustomer")), _name(j.get("siteContact")), _name(j.get("billingCustomer")),
-                    _name(j.get("billingContact")), j.get("addressLine1"), j.get("addressLine2"), j.get("suburb"),
-                    j.get("state"), j.get("postcode"), j.get("pricingMethod"), j.get("totalExTax"),
-                    _tax(j.get("totalExTax"), j.get("totalIncTax")), j.get("jobDescription"), j.get("workUndertaken"),
-                    j.get("purchaseOrderNumber"), j.get("clientOrderNumber"), _name(j.get("jobType")),
-                    _name(j.get("assignedUser")), _when(j.get("bookingDate")),
-                    _when(j.get("expectedDate"), date_only=True), j.get("expectedDuration"), j.get("invoiceNumber"),
-                    _name(j.get("team")), j.get("estimatedDuration"),
-                    j.get("jobId"), _id(j.get("siteCustomer")), _id(j.get("billingCustomer")), parent,
-                    _id(j.get("siteContact")), _id(j.get("billingContact")), _when(j.get("completedDate")),
-                    j.get("country"), j.get("latitude"), j.get("longitude"), j.get("displayOrder"),
-                    *(cf.get(n) for n in custom)], unknown)
+                self.put(
+                    jobs,
+                    "jobs",
+                    "Jobs",
+                    [
+                        j.get("jobNumber"),
+                        j.get("jobName"),
+                        "Yes" if parent else "No",
+                        self.status_text(status, JOB_STATUS_VARIANTS),
+                        _when(j.get("dateCreated")),
+                        j.get("quoteNumber"),
+                        _name(j.get("siteCustomer")),
+                        _name(j.get("siteContact")),
+                        _name(j.get("billingCustomer")),
+                        _name(j.get("billingContact")),
+                        j.get("addressLine1"),
+                        j.get("addressLine2"),
+                        j.get("suburb"),
+                        j.get("state"),
+                        j.get("postcode"),
+                        j.get("pricingMethod"),
+                        j.get("totalExTax"),
+                        _tax(j.get("totalExTax"), j.get("totalIncTax")),
+                        j.get("jobDescription"),
+                        j.get("workUndertaken"),
+                        j.get("purchaseOrderNumber"),
+                        j.get("clientOrderNumber"),
+                        _name(j.get("jobType")),
+                        _name(j.get("assignedUser")),
+                        _when(j.get("bookingDate")),
+                        _when(j.get("expectedDate"), date_only=True),
+                        j.get("expectedDuration"),
+                        j.get("invoiceNumber"),
+                        _name(j.get("team")),
+                        j.get("estimatedDuration"),
+                        j.get("jobId"),
+                        _id(j.get("siteCustomer")),
+                        _id(j.get("billingCustomer")),
+                        parent,
+                        _id(j.get("siteContact")),
+                        _id(j.get("billingContact")),
+                        _when(j.get("completedDate")),
+                        j.get("country"),
+                        j.get("latitude"),
+                        j.get("longitude"),
+                        j.get("displayOrder"),
+                        *(cf.get(n) for n in custom),
+                    ],
+                    unknown,
+                )
                 self.job_lines(j, supply, labour, supplies, roles)
         finally:
             book.close()
@@ -546,13 +713,26 @@ class ExportWriter:
         for _ in range(1 + self.rng.randrange(3)):
             part, desc, cost, sell = self.rng.choice(supplies)
             qty = 1 + self.rng.randrange(4)
-            self.put(supply, "jobs", "Supply", [number, part, desc, qty, cost, sell,
-                                                round(qty * (sell or 0), 2)])
+            self.put(
+                supply, "jobs", "Supply", [number, part, desc, qty, cost, sell, round(qty * (sell or 0), 2)]
+            )
         if roles:
             role, rate = self.rng.choice(roles)
             hours = (1 + self.rng.randrange(12)) / 2
-            self.put(labour, "jobs", "Labour", [number, role, _name(job.get("assignedUser")), f"Labour - {role}",
-                                                hours, rate, round(hours * (rate or 0), 2)])
+            self.put(
+                labour,
+                "jobs",
+                "Labour",
+                [
+                    number,
+                    role,
+                    _name(job.get("assignedUser")),
+                    f"Labour - {role}",
+                    hours,
+                    rate,
+                    round(hours * (rate or 0), 2),
+                ],
+            )
 
     def quotes(self) -> None:
         book = self.book("quotes")
@@ -566,40 +746,140 @@ class ExportWriter:
                     status = QUOTE_STATUS_TEXT[q["quoteStatus"]]
                 status = self.status_text(status, QUOTE_STATUS_VARIANTS)
                 number = q.get("quoteNumber")
-                self.put(quotes, "quotes", "Quotes", [
-                    number, q.get("quoteName"), "No", status, _when(q.get("dateCreated") or q.get("quotationDate")),
-                    _when(q.get("quotationDate"), date_only=True), _when(q.get("dueDate"), date_only=True),
-                    _when(q.get("validUntilDate"), date_only=True), _name(q.get("siteCustomer")),
-                    _name(q.get("siteContact")), _name(q.get("billingCustomer")), _name(q.get("billingContact")),
-                    q.get("addressLine1"), q.get("addressLine2"), q.get("suburb"), q.get("state"), q.get("postcode"),
-                    q.get("pricingMethod"), q.get("totalExTax"), _tax(q.get("totalExTax"), q.get("totalIncTax")),
-                    q.get("quoteDescription"), q.get("purchaseOrderNumber"), q.get("clientOrderNumber"),
-                    _name(q.get("jobType")), _name(q.get("assignedUser")), _when(q.get("bookingDate")),
-                    _name(q.get("team")), q.get("variationForJobNumber"),
-                    q.get("quoteId"), _id(q.get("siteCustomer")), _id(q.get("billingCustomer")), None,
-                    q.get("reasonForLoss"), q.get("country"), None], unknown)
+                self.put(
+                    quotes,
+                    "quotes",
+                    "Quotes",
+                    [
+                        number,
+                        q.get("quoteName"),
+                        "No",
+                        status,
+                        _when(q.get("dateCreated") or q.get("quotationDate")),
+                        _when(q.get("quotationDate"), date_only=True),
+                        _when(q.get("dueDate"), date_only=True),
+                        _when(q.get("validUntilDate"), date_only=True),
+                        _name(q.get("siteCustomer")),
+                        _name(q.get("siteContact")),
+                        _name(q.get("billingCustomer")),
+                        _name(q.get("billingContact")),
+                        q.get("addressLine1"),
+                        q.get("addressLine2"),
+                        q.get("suburb"),
+                        q.get("state"),
+                        q.get("postcode"),
+                        q.get("pricingMethod"),
+                        q.get("totalExTax"),
+                        _tax(q.get("totalExTax"), q.get("totalIncTax")),
+                        q.get("quoteDescription"),
+                        q.get("purchaseOrderNumber"),
+                        q.get("clientOrderNumber"),
+                        _name(q.get("jobType")),
+                        _name(q.get("assignedUser")),
+                        _when(q.get("bookingDate")),
+                        _name(q.get("team")),
+                        q.get("variationForJobNumber"),
+                        q.get("quoteId"),
+                        _id(q.get("siteCustomer")),
+                        _id(q.get("billingCustomer")),
+                        None,
+                        q.get("reasonForLoss"),
+                        q.get("country"),
+                        None,
+                    ],
+                    unknown,
+                )
                 for child in q.get("childQuotes") or ():
-                    self.put(quotes, "quotes", "Quotes", [
-                        child.get("quoteNumber"), child.get("quoteName"), "Yes", status, None, None, None, None,
-                        None, None, None, None, None, None, None, None, None, None, child.get("totalExTax"),
-                        _tax(child.get("totalExTax"), child.get("totalIncTax")), None, None, None, None, None,
-                        None, None, None, child.get("quoteId"), None, None, number, None, None,
-                        child.get("displayOrder")], unknown)
+                    self.put(
+                        quotes,
+                        "quotes",
+                        "Quotes",
+                        [
+                            child.get("quoteNumber"),
+                            child.get("quoteName"),
+                            "Yes",
+                            status,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            child.get("totalExTax"),
+                            _tax(child.get("totalExTax"), child.get("totalIncTax")),
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            child.get("quoteId"),
+                            None,
+                            None,
+                            number,
+                            None,
+                            None,
+                            child.get("displayOrder"),
+                        ],
+                        unknown,
+                    )
                 for line, item in enumerate(q.get("items") or (), start=1):
                     kind = item.get("itemType")
                     if kind == "LABOUR":
-                        self.put(labour, "quotes", "Labour", [
-                            number, item.get("sectionQuoteNumber"), line, kind, _name(item.get("labourRole")),
-                            item.get("description"), item.get("hours"), item.get("unitSellExTax"),
-                            item.get("unitCostExTax"), item.get("totalExTax"), item.get("totalIncTax"),
-                            _yes(item.get("isTaxable")), item.get("itemId"), q.get("quoteId")])
+                        self.put(
+                            labour,
+                            "quotes",
+                            "Labour",
+                            [
+                                number,
+                                item.get("sectionQuoteNumber"),
+                                line,
+                                kind,
+                                _name(item.get("labourRole")),
+                                item.get("description"),
+                                item.get("hours"),
+                                item.get("unitSellExTax"),
+                                item.get("unitCostExTax"),
+                                item.get("totalExTax"),
+                                item.get("totalIncTax"),
+                                _yes(item.get("isTaxable")),
+                                item.get("itemId"),
+                                q.get("quoteId"),
+                            ],
+                        )
                     else:  # SUPPLY, KIT and WRITE-IN share the Supply tab, told apart by ITEM TYPE
-                        self.put(supply, "quotes", "Supply", [
-                            number, item.get("sectionQuoteNumber"), line, kind, item.get("partNumber"),
-                            item.get("description"), item.get("quantity"), item.get("unitOfMeasure"),
-                            item.get("unitCostExTax"), item.get("unitSellExTax"), item.get("totalExTax"),
-                            item.get("totalIncTax"), _yes(item.get("isTaxable")), item.get("itemId"),
-                            q.get("quoteId")])
+                        self.put(
+                            supply,
+                            "quotes",
+                            "Supply",
+                            [
+                                number,
+                                item.get("sectionQuoteNumber"),
+                                line,
+                                kind,
+                                item.get("partNumber"),
+                                item.get("description"),
+                                item.get("quantity"),
+                                item.get("unitOfMeasure"),
+                                item.get("unitCostExTax"),
+                                item.get("unitSellExTax"),
+                                item.get("totalExTax"),
+                                item.get("totalIncTax"),
+                                _yes(item.get("isTaxable")),
+                                item.get("itemId"),
+                                q.get("quoteId"),
+                            ],
+                        )
         finally:
             book.close()
 
@@ -612,18 +892,51 @@ class ExportWriter:
             lines, _ = self.open(book, "invoices", "Invoice Lines")
             for i in _iter_jsonl(path):
                 cf = _fields(i.get("invoiceCustomFields"))
-                self.put(invoices, "invoices", "Invoices", [
-                    i.get("invoiceNumber"), _when(i.get("invoiceDate"), date_only=True),
-                    _when(i.get("dueDate"), date_only=True), i.get("status"), i.get("jobNumber"),
-                    _name(i.get("billingCustomer")), i.get("reference"), i.get("totalExTax"), i.get("totalTax"),
-                    i.get("totalIncTax"), i.get("amountPaid"), i.get("amountOutstanding"),
-                    _yes(i.get("sentToAccounts")), i.get("accountingSystem"), i.get("invoiceId"), i.get("jobId"),
-                    _id(i.get("billingCustomer")), *(cf.get(n) for n in custom)], unknown)
+                self.put(
+                    invoices,
+                    "invoices",
+                    "Invoices",
+                    [
+                        i.get("invoiceNumber"),
+                        _when(i.get("invoiceDate"), date_only=True),
+                        _when(i.get("dueDate"), date_only=True),
+                        i.get("status"),
+                        i.get("jobNumber"),
+                        _name(i.get("billingCustomer")),
+                        i.get("reference"),
+                        i.get("totalExTax"),
+                        i.get("totalTax"),
+                        i.get("totalIncTax"),
+                        i.get("amountPaid"),
+                        i.get("amountOutstanding"),
+                        _yes(i.get("sentToAccounts")),
+                        i.get("accountingSystem"),
+                        i.get("invoiceId"),
+                        i.get("jobId"),
+                        _id(i.get("billingCustomer")),
+                        *(cf.get(n) for n in custom),
+                    ],
+                    unknown,
+                )
                 for n, line in enumerate(i.get("lines") or (), start=1):
-                    self.put(lines, "invoices", "Invoice Lines", [
-                        i.get("invoiceNumber"), n, line.get("description"), line.get("partNumber"),
-                        line.get("quantity"), line.get("unitPriceExTax"), line.get("accountCode"),
-                        line.get("taxCode"), line.get("totalExTax"), line.get("tax"), i.get("invoiceId")])
+                    self.put(
+                        lines,
+                        "invoices",
+                        "Invoice Lines",
+                        [
+                            i.get("invoiceNumber"),
+                            n,
+                            line.get("description"),
+                            line.get("partNumber"),
+                            line.get("quantity"),
+                            line.get("unitPriceExTax"),
+                            line.get("accountCode"),
+                            line.get("taxCode"),
+                            line.get("totalExTax"),
+                            line.get("tax"),
+                            i.get("invoiceId"),
+                        ],
+                    )
         finally:
             book.close()
 
@@ -632,10 +945,24 @@ class ExportWriter:
         try:
             sheet, unknown = self.open(book, "staff", "Staff")
             for u in _iter_jsonl(self.api / "users.jsonl"):
-                self.put(sheet, "staff", "Staff", [
-                    u.get("fullName"), u.get("firstName"), u.get("lastName"), u.get("emailAddress"),
-                    u.get("mobileNumber"), _yes(u.get("isActive")), u.get("userType"), _name(u.get("labourRole")),
-                    _name(u.get("team")), u.get("userId")], unknown)
+                self.put(
+                    sheet,
+                    "staff",
+                    "Staff",
+                    [
+                        u.get("fullName"),
+                        u.get("firstName"),
+                        u.get("lastName"),
+                        u.get("emailAddress"),
+                        u.get("mobileNumber"),
+                        _yes(u.get("isActive")),
+                        u.get("userType"),
+                        _name(u.get("labourRole")),
+                        _name(u.get("team")),
+                        u.get("userId"),
+                    ],
+                    unknown,
+                )
         finally:
             book.close()
 
@@ -644,15 +971,29 @@ class ExportWriter:
         try:
             sheet, unknown = self.open(book, "notes", "Notes")
             for n in _iter_jsonl(self.api / "notes.jsonl"):
-                self.put(sheet, "notes", "Notes", [
-                    n.get("entityType"), n.get("entityId"), n.get("noteContent"), n.get("activityType"),
-                    n.get("createdByName"), _when(n.get("dateCreated")), n.get("noteId")], unknown)
+                self.put(
+                    sheet,
+                    "notes",
+                    "Notes",
+                    [
+                        n.get("entityType"),
+                        n.get("entityId"),
+                        n.get("noteContent"),
+                        n.get("activityType"),
+                        n.get("createdByName"),
+                        _when(n.get("dateCreated")),
+                        n.get("noteId"),
+                    ],
+                    unknown,
+                )
         finally:
             book.close()
 
     def attachments(self) -> None:
         files = self.root / "files"
         target = self.out / "attachments"
+        if target.exists():  # shared by the xlsx and csv exports; rebuilt from the tenant's files
+            shutil.rmtree(target)
         pending: list[tuple[Path, Path]] = []
         book = self.book("attachments")
         with ThreadPoolExecutor(max_workers=8, thread_name_prefix="export-files") as pool:
@@ -664,9 +1005,23 @@ class ExportWriter:
                     source = files / str(ident) / str(name)
                     if source.exists() or not files.exists():
                         pending.append((source, target / str(ident) / str(name)))
-                    self.put(sheet, "attachments", "Attachments", [
-                        a.get("entityType"), a.get("entityId"), name, a.get("contentType"), a.get("sizeBytes"),
-                        a.get("category"), _when(a.get("dateCreated")), rel, ident], unknown)
+                    self.put(
+                        sheet,
+                        "attachments",
+                        "Attachments",
+                        [
+                            a.get("entityType"),
+                            a.get("entityId"),
+                            name,
+                            a.get("contentType"),
+                            a.get("sizeBytes"),
+                            a.get("category"),
+                            _when(a.get("dateCreated")),
+                            rel,
+                            ident,
+                        ],
+                        unknown,
+                    )
                     if len(pending) >= _FILE_BATCH:
                         for _ in pool.map(_copy_file, *zip(*pending, strict=True)):
                             pass
@@ -685,10 +1040,22 @@ class ExportWriter:
             sheet, unknown = self.open(book, "form_responses", "Form Responses", codes)
             for f in _iter_jsonl(path):
                 answers = _fields(f.get("fields"))
-                self.put(sheet, "form_responses", "Form Responses", [
-                    f.get("formResponseId"), f.get("formName"), f.get("jobNumber"), f.get("completedBy"),
-                    _when(f.get("dateCompleted")), f.get("jobId"), f.get("attachmentId"),
-                    *(answers.get(c) for c in codes)], unknown)
+                self.put(
+                    sheet,
+                    "form_responses",
+                    "Form Responses",
+                    [
+                        f.get("formResponseId"),
+                        f.get("formName"),
+                        f.get("jobNumber"),
+                        f.get("completedBy"),
+                        _when(f.get("dateCompleted")),
+                        f.get("jobId"),
+                        f.get("attachmentId"),
+                        *(answers.get(c) for c in codes),
+                    ],
+                    unknown,
+                )
         finally:
             book.close()
 
@@ -700,13 +1067,35 @@ class ExportWriter:
             sheet, unknown = self.open(book, "enquiries", "Enquiries", custom)
             for e in _iter_jsonl(path):
                 cf = _fields(e.get("customFields"))
-                self.put(sheet, "enquiries", "Enquiries", [
-                    e.get("enquiryNumber"), _when(e.get("dateCreated")), e.get("status"), e.get("companyName"),
-                    e.get("firstName"), e.get("lastName"), e.get("email"), e.get("mobile"), e.get("phone"),
-                    e.get("addressLine1"), e.get("addressLine2"), e.get("addressSuburb"), e.get("addressState"),
-                    e.get("addressPostcode"), e.get("addressCountry"), e.get("enquiryDescription"),
-                    _name(e.get("leadSource")), e.get("convertedToQuoteNumber"), e.get("convertedToJobNumber"),
-                    e.get("enquiryId"), *(cf.get(n) for n in custom)], unknown)
+                self.put(
+                    sheet,
+                    "enquiries",
+                    "Enquiries",
+                    [
+                        e.get("enquiryNumber"),
+                        _when(e.get("dateCreated")),
+                        e.get("status"),
+                        e.get("companyName"),
+                        e.get("firstName"),
+                        e.get("lastName"),
+                        e.get("email"),
+                        e.get("mobile"),
+                        e.get("phone"),
+                        e.get("addressLine1"),
+                        e.get("addressLine2"),
+                        e.get("addressSuburb"),
+                        e.get("addressState"),
+                        e.get("addressPostcode"),
+                        e.get("addressCountry"),
+                        e.get("enquiryDescription"),
+                        _name(e.get("leadSource")),
+                        e.get("convertedToQuoteNumber"),
+                        e.get("convertedToJobNumber"),
+                        e.get("enquiryId"),
+                        *(cf.get(n) for n in custom),
+                    ],
+                    unknown,
+                )
         finally:
             book.close()
 
@@ -715,27 +1104,77 @@ class ExportWriter:
         try:
             sheet, unknown = self.open(book, "supplier_bills", "Suppliers")
             for s in _iter_jsonl(self.api / "suppliers.jsonl"):
-                self.put(sheet, "supplier_bills", "Suppliers", [
-                    s.get("supplierNumber"), s.get("name"), s.get("businessNumber"), s.get("contactFirstName"),
-                    s.get("contactLastName"), s.get("emailAddress"), s.get("phone"), s.get("mobile"), s.get("fax"),
-                    s.get("notes"), s.get("expenseAccount"), s.get("streetLine1"), s.get("streetLine2"),
-                    s.get("streetSuburb"), s.get("streetState"), s.get("streetPostcode"), s.get("supplierId")],
-                    unknown)
+                self.put(
+                    sheet,
+                    "supplier_bills",
+                    "Suppliers",
+                    [
+                        s.get("supplierNumber"),
+                        s.get("name"),
+                        s.get("businessNumber"),
+                        s.get("contactFirstName"),
+                        s.get("contactLastName"),
+                        s.get("emailAddress"),
+                        s.get("phone"),
+                        s.get("mobile"),
+                        s.get("fax"),
+                        s.get("notes"),
+                        s.get("expenseAccount"),
+                        s.get("streetLine1"),
+                        s.get("streetLine2"),
+                        s.get("streetSuburb"),
+                        s.get("streetState"),
+                        s.get("streetPostcode"),
+                        s.get("supplierId"),
+                    ],
+                    unknown,
+                )
             bills, unknown = self.open(book, "supplier_bills", "Bills")
             lines, _ = self.open(book, "supplier_bills", "Bill Lines")
             for b in _iter_jsonl(self.api / "supplier_invoices.jsonl"):
-                self.put(bills, "supplier_bills", "Bills", [
-                    _name(b.get("supplier")), b.get("trackingNumber"), b.get("reference"), b.get("type"),
-                    _when(b.get("invoiceDate"), date_only=True), _when(b.get("dueDate"), date_only=True),
-                    _when(b.get("createdOn")), _yes(b.get("accepted")), b.get("accountCode"),
-                    _yes(b.get("isExpense")), _yes(b.get("sentToAccounts")), b.get("totalAmountExTax"),
-                    b.get("totalAmountIncTax"), b.get("supplierInvoiceId"), _id(b.get("supplier"))], unknown)
+                self.put(
+                    bills,
+                    "supplier_bills",
+                    "Bills",
+                    [
+                        _name(b.get("supplier")),
+                        b.get("trackingNumber"),
+                        b.get("reference"),
+                        b.get("type"),
+                        _when(b.get("invoiceDate"), date_only=True),
+                        _when(b.get("dueDate"), date_only=True),
+                        _when(b.get("createdOn")),
+                        _yes(b.get("accepted")),
+                        b.get("accountCode"),
+                        _yes(b.get("isExpense")),
+                        _yes(b.get("sentToAccounts")),
+                        b.get("totalAmountExTax"),
+                        b.get("totalAmountIncTax"),
+                        b.get("supplierInvoiceId"),
+                        _id(b.get("supplier")),
+                    ],
+                    unknown,
+                )
                 for n, line in enumerate(b.get("lines") or (), start=1):
-                    self.put(lines, "supplier_bills", "Bill Lines", [
-                        b.get("trackingNumber"), n, line.get("description"), line.get("partNumber"),
-                        line.get("quantity"), line.get("unitCostExTax"), line.get("totalAmountExTax"),
-                        line.get("totalAmountIncTax"), line.get("accountCode"), line.get("reference"),
-                        _yes(line.get("isTaxable")), b.get("supplierInvoiceId")])
+                    self.put(
+                        lines,
+                        "supplier_bills",
+                        "Bill Lines",
+                        [
+                            b.get("trackingNumber"),
+                            n,
+                            line.get("description"),
+                            line.get("partNumber"),
+                            line.get("quantity"),
+                            line.get("unitCostExTax"),
+                            line.get("totalAmountExTax"),
+                            line.get("totalAmountIncTax"),
+                            line.get("accountCode"),
+                            line.get("reference"),
+                            _yes(line.get("isTaxable")),
+                            b.get("supplierInvoiceId"),
+                        ],
+                    )
         finally:
             book.close()
 

@@ -35,6 +35,18 @@ Design choices, and why:
 * **Realism.** Real suburb/state/postcode combinations, AU phone formats, ABNs with a valid check digit,
   GST at 10%, money in whole cents (no float drift: totals always add up), every job status, quote status
   and invoice status present (the first few records cycle through them so even a tiny tenant has all).
+
+Shapes beyond the §6.2 contract (all *ext*, none exists in the real API as far as public material shows):
+
+* jobs: ``bookingDate``, ``expectedDate``, ``expectedDuration``, ``estimatedDuration`` (hours) and
+  ``invoiceNumber``: what Jobs-export columns Y, Z, AA, AD and AB carry; ``team`` is a ``{id, name}``
+  link like every other reference;
+* quotes: ``state`` (the §6.2 quote lists no state), ``assignedUser`` and ``dateCreated``;
+* customers: ``accountingSystem`` is ``"Xero" | "MYOB" | "QuickBooks"`` or ``null`` (= none); invoices
+  copy it; equipment ``customerId`` is the billing customer, ``siteCustomerId`` the site (or null);
+* notes: ``activityType``; enquiries: ``leadSource`` is the source's name (as ``POST /Enquiry`` takes it);
+* resources the emulator also serves: ``payments`` (for Paid / Part Paid invoices),
+  ``standard_sections`` and ``standard_stages``.
 """
 
 from __future__ import annotations
@@ -101,6 +113,7 @@ _FILE_BATCH = 512  # attachment files written per parallel burst
 # ---------------------------------------------------------------------------------------------------
 # Embedded reference data (small on purpose: realistic, not exhaustive)
 
+# fmt: off
 # (suburb, state, postcode, latitude, longitude): real combinations across every state and territory.
 SUBURBS: tuple[tuple[str, str, str, float, float], ...] = (
     ("Sydney", "NSW", "2000", -33.8688, 151.2093),
@@ -200,7 +213,8 @@ STREETS = (
     "River", "Lake", "Harbour", "Cliff", "Ridge", "Gum Tree", "Illawarra", "Murray", "Darling", "Flinders",
     "Macquarie",
 )
-STREET_TYPES = ("St", "St", "St", "Rd", "Rd", "Ave", "Cres", "Pde", "Dr", "Ct", "Pl", "Hwy", "Lane", "Tce", "Way")
+STREET_TYPES = ("St", "St", "St", "Rd", "Rd", "Ave", "Cres", "Pde", "Dr", "Ct", "Pl", "Hwy", "Lane",
+                "Tce", "Way")
 EMAIL_DOMAINS = ("gmail.com", "bigpond.com", "outlook.com", "icloud.com", "optusnet.com.au", "hotmail.com",
                  "yahoo.com.au", "iinet.net.au", "tpg.com.au")
 BUSINESS_WORDS = (
@@ -214,19 +228,23 @@ BUSINESS_KINDS = (
     "Constructions", "Builders", "Hotel", "Bakery", "Veterinary Clinic", "Fitness", "Accountants",
     "Pharmacy", "Hardware", "Storage", "Logistics", "Plumbing", "Electrical", "Furniture", "Pub",
 )
-BUSINESS_SUFFIX = ("Pty Ltd", "Pty Ltd", "Pty Ltd", "Pty Ltd", "Group", "& Co", "& Sons Pty Ltd", "Holdings Pty Ltd", "")
+BUSINESS_SUFFIX = ("Pty Ltd", "Pty Ltd", "Pty Ltd", "Pty Ltd", "Group", "& Co", "& Sons Pty Ltd",
+                   "Holdings Pty Ltd", "")
 GOVERNMENT = (
     "City of {s} Council", "Department of Education - {st} Asset Management", "{st} Health - {s} Hospital",
     "Department of Housing {st}", "{s} Public School", "Police Station {s}",
 )
-LEAD_SOURCES = ("Google", "Facebook", "Word of Mouth", "Repeat Customer", "hipages", "Website", "Yellow Pages",
+LEAD_SOURCES = ("Google", "Facebook", "Word of Mouth", "Repeat Customer", "hipages", "Website",
+                "Yellow Pages",
                 "Referral - Builder", "Van Signage", "Instagram")
 CUSTOMER_TYPES = ("Residential", "Commercial", "Strata", "Government")
-CONTACT_ROLES = ("Owner", "Tenant", "Property Manager", "Site Manager", "Accounts Payable", "Facilities Manager",
+CONTACT_ROLES = ("Owner", "Tenant", "Property Manager", "Site Manager", "Accounts Payable",
+                 "Facilities Manager",
                  "Strata Manager", "Building Manager", "Office Manager")
 ACCOUNTING_SYSTEMS = ("Xero", "MYOB", "QuickBooks")
 TEAMS = ("North Crew", "South Crew", "Install Team", "Service Team", "Commercial Team", "Maintenance Team")
-LABOUR_ROLES = (("Apprentice", 4500), ("Tradesperson", 9500), ("Senior Tradesperson", 11500), ("Supervisor", 13000),
+LABOUR_ROLES = (("Apprentice", 4500), ("Tradesperson", 9500), ("Senior Tradesperson", 11500),
+                ("Supervisor", 13000),
                 ("Labourer", 6000), ("Project Manager", 15000))
 NOTE_TEXTS = (
     ("Call", "Called customer to confirm booking for {d} AM. Gate code given."),
@@ -259,7 +277,8 @@ TRADES: dict[str, dict[str, Any]] = {
             ("Leaking tap repair", "Bathroom basin mixer dripping constantly.",
              "Replaced cartridge and O-rings, tested, no leaks.", "Service Call", (12000, 35000), ()),
             ("Burst pipe - emergency", "Water coming through ceiling in hallway.",
-             "Isolated supply, cut out and replaced 1.2m of 15mm copper, pressure tested.", "Emergency Callout",
+             "Isolated supply, cut out and replaced 1.2m of 15mm copper, pressure tested.",
+                 "Emergency Callout",
              (35000, 150000), ("Roof Access",)),
             ("Gas leak investigation", "Smell of gas near meter.",
              "Leak found at meter union, remade joint, leak tested OK, certificate issued.", "Gas Fitting",
@@ -294,13 +313,15 @@ TRADES: dict[str, dict[str, Any]] = {
              "Installed 12 x 10W LED downlights, tested all circuits.", "Lighting", (60000, 180000),
              ("Roof Access",)),
             ("Power point not working", "Kitchen GPO dead after storm.",
-             "Found tripped RCD due to faulty appliance, reset, tested circuit.", "Service Call", (12000, 30000),
+             "Found tripped RCD due to faulty appliance, reset, tested circuit.",
+                 "Service Call", (12000, 30000),
              ("Switchboard Type",)),
             ("Smoke alarm compliance", "Rental property smoke alarm annual check.",
              "Tested and replaced 3 x 240V interconnected smoke alarms, certificate issued.",
              "Compliance Inspection", (15000, 45000), ("Compliance Certificate No",)),
             ("Test and tag - office", "Annual test & tag of portable appliances.",
-             "Tested and tagged 86 appliances, 2 failed and removed from service.", "Test & Tag", (30000, 90000), ()),
+             "Tested and tagged 86 appliances, 2 failed and removed from service.",
+                 "Test & Tag", (30000, 90000), ()),
             ("Emergency power outage", "No power to half the house.",
              "Replaced failed main switch, restored supply.", "Emergency Callout", (25000, 70000),
              ("Switchboard Type",)),
@@ -346,7 +367,8 @@ TRADES: dict[str, dict[str, Any]] = {
         "job_types": ("Solar Install", "Battery Install"),
         "jobs": (
             ("6.6kW solar installation", "Supply and install 6.6kW solar PV system.",
-             "Installed 16 x 415W panels, Fronius inverter, commissioned, STC paperwork lodged.", "Solar Install",
+             "Installed 16 x 415W panels, Fronius inverter, commissioned, STC paperwork lodged.",
+                 "Solar Install",
              (480000, 820000), ("Roof Access", "Compliance Certificate No")),
             ("Battery installation", "Add 10kWh home battery to existing solar.",
              "Installed 10kWh battery and backup gateway, configured app.", "Battery Install",
@@ -355,7 +377,8 @@ TRADES: dict[str, dict[str, Any]] = {
              "Found water ingress in rooftop isolator, replaced isolator.", "Service Call", (20000, 60000),
              ("Roof Access",)),
             ("Panel clean and inspection", "Annual solar panel clean.",
-             "Cleaned 20 panels, inspected mounting and cabling.", "Maintenance", (18000, 35000), ("Roof Access",)),
+             "Cleaned 20 panels, inspected mounting and cabling.",
+                 "Maintenance", (18000, 35000), ("Roof Access",)),
         ),
         "supplies": (
             ("JA-415", "JA Solar 415W mono panel", 19500, "ea"),
@@ -370,7 +393,8 @@ TRADES: dict[str, dict[str, Any]] = {
         "job_types": ("Termite Inspection", "General Pest Treatment"),
         "jobs": (
             ("General pest treatment", "Cockroaches and spiders, internal and external spray.",
-             "Treated internal skirtings and external perimeter, gel baits in kitchen.", "General Pest Treatment",
+             "Treated internal skirtings and external perimeter, gel baits in kitchen.",
+                 "General Pest Treatment",
              (18000, 42000), ("Pets On Site",)),
             ("Termite inspection", "Pre-purchase timber pest inspection.",
              "Inspected subfloor and roof void, no active termites, report issued.", "Termite Inspection",
@@ -391,11 +415,13 @@ TRADES: dict[str, dict[str, Any]] = {
         "job_types": ("Garden Maintenance", "Irrigation"),
         "jobs": (
             ("Monthly garden maintenance", "Mow, edge, prune and green waste removal.",
-             "Mowed lawns, trimmed hedges, removed 2m3 green waste.", "Garden Maintenance", (15000, 45000), ()),
+             "Mowed lawns, trimmed hedges, removed 2m3 green waste.",
+                 "Garden Maintenance", (15000, 45000), ()),
             ("Irrigation repair", "Sprinkler zone 3 not working.",
              "Replaced faulty solenoid valve, tested all zones.", "Irrigation", (18000, 50000), ()),
             ("Turf installation", "Supply and lay 80m2 Sir Walter buffalo.",
-             "Prepared soil, laid 80m2 turf, fertilised and watered in.", "Installation", (150000, 380000), ()),
+             "Prepared soil, laid 80m2 turf, fertilised and watered in.",
+                 "Installation", (150000, 380000), ()),
         ),
         "supplies": (
             ("TURF-SW", "Sir Walter buffalo turf m2", 1300, "m2"),
@@ -405,7 +431,8 @@ TRADES: dict[str, dict[str, Any]] = {
         ),
     },
 }
-_GENERIC_JOB_TYPES = ("Service Call", "Maintenance", "Installation", "Emergency Callout", "Quote Visit", "Warranty",
+_GENERIC_JOB_TYPES = ("Service Call", "Maintenance", "Installation", "Emergency Callout", "Quote Visit",
+                      "Warranty",
                       "Compliance Inspection")
 _SPARE_JOB_TYPES = ("Project", "Preventative Maintenance", "Make Safe", "Insurance Repair", "Builder Works")
 
@@ -413,7 +440,8 @@ _SPARE_JOB_TYPES = ("Project", "Preventative Maintenance", "Make Safe", "Insuran
 JOB_CUSTOM_FIELDS = ("Switchboard Type", "Roof Access", "Gas Certificate No", "Hot Water Unit Brand",
                      "Pets On Site", "Compliance Certificate No", "Access Instructions")
 _CF_VALUES = {
-    "Switchboard Type": ("Ceramic fuses", "Circuit breakers", "RCD protected", "Old porcelain", "Meter box only"),
+    "Switchboard Type": ("Ceramic fuses", "Circuit breakers", "RCD protected", "Old porcelain",
+                         "Meter box only"),
     "Roof Access": ("Ladder", "Internal manhole", "Scaffold required", "No access", "Tile roof - harness"),
     "Hot Water Unit Brand": ("Rheem", "Rinnai", "Dux", "Bosch", "Thermann", "Vulcan", "Stiebel Eltron"),
     "Pets On Site": ("Yes", "No"),
@@ -427,7 +455,8 @@ _CUSTOMER_CF = {
 }
 EQUIPMENT = (
     ("Hot water system", ("Rheem", "Stellar 330"), ("Rinnai", "Infinity 26"), ("Dux", "Proflo 250")),
-    ("Split system air conditioner", ("Daikin", "FTXM71"), ("Mitsubishi Electric", "MSZ-AP35"), ("Fujitsu", "ASTG24")),
+    ("Split system air conditioner", ("Daikin", "FTXM71"), ("Mitsubishi Electric",
+     "MSZ-AP35"), ("Fujitsu", "ASTG24")),
     ("Switchboard", ("Clipsal", "Max9 18P"), ("Hager", "VML918")),
     ("Solar inverter", ("Fronius", "Primo 5.0"), ("SMA", "Sunny Boy 5.0"), ("Sungrow", "SG5.0RS")),
     ("Backflow prevention device", ("Zurn Wilkins", "375 RPZ"), ("Apollo", "RPZ 25")),
@@ -435,12 +464,14 @@ EQUIPMENT = (
     ("Irrigation controller", ("Hunter", "X-Core 6"), ("Rain Bird", "ESP-TM2")),
 )
 FORMS = (
-    ("Job Safety Analysis", (("SiteHazards", ("Dog on site", "Asbestos sheeting", "Overhead powerlines", "None")),
+    ("Job Safety Analysis", (("SiteHazards", ("Dog on site", "Asbestos sheeting", "Overhead powerlines",
+     "None")),
                              ("ControlMeasures", ("Isolated power", "Barricaded area", "Harness used")),
                              ("PPEWorn", ("Yes", "No")), ("SupervisorName", None))),
     ("Electrical Test Results", (("CircuitTested", ("Lighting 1", "Power 1", "Power 2", "Hot water")),
                                  ("InsulationResistance", ("200 MOhm", ">299 MOhm", "150 MOhm")),
-                                 ("EarthContinuity", ("0.2 Ohm", "0.4 Ohm")), ("RCDTripTime", ("18 ms", "22 ms")),
+                                 ("EarthContinuity", ("0.2 Ohm", "0.4 Ohm")), ("RCDTripTime", ("18 ms",
+                                  "22 ms")),
                                  ("TestResult", ("Pass", "Fail")))),
     ("Gas Compliance Certificate", (("ApplianceType", ("Hot water", "Cooktop", "Heater")),
                                     ("GasPressureKpa", ("2.75", "1.13")), ("LeakTestPassed", ("Yes", "No")),
@@ -468,35 +499,52 @@ _TEXT_DATES = ("3rd of March", "31/02/2024", "TBC", "next Tuesday", "2024-13-45"
 _BAD_EMAILS = ("bob@", "n/a", "none", "jane.smith@gmail", "mike at bigpond.com", "info@@example.com", "-")
 _ODD_JOB_STATUS = ("On Hold - Parts", "Waiting on Customer", "Parts Ordered", "Invoice Sent")
 _ODD_CUSTOMER_TYPE = ("VIP??", "Old - Do Not Use", "Residential/Commercial")
-_NON_ASCII = ("Zoë Ó Briain", "株式会社サンライズ", "Café Olé Pty Ltd ☕", "Łukasz Wiśniewski", "Nguyễn Văn An",
+_NON_ASCII = ("Zoë Ó Briain", "株式会社サンライズ", "Café Olé Pty Ltd ☕", "Łukasz Wiśniewski",
+              "Nguyễn Văn An",
               "Søren Ærø", "🔧 Fix-It Fast 🔧", "Renée Müller-Lüdenscheidt")
 _FORMULAS = ('=HYPERLINK("http://evil.example/x","Click me")', "+61 cmd| /C calc!A0", "@SUM(A1:A10)", "=1+2",
              "-2+3+cmd| /C notepad!A1")
+_WRITE_INS = ("Waste removal and tip fees", "Travel outside service area", "Council permit fee", "Crane hire",
+              "After-hours surcharge")
 _CONTROL_BITS = ("\x00", "\x07", "\x1b[31m", "\x0b", "\x1f")
 
 
+# fmt: on
 # ---------------------------------------------------------------------------------------------------
 # Tiny real files (no PIL): PNG, JPEG, PDF, DOCX
 
 
-def _png(width: int, height: int, rgb1: tuple[int, int, int], rgb2: tuple[int, int, int], noise: bytes) -> bytes:
+def _png(
+    width: int, height: int, rgb1: tuple[int, int, int], rgb2: tuple[int, int, int], noise: bytes
+) -> bytes:
     """A valid RGB PNG: a diagonal blend of two colours plus a little noise (so sizes differ)."""
     # Colour depends only on x + y, so precompute one RGB triple per diagonal and slice rows from it.
     n = max(1, len(noise))
     steps = width + height - 1
     diagonal = b"".join(
-        bytes(min(255, int(a + (b - a) * d / (steps - 1)) + (noise[d % n] % 24 if noise else 0))
-              for a, b in zip(rgb1, rgb2, strict=True))
+        bytes(
+            min(255, int(a + (b - a) * d / (steps - 1)) + (noise[d % n] % 24 if noise else 0))
+            for a, b in zip(rgb1, rgb2, strict=True)
+        )
         for d in range(steps)
     )
-    rows = b"".join(b"\x00" + diagonal[3 * y: 3 * (y + width)] for y in range(height))  # filter 0 per row
+    rows = b"".join(b"\x00" + diagonal[3 * y : 3 * (y + width)] for y in range(height))  # filter 0 per row
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 6)) + chunk(
-        b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows, 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _huffman_codes(bits: Sequence[int], values: Sequence[int]) -> dict[int, tuple[int, int]]:
@@ -526,11 +574,15 @@ def _jpeg(levels: Sequence[int], blocks_w: int = 2, blocks_h: int = 2) -> bytes:
     ``8 * (level - 128)`` and every AC run is a single EOB. Small, but decodes in any viewer.
     """
     out = bytearray(b"\xff\xd8")
-    out += b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00" + struct.pack(">HH", 1, 1) + b"\x00\x00"
+    out += (
+        b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\x00\x01\x01\x00" + struct.pack(">HH", 1, 1) + b"\x00\x00"
+    )
     out += b"\xff\xdb" + struct.pack(">H", 67) + b"\x00" + bytes([1] * 64)
     out += b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, blocks_h * 8, blocks_w * 8, 1) + b"\x01\x11\x00"
     for cls_id, bits, values in ((0x00, _DC_BITS, _DC_VALUES), (0x10, _AC_BITS, _AC_VALUES)):
-        out += b"\xff\xc4" + struct.pack(">HB", 2 + 1 + 16 + len(values), cls_id) + bytes(bits) + bytes(values)
+        out += (
+            b"\xff\xc4" + struct.pack(">HB", 2 + 1 + 16 + len(values), cls_id) + bytes(bits) + bytes(values)
+        )
     out += b"\xff\xda" + struct.pack(">HB", 8, 1) + b"\x01\x00" + b"\x00\x3f\x00"
     acc, nbits, data = 0, 0, bytearray()
 
@@ -575,8 +627,10 @@ def _pdf(title: str, lines: Sequence[str]) -> bytes:
     objects = [
         "<< /Type /Catalog /Pages 2 0 R >>",
         "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R "
-        "/Resources << /Font << /F1 5 0 R >> >> >>",
+        (
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R "
+            "/Resources << /Font << /F1 5 0 R >> >> >>"
+        ),
         f"<< /Length {len(body)} >>\nstream\n{body}\nendstream",
         "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
@@ -600,13 +654,14 @@ def _xml_text(text: str) -> str:
 def _docx(title: str, lines: Sequence[str]) -> bytes:
     """A minimal Word document (the shape of a completed Ascora custom form); fixed zip timestamps."""
     paragraphs = "".join(
-        f"<w:p><w:r><w:t xml:space=\"preserve\">{_xml_text(t)}</w:t></w:r></w:p>" for t in (title, *lines)
+        f'<w:p><w:r><w:t xml:space="preserve">{_xml_text(t)}</w:t></w:r></w:p>' for t in (title, *lines)
     )
     parts = {
         "[Content_Types].xml": (
             '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
             '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
-            '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+            '<Default Extension="rels" '
+            'ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
             '<Default Extension="xml" ContentType="application/xml"/>'
             '<Override PartName="/word/document.xml" ContentType="application/'
             'vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>'
@@ -644,8 +699,10 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 def _ts(seconds: int, millis: int = 0) -> str:
     """Ascora's created-stamp format: ``2026-02-17T20:50:55.943Z``."""
     t = time.gmtime(seconds)
-    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
-            f"{t.tm_sec:02d}.{millis:03d}Z")
+    return (
+        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
+        f"{t.tm_sec:02d}.{millis:03d}Z"
+    )
 
 
 def _day(seconds: int) -> str:
@@ -688,7 +745,9 @@ class _Out:
     """One buffered JSONL writer per resource, counting lines."""
 
     def __init__(self, api_dir: Path):
-        self._files = {r: (api_dir / f"{r}.jsonl").open("w", encoding="utf-8", buffering=1 << 20) for r in RESOURCES}
+        self._files = {
+            r: (api_dir / f"{r}.jsonl").open("w", encoding="utf-8", buffering=1 << 20) for r in RESOURCES
+        }
         self.counts = dict.fromkeys(RESOURCES, 0)
         self._encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -770,7 +829,9 @@ class TenantGenerator:
 
     def address(self) -> tuple[str, tuple[str, str, str, float, float]]:
         r = self.rng
-        suburb = self.home_suburbs[r.randrange(len(self.home_suburbs))] if r.random() < 0.8 else r.choice(SUBURBS)
+        suburb = (
+            self.home_suburbs[r.randrange(len(self.home_suburbs))] if r.random() < 0.8 else r.choice(SUBURBS)
+        )
         line1 = f"{r.randrange(1, 250)} {r.choice(STREETS)} {r.choice(STREET_TYPES)}"
         if r.random() < 0.12:
             line1 = f"Unit {r.randrange(1, 40)}/{line1}"
@@ -819,7 +880,9 @@ class TenantGenerator:
         self.home_suburbs = [s for s in SUBURBS if s[2] and s[1] == home_state]
         word = r.choice(BUSINESS_WORDS)
         self.business_name = f"{word} {TRADES[self.primary]['word']} Pty Ltd"
-        self.business_domain = f"{word.lower().replace(' ', '')}{TRADES[self.primary]['word'].split()[0].lower()}.com.au"
+        self.business_domain = (
+            f"{word.lower().replace(' ', '')}{TRADES[self.primary]['word'].split()[0].lower()}.com.au"
+        )
         self.accounting_system = r.choice(ACCOUNTING_SYSTEMS)
         self.job_templates = [j for t in self.trades for j in TRADES[t]["jobs"]]
         self.primary_templates = list(TRADES[self.primary]["jobs"])
@@ -854,9 +917,14 @@ class TenantGenerator:
             role = self.labour_roles[1 + r.randrange(3)] if kind == "Mobile" else None
             local = f"{first}.{last}".lower().replace("'", "") + (str(k) if k else "")
             user = {
-                "userId": self.uid(), "fullName": full, "firstName": first, "lastName": last,
+                "userId": self.uid(),
+                "fullName": full,
+                "firstName": first,
+                "lastName": last,
                 "emailAddress": f"{local}@{self.business_domain}",
-                "mobileNumber": self.mobile(), "isActive": active, "userType": kind,
+                "mobileNumber": self.mobile(),
+                "isActive": active,
+                "userType": kind,
                 "labourRole": self.link(role[0], role[1]) if role else None,
                 "team": r.choice(self.teams) if kind == "Mobile" else None,
             }
@@ -884,25 +952,52 @@ class TenantGenerator:
 
         for i, name in enumerate(("Rough-in", "Fit-off", "Commissioning", "Make Good")):
             self.out.write("standard_sections", {"name": name, "displayOrder": i + 1})
-        for i, name in enumerate(("Stage 1 - Deposit", "Stage 2 - Progress", "Stage 3 - Practical Completion")):
+        for i, name in enumerate(
+            ("Stage 1 - Deposit", "Stage 2 - Progress", "Stage 3 - Practical Completion")
+        ):
             self.out.write("standard_stages", {"name": name, "displayOrder": i + 1})
 
         # Inventory categories: one level-1 per trade, a few level-2 children.
         self.categories: list[dict[str, str]] = []
         for t in self.trades:
-            parent = {"categoryId": self.uid(), "name": TRADES[t]["word"], "categoryNumber": 1,
-                      "parentCategoryId": None}
+            parent = {
+                "categoryId": self.uid(),
+                "name": TRADES[t]["word"],
+                "categoryNumber": 1,
+                "parentCategoryId": None,
+            }
             self.out.write("categories", parent)
             self.categories.append(self.link(parent["categoryId"], parent["name"]))
             for child in ("Fittings", "Consumables", "Equipment"):
-                self.out.write("categories", {"categoryId": self.uid(), "name": f"{TRADES[t]['word']} {child}",
-                                              "categoryNumber": 2, "parentCategoryId": parent["categoryId"]})
+                self.out.write(
+                    "categories",
+                    {
+                        "categoryId": self.uid(),
+                        "name": f"{TRADES[t]['word']} {child}",
+                        "categoryNumber": 2,
+                        "parentCategoryId": parent["categoryId"],
+                    },
+                )
 
         # Suppliers: real trade wholesalers first, then branches to reach size/500.
         n_suppliers = min(4000, max(5, size // 500))
-        base = ("Reece", "Tradelink", "Middys", "Rexel", "L&H", "CNW Electrical", "Haymans", "Actrol",
-                "Beacon Lighting", "Bunnings Trade", "Metcash Trade", "Coolair Wholesale", "Solar Juice",
-                "Ecotech Pest Supplies", "Total Landscape Supplies")
+        base = (
+            "Reece",
+            "Tradelink",
+            "Middys",
+            "Rexel",
+            "L&H",
+            "CNW Electrical",
+            "Haymans",
+            "Actrol",
+            "Beacon Lighting",
+            "Bunnings Trade",
+            "Metcash Trade",
+            "Coolair Wholesale",
+            "Solar Juice",
+            "Ecotech Pest Supplies",
+            "Total Landscape Supplies",
+        )
         self.suppliers: list[dict[str, str]] = []
         used = set()
         for i in range(n_suppliers):
@@ -913,15 +1008,31 @@ class TenantGenerator:
             used.add(name)
             first, last = self.person()
             row = {
-                "supplierId": self.uid(), "supplierNumber": f"S{i + 1:04d}", "name": name,
-                "businessNumber": _abn(r), "contactFirstName": first, "contactLastName": last,
+                "supplierId": self.uid(),
+                "supplierNumber": f"S{i + 1:04d}",
+                "name": name,
+                "businessNumber": _abn(r),
+                "contactFirstName": first,
+                "contactLastName": last,
                 "notes": r.choice(("", "", "Account 30 days", "Trade account - quote acct no on orders")),
-                "phone": self.phone(state), "fax": "", "mobile": self.mobile() if r.random() < 0.3 else "",
-                "emailAddress": f"accounts@{name.lower().replace(' ', '').replace('&', 'and').replace('#', '')}.com.au",
-                "expenseAccount": r.choice(("310", "310", "320", "400")), "invoiceDueDaysType": r.randrange(3),
-                "streetLine1": line1, "streetLine2": "", "streetSuburb": suburb, "streetState": state,
-                "streetPostcode": postcode, "postalLine1": "", "postalLine2": "", "postalSuburb": "",
-                "postalState": "", "postalPostcode": "",
+                "phone": self.phone(state),
+                "fax": "",
+                "mobile": self.mobile() if r.random() < 0.3 else "",
+                "emailAddress": "accounts@"
+                + name.lower().replace(" ", "").replace("&", "and").replace("#", "")
+                + ".com.au",
+                "expenseAccount": r.choice(("310", "310", "320", "400")),
+                "invoiceDueDaysType": r.randrange(3),
+                "streetLine1": line1,
+                "streetLine2": "",
+                "streetSuburb": suburb,
+                "streetState": state,
+                "streetPostcode": postcode,
+                "postalLine1": "",
+                "postalLine2": "",
+                "postalSuburb": "",
+                "postalState": "",
+                "postalPostcode": "",
             }
             self.out.write("suppliers", row)
             self.suppliers.append(self.link(row["supplierId"], name))
@@ -941,12 +1052,22 @@ class TenantGenerator:
             sell = int(cost * (1.25 + 0.35 * r.random()))
             category = self.categories[self.trades.index(trade) * 1]
             row = {
-                "supplyId": self.uid(), "partNumber": part, "description": desc, "annotation": "",
-                "unitCostExTax": _money(cost), "unitSellExTax": _money(sell), "unitSellIncTax": _money(sell + _gst(sell)),
-                "averageCost": _money(cost), "isTaxable": True, "isFavourite": r.random() < 0.15,
-                "mustBeOrdered": r.random() < 0.2, "packOrBoxQuantity": r.choice((1, 1, 1, 5, 10, 20)),
+                "supplyId": self.uid(),
+                "partNumber": part,
+                "description": desc,
+                "annotation": "",
+                "unitCostExTax": _money(cost),
+                "unitSellExTax": _money(sell),
+                "unitSellIncTax": _money(sell + _gst(sell)),
+                "averageCost": _money(cost),
+                "isTaxable": True,
+                "isFavourite": r.random() < 0.15,
+                "mustBeOrdered": r.random() < 0.2,
+                "packOrBoxQuantity": r.choice((1, 1, 1, 5, 10, 20)),
                 "location": r.choice(("Van stock", "Warehouse A", "Warehouse B", "")),
-                "defaultSupplier": r.choice(self.suppliers), "categoryOne": category, "unitOfMeasure": uom,
+                "defaultSupplier": r.choice(self.suppliers),
+                "categoryOne": category,
+                "unitOfMeasure": uom,
             }
             self.out.write("supplies", row)
             self.supplies.append((row["supplyId"], part, cost, sell, desc))
@@ -957,10 +1078,19 @@ class TenantGenerator:
             sell = int(cost * 1.3)
             desc = "Kit: " + " + ".join(p[4].split(" ")[0] for p in parts) + f" #{i + 1}"
             row = {
-                "kitId": self.uid(), "partNumber": f"KIT-{i + 1:04d}", "description": desc, "annotation": "",
-                "markup": 30, "unitCostExTax": _money(cost), "unitSellExTax": _money(sell),
-                "unitSellIncTax": _money(sell + _gst(sell)), "isTaxable": True, "isFavourite": False,
-                "pricingMethod": "FIXED-PRICE", "categoryOne": self.categories[0], "unitOfMeasure": "ea",
+                "kitId": self.uid(),
+                "partNumber": f"KIT-{i + 1:04d}",
+                "description": desc,
+                "annotation": "",
+                "markup": 30,
+                "unitCostExTax": _money(cost),
+                "unitSellExTax": _money(sell),
+                "unitSellIncTax": _money(sell + _gst(sell)),
+                "isTaxable": True,
+                "isFavourite": False,
+                "pricingMethod": "FIXED-PRICE",
+                "categoryOne": self.categories[0],
+                "unitOfMeasure": "ea",
             }
             self.out.write("kits", row)
             self.kits.append((row["kitId"], row["partNumber"], cost, sell, desc))
@@ -973,8 +1103,11 @@ class TenantGenerator:
         if ctype == "Residential":
             return f"{first} {last}", ""
         if ctype == "Strata":
-            name = f"SP {r.randrange(1000, 99999)} The Owners" if r.random() < 0.6 else \
-                f"The Owners - Strata Plan {r.randrange(1000, 99999)}"
+            name = (
+                f"SP {r.randrange(1000, 99999)} The Owners"
+                if r.random() < 0.6
+                else f"The Owners - Strata Plan {r.randrange(1000, 99999)}"
+            )
             return name, name
         if ctype == "Government":
             name = r.choice(GOVERNMENT).format(s=suburb, st=state)
@@ -1008,9 +1141,12 @@ class TenantGenerator:
             if ctype == "Residential":
                 name = f"{base} - {line1}"
             elif ctype == "Strata":
-                name = f"{base.split(' The Owners')[0].replace('The Owners - Strata Plan', 'SP')} - {line1} {suburb}"
+                plan = base.split(" The Owners")[0].replace("The Owners - Strata Plan", "SP")
+                name = f"{plan} - {line1} {suburb}"
             else:
-                name = f"{base.replace(' Pty Ltd', '')} - {suburb}" + (f" ({line1})" if r.random() < 0.5 else "")
+                name = f"{base.replace(' Pty Ltd', '')} - {suburb}" + (
+                    f" ({line1})" if r.random() < 0.5 else ""
+                )
             company = ""
         number = f"C{self.next_customer:05d}"
         self.next_customer += 1
@@ -1020,31 +1156,56 @@ class TenantGenerator:
             for cf in CUSTOMER_CUSTOM_FIELDS:
                 if r.random() < 0.5:
                     values = _CUSTOMER_CF.get(cf)
-                    cfields.append({"fieldName": cf, "fieldValue": r.choice(values) if values else
-                                    f"{r.randrange(1000, 9999)}#"})
-        email = self.email(first, last) if ctype == "Residential" or r.random() < 0.3 else \
-            f"accounts@{(company or name).split(' ')[0].lower()}{r.randrange(10, 99)}.com.au"
+                    cfields.append(
+                        {
+                            "fieldName": cf,
+                            "fieldValue": r.choice(values) if values else f"{r.randrange(1000, 9999)}#",
+                        }
+                    )
+        email = (
+            self.email(first, last)
+            if ctype == "Residential" or r.random() < 0.3
+            else f"accounts@{(company or name).split(' ')[0].lower()}{r.randrange(10, 99)}.com.au"
+        )
         postal = is_billing and r.random() < 0.3
         row = {
-            "customerId": self.uid(), "customerNumber": number, "customerName": name, "companyName": company,
-            "contactFirstName": first, "contactLastName": last, "emailAddress": email,
-            "phoneNumber": self.phone(state) if r.random() < 0.6 else "", "mobileNumber": self.mobile(),
-            "onHold": is_billing and r.random() < 0.03, "billingCustomerOnHold": False,
-            "streetLine1": line1, "streetLine2": "", "streetSuburb": suburb, "streetState": state,
-            "streetPostcode": postcode, "streetCountry": "Australia",
+            "customerId": self.uid(),
+            "customerNumber": number,
+            "customerName": name,
+            "companyName": company,
+            "contactFirstName": first,
+            "contactLastName": last,
+            "emailAddress": email,
+            "phoneNumber": self.phone(state) if r.random() < 0.6 else "",
+            "mobileNumber": self.mobile(),
+            "onHold": is_billing and r.random() < 0.03,
+            "billingCustomerOnHold": False,
+            "streetLine1": line1,
+            "streetLine2": "",
+            "streetSuburb": suburb,
+            "streetState": state,
+            "streetPostcode": postcode,
+            "streetCountry": "Australia",
             "streetLatitude": round(lat + (r.random() - 0.5) * 0.02, 6),
             "streetLongitude": round(lon + (r.random() - 0.5) * 0.02, 6),
-            "postalLine1": f"PO Box {r.randrange(1, 9999)}" if postal else "", "postalLine2": "",
-            "postalSuburb": suburb if postal else "", "postalState": state if postal else "",
-            "postalPostcode": postcode if postal else "", "postalCountry": "Australia",
+            "postalLine1": f"PO Box {r.randrange(1, 9999)}" if postal else "",
+            "postalLine2": "",
+            "postalSuburb": suburb if postal else "",
+            "postalState": state if postal else "",
+            "postalPostcode": postcode if postal else "",
+            "postalCountry": "Australia",
             "customerType": self.type_links[ctype],
             "leadSource": self.lead_links[r.choice(LEAD_SOURCES)] if is_billing else None,
-            "billingCustomer": None if is_billing else self.link(billing["customerId"], billing["customerName"]),
+            "billingCustomer": None
+            if is_billing
+            else self.link(billing["customerId"], billing["customerName"]),
             "assignedUser": r.choice(self.office) if r.random() < 0.5 else None,
             "customFields": cfields,
             "dateCreated": _ts(created, self.ms()),
             "lastModified": _ts(self.when(created, self.now), self.ms()),
-            "accountingSystem": (self.accounting_system if r.random() < 0.85 else None) if is_billing else None,
+            "accountingSystem": (self.accounting_system if r.random() < 0.85 else None)
+            if is_billing
+            else None,
         }
         if billing is not None:
             row["billingCustomerOnHold"] = billing["onHold"]
@@ -1066,8 +1227,15 @@ class TenantGenerator:
         jitter = r.random() * min(1.0, _PER_HOUSEHOLD / self.size)
         created = self.start + int(span * 0.92 * min(1.0, progress + jitter))
         roll = r.random()
-        ctype = "Residential" if roll < 0.6 else "Commercial" if roll < 0.85 else "Strata" if roll < 0.95 else \
-            "Government"
+        ctype = (
+            "Residential"
+            if roll < 0.6
+            else "Commercial"
+            if roll < 0.85
+            else "Strata"
+            if roll < 0.95
+            else "Government"
+        )
         billing = self.new_customer(created, ctype, None)
         self.is_company = bool(billing["companyName"])  # pre-dirt: random draws must not depend on dirt
         # Dirty mutations on the billing customer happen before anything copies its name into a link.
@@ -1080,21 +1248,29 @@ class TenantGenerator:
             n_sites = 1 + r.randrange(3)
         else:
             n_sites = 2 + r.randrange(7)
-        sites = [self.new_customer(self.when(created, created + 400 * 86400), ctype, billing)
-                 for _ in range(n_sites)]
+        sites = [
+            self.new_customer(self.when(created, created + 400 * 86400), ctype, billing)
+            for _ in range(n_sites)
+        ]
         out.write("customers", billing, 2 if self.exact_dup("customers", billing["customerId"]) else 1)
         self.duplicate_customer(billing)
         for site in sites:
             if self.want("orphan_site", 0.03):
                 site["billingCustomer"] = {"id": self.duid(), "name": site["billingCustomer"]["name"]}
-                self.note_dirty("orphan_site", "customers", site["customerId"], "billingCustomer",
-                                value=site["billingCustomer"]["id"])
+                self.note_dirty(
+                    "orphan_site",
+                    "customers",
+                    site["customerId"],
+                    "billingCustomer",
+                    value=site["billingCustomer"]["id"],
+                )
             out.write("customers", site)
 
         # Contacts: the billing customer's people, then the sites' (site managers, tenants).
         contacts_by_customer: dict[str, list[dict[str, str]]] = {}
-        for owner, count in [(billing, 1 + (r.random() < 0.6) + (ctype != "Residential" and r.random() < 0.5))] + [
-                (s, 1 if r.random() < 0.35 else 0) for s in sites]:
+        for owner, count in [
+            (billing, 1 + (r.random() < 0.6) + (ctype != "Residential" and r.random() < 0.5))
+        ] + [(s, 1 if r.random() < 0.35 else 0) for s in sites]:
             links = []
             for k in range(count):
                 if k == 0 and owner is billing:
@@ -1102,17 +1278,23 @@ class TenantGenerator:
                 else:
                     first, last = self.person()
                 contact = {
-                    "contactId": self.uid(), "customerId": owner["customerId"], "firstName": first,
-                    "lastName": last, "emailAddress": self.email(first, last),
+                    "contactId": self.uid(),
+                    "customerId": owner["customerId"],
+                    "firstName": first,
+                    "lastName": last,
+                    "emailAddress": self.email(first, last),
                     "phoneNumber": self.phone(owner["streetState"]) if r.random() < 0.4 else "",
-                    "mobileNumber": self.mobile() if r.random() < 0.85 else "", "faxNumber": "",
+                    "mobileNumber": self.mobile() if r.random() < 0.85 else "",
+                    "faxNumber": "",
                     "defaultContact": k == 0,
                     "contactRole": "Owner" if ctype == "Residential" and k == 0 else r.choice(CONTACT_ROLES),
                     "lastModified": _ts(self.when(created, self.now), self.ms()),
                 }
                 self.dirty_contact(contact)
                 out.write("contacts", contact, 2 if self.exact_dup("contacts", contact["contactId"]) else 1)
-                links.append(self.link(contact["contactId"], f"{contact['firstName']} {contact['lastName']}".strip()))
+                links.append(
+                    self.link(contact["contactId"], f"{contact['firstName']} {contact['lastName']}".strip())
+                )
             contacts_by_customer[owner["customerId"]] = links
 
         places = sites or [billing]
@@ -1124,18 +1306,33 @@ class TenantGenerator:
                 kind, *models = r.choice(EQUIPMENT)
                 make, model = r.choice(models)
                 installed = self.when(created - 5 * 365 * 86400, self.now)
-                out.write("equipment", {
-                    "equipmentId": self.uid(), "customerId": billing["customerId"],
-                    "siteCustomerId": place["customerId"] if place is not billing else None,
-                    "name": kind, "make": make, "model": model,
-                    "serialNumber": f"{make[:2].upper()}{r.randrange(100000, 9999999)}",
-                    "location": r.choice(("Roof", "Garage", "Laundry", "Plant room", "External wall", "Meter box")),
-                    "installDate": _day(installed), "warrantyExpiry": _day(installed + 5 * 365 * 86400),
-                    "notes": r.choice(("", "", "Serviced annually", "Access via side gate")),
-                    "customFields": [{"fieldName": "Service Interval", "fieldValue": r.choice(("6 months", "12 months"))}]
-                    if r.random() < 0.3 else [],
-                    "lastModified": _ts(self.when(installed, self.now), self.ms()),
-                })
+                out.write(
+                    "equipment",
+                    {
+                        "equipmentId": self.uid(),
+                        "customerId": billing["customerId"],
+                        "siteCustomerId": place["customerId"] if place is not billing else None,
+                        "name": kind,
+                        "make": make,
+                        "model": model,
+                        "serialNumber": f"{make[:2].upper()}{r.randrange(100000, 9999999)}",
+                        "location": r.choice(
+                            ("Roof", "Garage", "Laundry", "Plant room", "External wall", "Meter box")
+                        ),
+                        "installDate": _day(installed),
+                        "warrantyExpiry": _day(installed + 5 * 365 * 86400),
+                        "notes": r.choice(("", "", "Serviced annually", "Access via side gate")),
+                        "customFields": [
+                            {
+                                "fieldName": "Service Interval",
+                                "fieldValue": r.choice(("6 months", "12 months")),
+                            }
+                        ]
+                        if r.random() < 0.3
+                        else [],
+                        "lastModified": _ts(self.when(installed, self.now), self.ms()),
+                    },
+                )
 
         jobs: list[dict[str, Any]] = []
         quotes: list[dict[str, Any]] = []
@@ -1162,15 +1359,23 @@ class TenantGenerator:
             if r.random() < 0.3:
                 self.new_note("Quotation", quote["quoteId"], self.stamp(quote["dateCreated"]))
             if r.random() < 0.05:
-                self.new_attachment("Quotation", quote["quoteId"], self.stamp(quote["dateCreated"]), "Document",
-                                    title=f"Quote {quote['quoteNumber']}")
+                self.new_attachment(
+                    "Quotation",
+                    quote["quoteId"],
+                    self.stamp(quote["dateCreated"]),
+                    "Document",
+                    title=f"Quote {quote['quoteNumber']}",
+                )
 
         for job in jobs:
             children = job.pop("_children", ())
             invoices = self.invoices_for(job, billing)
             if invoices:
                 job["invoiceNumber"] = invoices[0]["invoiceNumber"]
-            clean = (self.stamp(job["dateCreated"]), job["assignedUser"]["name"] if job["assignedUser"] else None)
+            clean = (
+                self.stamp(job["dateCreated"]),
+                job["assignedUser"]["name"] if job["assignedUser"] else None,
+            )
             self.dirty_job(job)
             out.write("jobs", job, 2 if self.exact_dup("jobs", job["jobId"]) else 1)
             for child in children:
@@ -1182,18 +1387,22 @@ class TenantGenerator:
         if r.random() < 0.3:
             self.new_note("Customer", billing["customerId"], created)
         if r.random() < 0.04:
-            self.new_attachment("Customer", billing["customerId"], created, "Document", title="Signed trading terms")
+            self.new_attachment(
+                "Customer", billing["customerId"], created, "Document", title="Signed trading terms"
+            )
 
     def stamp(self, text: Any) -> int:
         """Seconds from one of our own timestamps (dirty text dates fall back to the tenant start)."""
         try:
-            return int(dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).replace(tzinfo=dt.UTC).timestamp())
+            return int(dt.datetime.fromisoformat(str(text)).replace(tzinfo=dt.UTC).timestamp())
         except ValueError:
             return self.start
 
     # -- quotes ---------------------------------------------------------------------------------------
 
-    def quote_items(self, section_numbers: Sequence[str | None]) -> tuple[list[dict[str, Any]], dict[Any, list[int]]]:
+    def quote_items(
+        self, section_numbers: Sequence[str | None]
+    ) -> tuple[list[dict[str, Any]], dict[Any, list[int]]]:
         r = self.rng
         items = []
         totals: dict[Any, list[int]] = {s: [0, 0] for s in section_numbers}
@@ -1202,32 +1411,50 @@ class TenantGenerator:
                 roll = r.random()
                 labour_role = None
                 hours = None
+                uom = "ea"
                 if roll < 0.5:
-                    supply = r.choice(self.supplies)
-                    kind, part, cost, sell, desc, qty, uom = "SUPPLY", supply[1], supply[2], supply[3], supply[4], \
-                        1 + r.randrange(6), "ea"
+                    _sid, part, cost, sell, desc = r.choice(self.supplies)
+                    kind, qty = "SUPPLY", 1 + r.randrange(6)
                 elif roll < 0.6:
-                    kit = r.choice(self.kits)
-                    kind, part, cost, sell, desc, qty, uom = "KIT", kit[1], kit[2], kit[3], kit[4], 1, "ea"
+                    _kid, part, cost, sell, desc = r.choice(self.kits)
+                    kind, qty = "KIT", 1
                 elif roll < 0.9:
-                    role = self.labour_roles[1 + r.randrange(3)]
+                    role_id, role_name, rate = self.labour_roles[1 + r.randrange(3)]
                     hours = (1 + r.randrange(16)) / 2
-                    labour_role = self.link(role[0], role[1])
-                    kind, part, cost, sell, desc, qty, uom = "LABOUR", "", role[2] // 2, role[2], \
-                        f"Labour - {role[1]}", hours, "hr"
+                    labour_role = self.link(role_id, role_name)
+                    kind, part, cost, sell, desc, qty, uom = (
+                        "LABOUR",
+                        "",
+                        rate // 2,
+                        rate,
+                        f"Labour - {role_name}",
+                        hours,
+                        "hr",
+                    )
                 else:
                     sell = r.randrange(5000, 80000)
-                    kind, part, cost, sell, desc, qty, uom = "WRITE-IN", "", int(sell * 0.7), sell, r.choice((
-                        "Waste removal and tip fees", "Travel outside service area", "Council permit fee",
-                        "Crane hire", "After-hours surcharge")), 1, "ea"
-                total = int(round(qty * sell))
+                    kind, part, cost, qty = "WRITE-IN", "", int(sell * 0.7), 1
+                    desc = r.choice(_WRITE_INS)
+                total = round(qty * sell)
                 tax = _gst(total)
-                items.append({
-                    "itemId": self.uid(), "itemType": kind, "sectionQuoteNumber": section, "partNumber": part,
-                    "description": desc, "quantity": qty, "unitOfMeasure": uom, "labourRole": labour_role,
-                    "hours": hours, "unitCostExTax": _money(cost), "unitSellExTax": _money(sell),
-                    "totalExTax": _money(total), "totalIncTax": _money(total + tax), "isTaxable": True,
-                })
+                items.append(
+                    {
+                        "itemId": self.uid(),
+                        "itemType": kind,
+                        "sectionQuoteNumber": section,
+                        "partNumber": part,
+                        "description": desc,
+                        "quantity": qty,
+                        "unitOfMeasure": uom,
+                        "labourRole": labour_role,
+                        "hours": hours,
+                        "unitCostExTax": _money(cost),
+                        "unitSellExTax": _money(sell),
+                        "totalExTax": _money(total),
+                        "totalIncTax": _money(total + tax),
+                        "isTaxable": True,
+                    }
+                )
                 totals[section][0] += total
                 totals[section][1] += total + tax
         return items, totals
@@ -1257,34 +1484,57 @@ class TenantGenerator:
         items, totals = self.quote_items(section_numbers)
         if sectioned:
             for k, section in enumerate(section_numbers, start=1):
-                children.append({
-                    "quoteId": self.uid(), "quoteNumber": section,
-                    "quoteName": r.choice(("Stage", "Section")) + f" {k} - " + ("Rough-in", "Fit-off",
-                                                                                 "Commissioning")[(k - 1) % 3],
-                    "displayOrder": k, "totalExTax": _money(totals[section][0]),
-                    "totalIncTax": _money(totals[section][1]),
-                })
+                children.append(
+                    {
+                        "quoteId": self.uid(),
+                        "quoteNumber": section,
+                        "quoteName": r.choice(("Stage", "Section"))
+                        + f" {k} - "
+                        + ("Rough-in", "Fit-off", "Commissioning")[(k - 1) % 3],
+                        "displayOrder": k,
+                        "totalExTax": _money(totals[section][0]),
+                        "totalIncTax": _money(totals[section][1]),
+                    }
+                )
             self.nested["child_quotes"] += len(children)
         self.nested["quote_items"] += len(items)
         ex = sum(t[0] for t in totals.values())
         inc = sum(t[1] for t in totals.values())
-        loss = r.choice(("Price", "Went with another contractor", "Customer did not proceed", "Timing")) \
-            if status == 3 else None
+        loss = (
+            r.choice(("Price", "Went with another contractor", "Customer did not proceed", "Timing"))
+            if status == 3
+            else None
+        )
         quote = {
-            "quoteId": self.uid(), "quoteNumber": number, "quoteName": template[0],
-            "quoteDescription": template[1], "quoteStatus": status, "quoteStatusText": QUOTE_STATUS_TEXT[status],
-            "reasonForLoss": loss, "quotationDate": _day(date), "dueDate": _day(date + 7 * 86400)
-            if r.random() < 0.4 else None,
-            "validUntilDate": _day(date + 30 * 86400), "pricingMethod": "SECTIONS" if sectioned else "FIXED-PRICE",
-            "totalExTax": _money(ex), "totalIncTax": _money(inc),
-            "purchaseOrderNumber": f"PO{r.randrange(10000, 99999)}" if place is not billing and r.random() < 0.4
+            "quoteId": self.uid(),
+            "quoteNumber": number,
+            "quoteName": template[0],
+            "quoteDescription": template[1],
+            "quoteStatus": status,
+            "quoteStatusText": QUOTE_STATUS_TEXT[status],
+            "reasonForLoss": loss,
+            "quotationDate": _day(date),
+            "dueDate": _day(date + 7 * 86400) if r.random() < 0.4 else None,
+            "validUntilDate": _day(date + 30 * 86400),
+            "pricingMethod": "SECTIONS" if sectioned else "FIXED-PRICE",
+            "totalExTax": _money(ex),
+            "totalIncTax": _money(inc),
+            "purchaseOrderNumber": f"PO{r.randrange(10000, 99999)}"
+            if place is not billing and r.random() < 0.4
             else "",
-            "clientOrderNumber": "", "addressLine1": place["streetLine1"], "addressLine2": "",
-            "suburb": place["streetSuburb"], "state": place["streetState"], "postcode": place["streetPostcode"],
-            "country": "Australia", "jobType": self.job_types.get(template[3]) or self.job_types[self.job_type_names[0]],
+            "clientOrderNumber": "",
+            "addressLine1": place["streetLine1"],
+            "addressLine2": "",
+            "suburb": place["streetSuburb"],
+            "state": place["streetState"],
+            "postcode": place["streetPostcode"],
+            "country": "Australia",
+            "jobType": self.job_types.get(template[3]) or self.job_types[self.job_type_names[0]],
             "siteCustomer": self.link(place["customerId"], place["customerName"]),
             "billingCustomer": self.link(billing["customerId"], billing["customerName"]),
-            "childQuotes": children, "jobNumber": None, "items": items,
+            "childQuotes": children,
+            "jobNumber": None,
+            "items": items,
             "assignedUser": r.choice(self.office + self.techs[:3]),
             "dateCreated": _ts(date, self.ms()),
             "lastModified": _ts(self.when(date, date + 40 * 86400), self.ms()),
@@ -1294,10 +1544,14 @@ class TenantGenerator:
     def dirty_quote(self, quote: dict[str, Any]) -> None:
         if self.want("number_as_text", 0.01):
             quote["totalExTax"] = f"${quote['totalExTax']:,.2f}"
-            self.note_dirty("number_as_text", "quotes", quote["quoteId"], "totalExTax", value=quote["totalExTax"])
+            self.note_dirty(
+                "number_as_text", "quotes", quote["quoteId"], "totalExTax", value=quote["totalExTax"]
+            )
         elif self.want("text_date", 0.01):
             quote["quotationDate"] = self.drng.choice(_TEXT_DATES)
-            self.note_dirty("text_date", "quotes", quote["quoteId"], "quotationDate", value=quote["quotationDate"])
+            self.note_dirty(
+                "text_date", "quotes", quote["quoteId"], "quotationDate", value=quote["quotationDate"]
+            )
 
     # -- jobs -----------------------------------------------------------------------------------------
 
@@ -1310,19 +1564,49 @@ class TenantGenerator:
         if age < 10 * 86400:
             return 0 if roll < 0.3 else 1 if roll < 0.6 else 5 if roll < 0.8 else 4 if roll < 0.88 else 2
         if age < 60 * 86400:
-            return (2 if roll < 0.3 else 6 if roll < 0.5 else 7 if roll < 0.65 else 0 if roll < 0.75 else
-                    1 if roll < 0.82 else 4 if roll < 0.9 else 3 if roll < 0.95 else 5)
-        return 7 if roll < 0.6 else 2 if roll < 0.78 else 3 if roll < 0.87 else 6 if roll < 0.92 else 4 if roll < 0.96 \
+            return (
+                2
+                if roll < 0.3
+                else 6
+                if roll < 0.5
+                else 7
+                if roll < 0.65
+                else 0
+                if roll < 0.75
+                else 1
+                if roll < 0.82
+                else 4
+                if roll < 0.9
+                else 3
+                if roll < 0.95
+                else 5
+            )
+        return (
+            7
+            if roll < 0.6
+            else 2
+            if roll < 0.78
+            else 3
+            if roll < 0.87
+            else 6
+            if roll < 0.92
+            else 4
+            if roll < 0.96
             else 0
+        )
 
     def new_job(self, billing, places, contacts_by_customer, created, from_quote=None) -> dict[str, Any]:
         r = self.rng
         if from_quote is not None:
             place_id = from_quote["siteCustomer"]["id"]
             place = next((p for p in places if p["customerId"] == place_id), places[0])
-            template = next((t for t in self.job_templates if t[0] == from_quote["quoteName"]), self.job_templates[0])
-            date = self.when(self.stamp(from_quote["dateCreated"]) + 86400, self.stamp(from_quote["dateCreated"]) +
-                             40 * 86400)
+            template = next(
+                (t for t in self.job_templates if t[0] == from_quote["quoteName"]), self.job_templates[0]
+            )
+            date = self.when(
+                self.stamp(from_quote["dateCreated"]) + 86400,
+                self.stamp(from_quote["dateCreated"]) + 40 * 86400,
+            )
         else:
             place = r.choice(places)
             template = r.choice(self.primary_templates if r.random() < 0.7 else self.job_templates)
@@ -1334,18 +1618,26 @@ class TenantGenerator:
         self.next_job += 1
         name, desc, work, jtype, (low, high), cf_names = template
         if from_quote is not None:
-            ex = int(round(from_quote["totalExTax"] * 100))
+            ex = round(from_quote["totalExTax"] * 100)
         else:
             ex = r.randrange(low, high)
         done = status in (2, 6, 7)
         completed = self.when(date + 3600, date + 20 * 86400) if done else None
         booking = self.when(date, (completed or date + 10 * 86400)) if status not in (5, 3) else None
-        tech = r.choice(self.techs) if (self.now - date < 365 * 86400 or not self.inactive_techs or
-                                        r.random() < 0.8) else r.choice(self.inactive_techs)
+        tech = (
+            r.choice(self.techs)
+            if (self.now - date < 365 * 86400 or not self.inactive_techs or r.random() < 0.8)
+            else r.choice(self.inactive_techs)
+        )
         site_contacts = contacts_by_customer.get(place["customerId"]) or []
         billing_contacts = contacts_by_customer.get(billing["customerId"]) or []
-        custom = self.custom_fields(sorted(set(cf_names) | ({"Access Instructions"} if r.random() < 0.3 else set()) |
-                                           ({"Pets On Site"} if r.random() < 0.2 else set())))
+        custom = self.custom_fields(
+            sorted(
+                set(cf_names)
+                | ({"Access Instructions"} if r.random() < 0.3 else set())
+                | ({"Pets On Site"} if r.random() < 0.2 else set())
+            )
+        )
         sectioned = r.random() < 0.1
         children: list[dict[str, Any]] = []
         if sectioned:
@@ -1357,47 +1649,87 @@ class TenantGenerator:
                 c_status = status if status in (3, 4, 5) else (7 if status == 7 else r.choice((status, 2)))
                 c_done = c_status in (2, 6, 7)
                 c_number = f"{number}.{k:02d}"
-                children.append({
-                    "jobId": self.uid(), "jobNumber": c_number, "topLevelJobNumber": number,
-                    "jobName": f"Section {k} - " + ("Rough-in", "Fit-off", "Commissioning", "Make good")[k - 1],
-                    "jobDescription": f"{('Rough-in', 'Fit-off', 'Commissioning', 'Make good')[k - 1]} for {name.lower()}",
-                    "workUndertaken": work if c_done else "", "jobStatus": c_status,
-                    "jobStatusText": JOB_STATUS_TEXT[c_status], "dateCreated": _ts(date + k, self.ms()),
-                    "completedDate": _ts(completed or date, 0) if c_done else None, "pricingMethod": "FIXED-PRICE",
-                    "totalExTax": _money(part), "totalIncTax": _money(part + _gst(part)),
-                    "purchaseOrderNumber": "", "clientOrderNumber": "", "addressLine1": place["streetLine1"],
-                    "addressLine2": "", "suburb": place["streetSuburb"], "state": place["streetState"],
-                    "postcode": place["streetPostcode"], "country": "Australia",
-                    "latitude": place["streetLatitude"], "longitude": place["streetLongitude"],
-                    "jobType": self.job_types.get(jtype) or self.job_types[self.job_type_names[0]],
-                    "siteCustomer": self.link(place["customerId"], place["customerName"]), "siteContact": None,
-                    "billingCustomer": self.link(billing["customerId"], billing["customerName"]),
-                    "billingContact": None, "displayOrder": k, "customFields": None, "quoteNumber": None,
-                    "assignedUser": r.choice(self.techs), "team": None,
-                    "lastModified": _ts(completed or date + k, 0),
-                })
-        inc = sum(int(round(c["totalIncTax"] * 100)) for c in children) if children else ex + _gst(ex)
+                children.append(
+                    {
+                        "jobId": self.uid(),
+                        "jobNumber": c_number,
+                        "topLevelJobNumber": number,
+                        "jobName": f"Section {k} - "
+                        + ("Rough-in", "Fit-off", "Commissioning", "Make good")[k - 1],
+                        "jobDescription": ("Rough-in", "Fit-off", "Commissioning", "Make good")[k - 1]
+                        + f" for {name.lower()}",
+                        "workUndertaken": work if c_done else "",
+                        "jobStatus": c_status,
+                        "jobStatusText": JOB_STATUS_TEXT[c_status],
+                        "dateCreated": _ts(date + k, self.ms()),
+                        "completedDate": _ts(completed or date, 0) if c_done else None,
+                        "pricingMethod": "FIXED-PRICE",
+                        "totalExTax": _money(part),
+                        "totalIncTax": _money(part + _gst(part)),
+                        "purchaseOrderNumber": "",
+                        "clientOrderNumber": "",
+                        "addressLine1": place["streetLine1"],
+                        "addressLine2": "",
+                        "suburb": place["streetSuburb"],
+                        "state": place["streetState"],
+                        "postcode": place["streetPostcode"],
+                        "country": "Australia",
+                        "latitude": place["streetLatitude"],
+                        "longitude": place["streetLongitude"],
+                        "jobType": self.job_types.get(jtype) or self.job_types[self.job_type_names[0]],
+                        "siteCustomer": self.link(place["customerId"], place["customerName"]),
+                        "siteContact": None,
+                        "billingCustomer": self.link(billing["customerId"], billing["customerName"]),
+                        "billingContact": None,
+                        "displayOrder": k,
+                        "customFields": None,
+                        "quoteNumber": None,
+                        "assignedUser": r.choice(self.techs),
+                        "team": None,
+                        "lastModified": _ts(completed or date + k, 0),
+                    }
+                )
+        inc = sum(round(c["totalIncTax"] * 100) for c in children) if children else ex + _gst(ex)
         job = {
-            "jobId": self.uid(), "jobNumber": number, "topLevelJobNumber": None, "jobName": name,
-            "jobDescription": desc, "workUndertaken": work if done else "", "jobStatus": status,
-            "jobStatusText": JOB_STATUS_TEXT[status], "dateCreated": _ts(date, self.ms()),
+            "jobId": self.uid(),
+            "jobNumber": number,
+            "topLevelJobNumber": None,
+            "jobName": name,
+            "jobDescription": desc,
+            "workUndertaken": work if done else "",
+            "jobStatus": status,
+            "jobStatusText": JOB_STATUS_TEXT[status],
+            "dateCreated": _ts(date, self.ms()),
             "completedDate": _ts(completed, 0) if completed else None,
-            "pricingMethod": "SECTIONS" if sectioned else r.choice(("FIXED-PRICE", "FIXED-PRICE",
-                                                                    "TIME-AND-MATERIALS")),
-            "totalExTax": _money(ex), "totalIncTax": _money(inc),
-            "purchaseOrderNumber": f"PO{r.randrange(10000, 99999)}" if self.is_company and r.random() < 0.5 else "",
-            "clientOrderNumber": f"WO-{r.randrange(1000, 99999)}" if self.is_company and r.random() < 0.2 else "",
-            "addressLine1": place["streetLine1"], "addressLine2": "", "suburb": place["streetSuburb"],
-            "state": place["streetState"], "postcode": place["streetPostcode"], "country": "Australia",
-            "latitude": place["streetLatitude"], "longitude": place["streetLongitude"],
+            "pricingMethod": "SECTIONS"
+            if sectioned
+            else r.choice(("FIXED-PRICE", "FIXED-PRICE", "TIME-AND-MATERIALS")),
+            "totalExTax": _money(ex),
+            "totalIncTax": _money(inc),
+            "purchaseOrderNumber": f"PO{r.randrange(10000, 99999)}"
+            if self.is_company and r.random() < 0.5
+            else "",
+            "clientOrderNumber": f"WO-{r.randrange(1000, 99999)}"
+            if self.is_company and r.random() < 0.2
+            else "",
+            "addressLine1": place["streetLine1"],
+            "addressLine2": "",
+            "suburb": place["streetSuburb"],
+            "state": place["streetState"],
+            "postcode": place["streetPostcode"],
+            "country": "Australia",
+            "latitude": place["streetLatitude"],
+            "longitude": place["streetLongitude"],
             "jobType": self.job_types.get(jtype) or self.job_types[self.job_type_names[0]],
             "siteCustomer": self.link(place["customerId"], place["customerName"]),
             "siteContact": r.choice(site_contacts) if site_contacts and r.random() < 0.7 else None,
             "billingCustomer": self.link(billing["customerId"], billing["customerName"]),
             "billingContact": r.choice(billing_contacts) if billing_contacts and r.random() < 0.5 else None,
-            "displayOrder": None, "customFields": custom,
+            "displayOrder": None,
+            "customFields": custom,
             "quoteNumber": from_quote["quoteNumber"] if from_quote else None,
-            "assignedUser": tech, "team": r.choice(self.teams) if r.random() < 0.3 else None,
+            "assignedUser": tech,
+            "team": r.choice(self.teams) if r.random() < 0.3 else None,
             "lastModified": _ts(completed or date, self.ms()),
             # ext (import-template columns Y, Z, AA, AD, AB): what the Jobs export carries besides the API.
             "bookingDate": _ts(booking, 0) if booking else None,
@@ -1418,7 +1750,11 @@ class TenantGenerator:
         status = job["jobStatus"]
         if not (status == 7 or (status == 2 and r.random() < 0.5) or (status == 0 and r.random() < 0.1)):
             return []
-        done = self.stamp(job["completedDate"]) if job["completedDate"] else self.stamp(job["dateCreated"]) + 86400
+        done = (
+            self.stamp(job["completedDate"])
+            if job["completedDate"]
+            else self.stamp(job["dateCreated"]) + 86400
+        )
         date = self.when(done, done + 4 * 86400)
         terms = 14 if r.random() < 0.6 else 30
         due = date + terms * 86400
@@ -1435,13 +1771,22 @@ class TenantGenerator:
         out_lines = []
         ex_total = tax_total = 0
         for desc, part, qty, price in lines:
-            total = int(round(qty * price))
+            total = round(qty * price)
             tax = _gst(total)
             ex_total += total
             tax_total += tax
-            out_lines.append({"description": desc, "partNumber": part, "quantity": qty,
-                              "unitPriceExTax": _money(price), "accountCode": "200", "taxCode": "GST",
-                              "totalExTax": _money(total), "tax": _money(tax)})
+            out_lines.append(
+                {
+                    "description": desc,
+                    "partNumber": part,
+                    "quantity": qty,
+                    "unitPriceExTax": _money(price),
+                    "accountCode": "200",
+                    "taxCode": "GST",
+                    "totalExTax": _money(total),
+                    "tax": _money(tax),
+                }
+            )
         inc_total = ex_total + tax_total
         if self.forced_invoices < 5:
             inv_status = INVOICE_STATUSES[self.forced_invoices]
@@ -1464,26 +1809,47 @@ class TenantGenerator:
         outstanding = 0 if inv_status == "Void" else inc_total - paid
         number = f"INV-{self.next_invoice}"
         self.next_invoice += 1
-        sent = inv_status != "Void" and billing.get("accountingSystem") is not None and (
-            inv_status != "Unpaid" or r.random() < 0.7)
+        sent = (
+            inv_status != "Void"
+            and billing.get("accountingSystem") is not None
+            and (inv_status != "Unpaid" or r.random() < 0.7)
+        )
         invoice = {
-            "invoiceId": self.uid(), "invoiceNumber": number, "invoiceDate": _day(date), "dueDate": _day(due),
-            "jobId": job["jobId"], "jobNumber": job["jobNumber"],
-            "billingCustomer": {"id": billing["customerId"], "name": billing["customerName"],
-                                "customerNumber": billing["customerNumber"], "emailAddress": billing["emailAddress"]},
-            "billingAddress": {"line1": billing["postalLine1"] or billing["streetLine1"], "line2": "",
-                               "suburb": billing["postalSuburb"] or billing["streetSuburb"],
-                               "state": billing["postalState"] or billing["streetState"],
-                               "postcode": billing["postalPostcode"] or billing["streetPostcode"],
-                               "country": "Australia"},
+            "invoiceId": self.uid(),
+            "invoiceNumber": number,
+            "invoiceDate": _day(date),
+            "dueDate": _day(due),
+            "jobId": job["jobId"],
+            "jobNumber": job["jobNumber"],
+            "billingCustomer": {
+                "id": billing["customerId"],
+                "name": billing["customerName"],
+                "customerNumber": billing["customerNumber"],
+                "emailAddress": billing["emailAddress"],
+            },
+            "billingAddress": {
+                "line1": billing["postalLine1"] or billing["streetLine1"],
+                "line2": "",
+                "suburb": billing["postalSuburb"] or billing["streetSuburb"],
+                "state": billing["postalState"] or billing["streetState"],
+                "postcode": billing["postalPostcode"] or billing["streetPostcode"],
+                "country": "Australia",
+            },
             "reference": job["purchaseOrderNumber"] or job["jobNumber"],
-            "totalExTax": _money(ex_total), "totalTax": _money(tax_total), "totalIncTax": _money(inc_total),
-            "amountPaid": _money(paid), "amountOutstanding": _money(outstanding), "sentToAccounts": sent,
+            "totalExTax": _money(ex_total),
+            "totalTax": _money(tax_total),
+            "totalIncTax": _money(inc_total),
+            "amountPaid": _money(paid),
+            "amountOutstanding": _money(outstanding),
+            "sentToAccounts": sent,
             "lines": out_lines,
             "invoiceCustomFields": [{"fieldName": "Payment Terms", "fieldValue": f"{terms} days"}]
-            if r.random() < 0.3 else [],
-            "jobCustomFields": job["customFields"] or [], "customerCustomFields": billing["customFields"],
-            "status": inv_status, "accountingSystem": billing.get("accountingSystem"),
+            if r.random() < 0.3
+            else [],
+            "jobCustomFields": job["customFields"] or [],
+            "customerCustomFields": billing["customFields"],
+            "status": inv_status,
+            "accountingSystem": billing.get("accountingSystem"),
             "lastModified": _ts(self.when(date, date + 45 * 86400), self.ms()),
         }
         self.nested["invoice_lines"] += len(out_lines)
@@ -1493,30 +1859,50 @@ class TenantGenerator:
         r = self.rng
         if self.want("number_as_text", 0.02):
             invoice["amountPaid"] = f"${invoice['amountPaid']:,.2f}"
-            self.note_dirty("number_as_text", "invoices", invoice["invoiceId"], "amountPaid",
-                            value=invoice["amountPaid"])
+            self.note_dirty(
+                "number_as_text", "invoices", invoice["invoiceId"], "amountPaid", value=invoice["amountPaid"]
+            )
         elif self.want("text_date", 0.01):
             invoice["dueDate"] = self.drng.choice(_TEXT_DATES)
-            self.note_dirty("text_date", "invoices", invoice["invoiceId"], "dueDate", value=invoice["dueDate"])
+            self.note_dirty(
+                "text_date", "invoices", invoice["invoiceId"], "dueDate", value=invoice["dueDate"]
+            )
         self.out.write("invoices", invoice)
         status = invoice["status"]
         if status in ("Paid", "Part Paid"):
-            paid = int(round(float(str(invoice["amountPaid"]).replace(",", "").replace("$", "")) * 100))
+            paid = round(float(str(invoice["amountPaid"]).replace(",", "").replace("$", "")) * 100)
             date = self.stamp(invoice["invoiceDate"])
-            self.out.write("payments", {
-                "paymentId": self.uid(), "invoiceId": invoice["invoiceId"], "invoiceNumber": invoice["invoiceNumber"],
-                "paymentDate": _ts(self.when(date, date + 30 * 86400), 0), "paymentAmount": _money(paid),
-                "surchargeAmount": _money(paid * 15 // 1000) if r.random() < 0.2 else 0.0,
-                "paymentMethod": r.choice(PAYMENT_METHODS), "receiptNumber": f"R{self.next_receipt}",
-                "comment": "", "sentToAccounts": invoice["sentToAccounts"],
-            })
+            self.out.write(
+                "payments",
+                {
+                    "paymentId": self.uid(),
+                    "invoiceId": invoice["invoiceId"],
+                    "invoiceNumber": invoice["invoiceNumber"],
+                    "paymentDate": _ts(self.when(date, date + 30 * 86400), 0),
+                    "paymentAmount": _money(paid),
+                    "surchargeAmount": _money(paid * 15 // 1000) if r.random() < 0.2 else 0.0,
+                    "paymentMethod": r.choice(PAYMENT_METHODS),
+                    "receiptNumber": f"R{self.next_receipt}",
+                    "comment": "",
+                    "sentToAccounts": invoice["sentToAccounts"],
+                },
+            )
             self.next_receipt += 1
         if status == "Overdue" and r.random() < 0.7:
-            self.new_note("Invoice", invoice["invoiceId"], self.stamp(invoice["invoiceDate"]) + 20 * 86400,
-                          text="Invoice overdue - reminder sent, customer promised payment this week.")
+            self.new_note(
+                "Invoice",
+                invoice["invoiceId"],
+                self.stamp(invoice["invoiceDate"]) + 20 * 86400,
+                text="Invoice overdue - reminder sent, customer promised payment this week.",
+            )
         if r.random() < 0.05:
-            self.new_attachment("Invoice", invoice["invoiceId"], self.stamp(invoice["invoiceDate"]), "Document",
-                                title=f"Tax Invoice {invoice['invoiceNumber']}")
+            self.new_attachment(
+                "Invoice",
+                invoice["invoiceId"],
+                self.stamp(invoice["invoiceDate"]),
+                "Document",
+                title=f"Tax Invoice {invoice['invoiceNumber']}",
+            )
 
     # -- per-job extras: supplier bills, notes, photos, forms -------------------------------------------
 
@@ -1537,18 +1923,40 @@ class TenantGenerator:
                 inc = total + (_gst(abs(total)) * (-1 if credit else 1))
                 ex_total += total
                 inc_total += inc
-                lines.append({"description": s[4], "partNumber": s[1], "quantity": qty, "unitCostExTax": _money(s[2]),
-                              "totalAmountExTax": _money(total), "totalAmountIncTax": _money(inc),
-                              "accountCode": "310", "reference": job["jobNumber"], "isTaxable": True})
+                lines.append(
+                    {
+                        "description": s[4],
+                        "partNumber": s[1],
+                        "quantity": qty,
+                        "unitCostExTax": _money(s[2]),
+                        "totalAmountExTax": _money(total),
+                        "totalAmountIncTax": _money(inc),
+                        "accountCode": "310",
+                        "reference": job["jobNumber"],
+                        "isTaxable": True,
+                    }
+                )
             self.nested["supplier_invoice_lines"] += len(lines)
-            self.out.write("supplier_invoices", {
-                "supplierInvoiceId": self.uid(), "supplier": supplier, "createdOn": _ts(date + 3600, self.ms()),
-                "invoiceDate": _day(date), "dueDate": _day(date + 30 * 86400),
-                "trackingNumber": f"{'CR' if credit else 'SI'}{self.next_bill}", "reference": job["jobNumber"],
-                "accepted": r.random() < 0.9, "type": "CREDIT" if credit else "INVOICE", "accountCode": "310",
-                "isExpense": False, "sentToAccounts": self.now - date > 14 * 86400,
-                "totalAmountExTax": _money(ex_total), "totalAmountIncTax": _money(inc_total), "lines": lines,
-            })
+            self.out.write(
+                "supplier_invoices",
+                {
+                    "supplierInvoiceId": self.uid(),
+                    "supplier": supplier,
+                    "createdOn": _ts(date + 3600, self.ms()),
+                    "invoiceDate": _day(date),
+                    "dueDate": _day(date + 30 * 86400),
+                    "trackingNumber": f"{'CR' if credit else 'SI'}{self.next_bill}",
+                    "reference": job["jobNumber"],
+                    "accepted": r.random() < 0.9,
+                    "type": "CREDIT" if credit else "INVOICE",
+                    "accountCode": "310",
+                    "isExpense": False,
+                    "sentToAccounts": self.now - date > 14 * 86400,
+                    "totalAmountExTax": _money(ex_total),
+                    "totalAmountIncTax": _money(inc_total),
+                    "lines": lines,
+                },
+            )
             self.next_bill += 1
         for _ in range(int(r.random() * 2.2)):
             self.new_note("Job", job["jobId"], created)
@@ -1556,8 +1964,9 @@ class TenantGenerator:
             for _ in range(1 + (r.random() < 0.4)):
                 self.new_attachment("Job", job["jobId"], created, "Photo")
         if r.random() < 0.03:
-            self.new_attachment("Job", job["jobId"], created, "Document", title=f"Compliance certificate "
-                                f"{job['jobNumber']}")
+            self.new_attachment(
+                "Job", job["jobId"], created, "Document", title=f"Compliance certificate {job['jobNumber']}"
+            )
         if status in (0, 2, 6, 7) and r.random() < 0.2:
             self.new_form(job, created, tech)
 
@@ -1568,16 +1977,25 @@ class TenantGenerator:
             activity, template = "Internal", text
         when = self.when(after, after + 30 * 86400)
         note = {
-            "noteId": self.uid(), "entityType": entity_type, "entityId": entity_id,
-            "noteContent": template.format(d=("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")[r.randrange(5)]),
-            "createdByName": r.choice(self.staff_names), "dateCreated": _ts(when, self.ms()),
+            "noteId": self.uid(),
+            "entityType": entity_type,
+            "entityId": entity_id,
+            "noteContent": template.format(
+                d=("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")[r.randrange(5)]
+            ),
+            "createdByName": r.choice(self.staff_names),
+            "dateCreated": _ts(when, self.ms()),
             "activityType": activity,
         }
         if self.want("formula_string", 0.01):
             note["noteContent"] = self.drng.choice(_FORMULAS)
-            self.note_dirty("formula_string", "notes", note["noteId"], "noteContent", value=note["noteContent"])
+            self.note_dirty(
+                "formula_string", "notes", note["noteId"], "noteContent", value=note["noteContent"]
+            )
         elif self.want("control_characters", 0.01):
-            note["noteContent"] = note["noteContent"][:20] + self.drng.choice(_CONTROL_BITS) + note["noteContent"][20:]
+            note["noteContent"] = (
+                note["noteContent"][:20] + self.drng.choice(_CONTROL_BITS) + note["noteContent"][20:]
+            )
             self.note_dirty("control_characters", "notes", note["noteId"], "noteContent")
         self.out.write("notes", note)
 
@@ -1602,37 +2020,67 @@ class TenantGenerator:
             for _ in self._file_pool.map(_write_one_file, *zip(*batch, strict=True)):
                 pass
 
-    def new_attachment(self, entity_type: str, entity_id: str, after: int, category: str, *, title: str = "",
-                       data: bytes | None = None, file_name: str | None = None) -> str:
+    def new_attachment(
+        self,
+        entity_type: str,
+        entity_id: str,
+        after: int,
+        category: str,
+        *,
+        title: str = "",
+        data: bytes | None = None,
+        file_name: str | None = None,
+    ) -> str:
         r = self.rng
         ident = self.uid()
         when = self.when(after, after + 20 * 86400)
         if data is None:
             if category == "Photo":
                 t = time.gmtime(when)
-                stem = f"IMG_{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}_{t.tm_hour:02d}{t.tm_min:02d}{t.tm_sec:02d}"
+                stem = (
+                    f"IMG_{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}"
+                    f"_{t.tm_hour:02d}{t.tm_min:02d}{t.tm_sec:02d}"
+                )
                 if r.random() < 0.6:
                     noise = r.randbytes(16)
-                    data = _png(20 + r.randrange(20), 16 + r.randrange(16),
-                                (r.randrange(256), r.randrange(256), r.randrange(256)),
-                                (r.randrange(256), r.randrange(256), r.randrange(256)), noise)
+                    data = _png(
+                        20 + r.randrange(20),
+                        16 + r.randrange(16),
+                        (r.randrange(256), r.randrange(256), r.randrange(256)),
+                        (r.randrange(256), r.randrange(256), r.randrange(256)),
+                        noise,
+                    )
                     file_name, content_type = stem + ".png", "image/png"
                 else:
                     data = _jpeg([r.randrange(256) for _ in range(4)], 2 + r.randrange(3), 2 + r.randrange(2))
                     file_name, content_type = stem + ".jpg", "image/jpeg"
             else:
-                data = _pdf(title or "Document", (self.business_name, f"Reference {entity_type} {entity_id[:8]}",
-                                                  "Generated by the Ascora sandbox."))
+                data = _pdf(
+                    title or "Document",
+                    (
+                        self.business_name,
+                        f"Reference {entity_type} {entity_id[:8]}",
+                        "Generated by the Ascora sandbox.",
+                    ),
+                )
                 file_name, content_type = (title or "Document").replace("/", "-") + ".pdf", "application/pdf"
         else:
             content_type = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
         assert file_name is not None
         self.write_file(ident, file_name, data)
-        self.out.write("attachments", {
-            "attachmentId": ident, "entityType": entity_type, "entityId": entity_id, "fileName": file_name,
-            "contentType": content_type, "sizeBytes": len(data), "dateCreated": _ts(when, self.ms()),
-            "category": category,
-        })
+        self.out.write(
+            "attachments",
+            {
+                "attachmentId": ident,
+                "entityType": entity_type,
+                "entityId": entity_id,
+                "fileName": file_name,
+                "contentType": content_type,
+                "sizeBytes": len(data),
+                "dateCreated": _ts(when, self.ms()),
+                "category": category,
+            },
+        )
         return ident
 
     def new_form(self, job: dict[str, Any], created: int, tech: str | None) -> None:
@@ -1648,17 +2096,28 @@ class TenantGenerator:
             answers.append({"fieldCode": code, "value": value})
         when = self.when(created, created + 15 * 86400)
         doc = _docx(f"{form_name} - {job['jobNumber']}", [f"{a['fieldCode']}: {a['value']}" for a in answers])
-        attachment = self.new_attachment("Job", job["jobId"], when, "Form", data=doc,
-                                         file_name=f"{form_name} - {job['jobNumber']}.docx")
-        self.out.write("form_responses", {
-            "formResponseId": self.uid(), "formName": form_name, "jobId": job["jobId"],
-            "jobNumber": job["jobNumber"], "completedBy": tech, "dateCompleted": _ts(when, self.ms()),
-            "fields": answers, "attachmentId": attachment,
-        })
+        attachment = self.new_attachment(
+            "Job", job["jobId"], when, "Form", data=doc, file_name=f"{form_name} - {job['jobNumber']}.docx"
+        )
+        self.out.write(
+            "form_responses",
+            {
+                "formResponseId": self.uid(),
+                "formName": form_name,
+                "jobId": job["jobId"],
+                "jobNumber": job["jobNumber"],
+                "completedBy": tech,
+                "dateCompleted": _ts(when, self.ms()),
+                "fields": answers,
+                "attachmentId": attachment,
+            },
+        )
 
     def new_enquiry(self, billing, quotes, jobs, created) -> None:
         r = self.rng
-        when = self.when(created - 20 * 86400, created + 86400) if created > self.start + 20 * 86400 else created
+        when = (
+            self.when(created - 20 * 86400, created + 86400) if created > self.start + 20 * 86400 else created
+        )
         target_quote = quotes[0]["quoteNumber"] if quotes else None
         target_job = jobs[0]["jobNumber"] if jobs and not quotes else None
         if target_quote or target_job:
@@ -1670,19 +2129,39 @@ class TenantGenerator:
         template = r.choice(self.job_templates)
         number = f"E{self.next_enquiry}"
         self.next_enquiry += 1
-        self.out.write("enquiries", {
-            "enquiryId": self.uid(), "enquiryNumber": number, "companyName": billing["companyName"],
-            "firstName": billing["contactFirstName"], "lastName": billing["contactLastName"],
-            "email": billing["emailAddress"], "mobile": billing["mobileNumber"], "phone": billing["phoneNumber"],
-            "addressLine1": billing["streetLine1"], "addressLine2": "", "addressSuburb": billing["streetSuburb"],
-            "addressState": billing["streetState"], "addressPostcode": billing["streetPostcode"],
-            "addressCountry": "Australia", "enquiryDescription": f"Web enquiry: {template[1]}",
-            "leadSource": (billing["leadSource"] or {}).get("name") or r.choice(LEAD_SOURCES),
-            "customFields": [{"fieldName": "Preferred Contact Time", "fieldValue": r.choice(
-                _CUSTOMER_CF["Preferred Contact Time"])}] if r.random() < 0.4 else [],
-            "status": status, "dateCreated": _ts(when, self.ms()), "convertedToQuoteNumber": target_quote,
-            "convertedToJobNumber": target_job,
-        })
+        self.out.write(
+            "enquiries",
+            {
+                "enquiryId": self.uid(),
+                "enquiryNumber": number,
+                "companyName": billing["companyName"],
+                "firstName": billing["contactFirstName"],
+                "lastName": billing["contactLastName"],
+                "email": billing["emailAddress"],
+                "mobile": billing["mobileNumber"],
+                "phone": billing["phoneNumber"],
+                "addressLine1": billing["streetLine1"],
+                "addressLine2": "",
+                "addressSuburb": billing["streetSuburb"],
+                "addressState": billing["streetState"],
+                "addressPostcode": billing["streetPostcode"],
+                "addressCountry": "Australia",
+                "enquiryDescription": f"Web enquiry: {template[1]}",
+                "leadSource": (billing["leadSource"] or {}).get("name") or r.choice(LEAD_SOURCES),
+                "customFields": [
+                    {
+                        "fieldName": "Preferred Contact Time",
+                        "fieldValue": r.choice(_CUSTOMER_CF["Preferred Contact Time"]),
+                    }
+                ]
+                if r.random() < 0.4
+                else [],
+                "status": status,
+                "dateCreated": _ts(when, self.ms()),
+                "convertedToQuoteNumber": target_quote,
+                "convertedToJobNumber": target_job,
+            },
+        )
 
     # -- dirty mutations ---------------------------------------------------------------------------------
 
@@ -1704,7 +2183,9 @@ class TenantGenerator:
             self.note_dirty("text_date", "customers", ident, "dateCreated", value=c["dateCreated"])
         if self.want("unmapped_picklist", 0.02):
             c["customerType"] = {"id": self.duid(), "name": d.choice(_ODD_CUSTOMER_TYPE)}
-            self.note_dirty("unmapped_picklist", "customers", ident, "customerType", value=c["customerType"]["name"])
+            self.note_dirty(
+                "unmapped_picklist", "customers", ident, "customerType", value=c["customerType"]["name"]
+            )
         if self.want("non_ascii_name", 0.02):
             c["customerName"] = d.choice(_NON_ASCII)
             if c["companyName"]:
@@ -1730,8 +2211,11 @@ class TenantGenerator:
         name = c["customerName"]
         variants = [name.lower(), name.upper(), f" {name}  ", name.replace(" ", "  ", 1)]
         if "Pty Ltd" in name:
-            variants += [name.replace("Pty Ltd", "P/L"), name.replace("Pty Ltd", "PTY. LTD."),
-                         name.replace(" Pty Ltd", "")]
+            variants += [
+                name.replace("Pty Ltd", "P/L"),
+                name.replace("Pty Ltd", "PTY. LTD."),
+                name.replace(" Pty Ltd", ""),
+            ]
         if " " in name and not c["companyName"]:
             first, _, last = name.partition(" ")
             variants += [f"{last}, {first}", f"{first[0]}. {last}"]
@@ -1743,8 +2227,14 @@ class TenantGenerator:
         dup["customerNumber"] = ""
         self.out.write("customers", dup)
         self.dirty_extra += 1
-        self.note_dirty("duplicate_customer", "customers", dup["customerId"], "customerName",
-                        value=dup["customerName"], duplicate_of=c["customerId"])
+        self.note_dirty(
+            "duplicate_customer",
+            "customers",
+            dup["customerId"],
+            "customerName",
+            value=dup["customerName"],
+            duplicate_of=c["customerId"],
+        )
 
     def dirty_contact(self, contact: dict[str, Any]) -> None:
         d = self.drng
@@ -1753,7 +2243,9 @@ class TenantGenerator:
             contact["emailAddress"] = d.choice(_BAD_EMAILS)
             self.note_dirty("invalid_email", "contacts", ident, "emailAddress", value=contact["emailAddress"])
         if self.want("non_ascii_name", 0.01):
-            contact["firstName"], _, contact["lastName"] = d.choice(_NON_ASCII[::3] + ("Zoë Ó Briain",)).partition(" ")
+            contact["firstName"], _, contact["lastName"] = d.choice(
+                _NON_ASCII[::3] + ("Zoë Ó Briain",)
+            ).partition(" ")
             self.note_dirty("non_ascii_name", "contacts", ident, "firstName", value=contact["firstName"])
         elif self.want("formula_string", 0.005):
             contact["lastName"] = d.choice(_FORMULAS)
@@ -1765,7 +2257,9 @@ class TenantGenerator:
         if self.want("job_missing_customer", 0.01):
             job["siteCustomer"] = {"id": self.duid(), "name": job["siteCustomer"]["name"]}
             job["billingCustomer"] = {"id": self.duid(), "name": job["billingCustomer"]["name"]}
-            self.note_dirty("job_missing_customer", "jobs", ident, "billingCustomer", value=job["billingCustomer"]["id"])
+            self.note_dirty(
+                "job_missing_customer", "jobs", ident, "billingCustomer", value=job["billingCustomer"]["id"]
+            )
         if self.want("job_without_technician", 0.03):
             job["assignedUser"] = None
             self.note_dirty("job_without_technician", "jobs", ident, "assignedUser")
@@ -1777,8 +2271,10 @@ class TenantGenerator:
             job[field] = d.choice(_TEXT_DATES)
             self.note_dirty("text_date", "jobs", ident, field, value=job[field])
         if self.want("long_text", 0.01):
-            sentence = (f"{job['jobDescription']} Customer notes: please call before arrival, side gate code 1234, "
-                        "dog is friendly. ")
+            sentence = (
+                f"{job['jobDescription']} Customer notes: please call before arrival, side gate code 1234, "
+                "dog is friendly. "
+            )
             job["jobDescription"] = (sentence * (20000 // len(sentence) + 1))[:20000]
             self.note_dirty("long_text", "jobs", ident, "jobDescription", length=20000)
         if self.want("formula_string", 0.01):
@@ -1797,10 +2293,11 @@ class TenantGenerator:
         api_dir = self.root / "api"
         api_dir.mkdir(parents=True, exist_ok=True)
         self.files_dir = self.root / "files"
-        if self.files_dir.exists():
-            import shutil
+        import shutil
 
-            shutil.rmtree(self.files_dir)
+        for stale in (self.files_dir, self.root / "exports"):  # a re-run must not leave old files behind
+            if stale.exists():
+                shutil.rmtree(stale)
         self.files_dir.mkdir(parents=True)
         self.out = _Out(api_dir)
         self._file_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tenant-files")
@@ -1830,14 +2327,20 @@ class TenantGenerator:
             "nested_counts": dict(self.nested),
             "total_records": sum(counts.values()) + sum(self.nested.values()),
             "households": households,
-            "business": {"name": self.business_name, "trades": list(self.trades), "home_state": self.home_state,
-                         "accounting_system": self.accounting_system},
+            "business": {
+                "name": self.business_name,
+                "trades": list(self.trades),
+                "home_state": self.home_state,
+                "accounting_system": self.accounting_system,
+            },
             "files": {"count": self.files_written, "bytes": self.files_bytes},
         }
         (self.root / "tenant.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         manifest_path = self.root / "dirty_manifest.json"
         if self.dirty:
-            manifest_path.write_text(json.dumps(self.manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            manifest_path.write_text(
+                json.dumps(self.manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
         elif manifest_path.exists():
             manifest_path.unlink()
         return counts

@@ -39,7 +39,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from xml.etree import ElementTree
 
 from airflow_ascora_provider.source.coerce import CoercionError, Issue, to_bool, to_decimal
@@ -61,6 +61,7 @@ def _key(value: Any) -> str:
     return " ".join(str(value).split()).casefold()
 
 
+# fmt: off
 _ADDRESS = {
     "address_line1": ("ADDRESS LINE 1", "ADDRESS 1", "ADDRESS", "STREET", "STREET ADDRESS", "STREET LINE 1"),
     "address_line2": ("ADDRESS LINE 2", "ADDRESS 2", "STREET LINE 2"),
@@ -365,6 +366,7 @@ SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+# fmt: on
 @dataclass(frozen=True)
 class SheetRef:
     """Where a kind of sheet lives: workbook stem and sheet name (matched after normalisation)."""
@@ -394,9 +396,18 @@ SHEETS: dict[str, SheetRef] = {
     "bill_lines": SheetRef("bill_lines", "supplier_bills", "Bill Lines"),
 }
 # The sheet a workbook-named CSV (``jobs.csv``) or a single-sheet workbook stands for.
-MAIN_SHEET = {"customers": "customers", "jobs": "jobs", "quotes": "quotes", "invoices": "invoices",
-              "staff": "staff", "notes": "notes", "attachments": "attachments",
-              "form_responses": "form_responses", "enquiries": "enquiries", "supplier_bills": "suppliers"}
+MAIN_SHEET = {
+    "customers": "customers",
+    "jobs": "jobs",
+    "quotes": "quotes",
+    "invoices": "invoices",
+    "staff": "staff",
+    "notes": "notes",
+    "attachments": "attachments",
+    "form_responses": "form_responses",
+    "enquiries": "enquiries",
+    "supplier_bills": "suppliers",
+}
 
 # Canonical object -> sheets it is read from.
 OBJECT_SHEETS: dict[str, tuple[str, ...]] = {
@@ -422,16 +433,52 @@ OBJECT_SHEETS: dict[str, tuple[str, ...]] = {
     "supplier_bill_line": ("bill_lines",),
 }
 # Job / quote columns a section row repeats from its parent; not kept on the section (documented).
-_SECTION_INHERITED = frozenset({
-    "pricing_method", "purchase_order_number", "client_order_number", "address_line1", "address_line2",
-    "suburb", "state", "postcode", "country", "latitude", "longitude", "site_contact_id", "billing_contact_id",
-    "booking_date", "expected_date", "expected_duration_hours", "estimated_duration_hours", "invoice_number",
-    "team", "priority", "job_type_id", "work_undertaken", "total_tax", "quote_date", "due_date",
-    "valid_until_date", "reason_for_loss", "variation_for_job_number", "enquiry_id", "description", "status",
-    "date_created",
-})
-_ENTITY_TYPES = {"customer": "Customer", "site": "Site", "job": "Job", "quote": "Quotation", "quotation": "Quotation",
-                 "invoice": "Invoice", "enquiry": "Enquiry", "lead": "Enquiry"}
+_SECTION_INHERITED = frozenset(
+    {
+        "pricing_method",
+        "purchase_order_number",
+        "client_order_number",
+        "address_line1",
+        "address_line2",
+        "suburb",
+        "state",
+        "postcode",
+        "country",
+        "latitude",
+        "longitude",
+        "site_contact_id",
+        "billing_contact_id",
+        "booking_date",
+        "expected_date",
+        "expected_duration_hours",
+        "estimated_duration_hours",
+        "invoice_number",
+        "team",
+        "priority",
+        "job_type_id",
+        "work_undertaken",
+        "total_tax",
+        "quote_date",
+        "due_date",
+        "valid_until_date",
+        "reason_for_loss",
+        "variation_for_job_number",
+        "enquiry_id",
+        "description",
+        "status",
+        "date_created",
+    }
+)
+_ENTITY_TYPES = {
+    "customer": "Customer",
+    "site": "Site",
+    "job": "Job",
+    "quote": "Quotation",
+    "quotation": "Quotation",
+    "invoice": "Invoice",
+    "enquiry": "Enquiry",
+    "lead": "Enquiry",
+}
 _NOT_IN_MODEL = "column not in the canonical model; kept in issues"
 _SECTION_NUMBER = re.compile(r"^(.+)\.(\d+)$")
 
@@ -502,9 +549,7 @@ class _Table:
         assert self.opener is not None
         ws = self.opener(self.path)[self.sheet]
         ws.reset_dimensions()  # other tools write wrong <dimension> tags; read what is really there
-        # iter_rows re-opens the sheet's zip member on every pass: no rows are cached between passes.
-        for number, row in enumerate(ws.iter_rows(values_only=True), start=1):
-            yield number, row
+        yield from _sheet_rows(ws)
 
     def _csv_rows(self) -> Iterator[tuple[int, tuple[Any, ...]]]:
         with self.path.open(encoding="utf-8-sig", newline="", errors="replace") as fh:
@@ -580,9 +625,7 @@ class ExportReader:
         """
         wb = self._workbooks.get(path)
         if wb is None:
-            from openpyxl import load_workbook
-
-            wb = load_workbook(path, read_only=True, data_only=True)
+            wb = _load_read_only(path)
             self._workbooks[path] = wb
         return wb
 
@@ -592,10 +635,10 @@ class ExportReader:
             wb.close()
         self._workbooks.clear()
 
-    def __enter__(self) -> ExportReader:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- discovery ----------------------------------------------------------------------------------------
@@ -670,7 +713,7 @@ class ExportReader:
 
     @staticmethod
     def derived_id(object_name: str, *parts: Any) -> str:
-        """``job:J1042``, ``customer:harbourside plumbing pty ltd``: names fold case, numbers and ids do not."""
+        """``job:J1042``, ``customer:harbourside plumbing``: names fold case, numbers and ids do not."""
         return object_name + ":" + ":".join(str(p) for p in parts)
 
     def _natural_id(self, object_name: str, values: dict[str, Any], origin: str) -> str:
@@ -687,26 +730,34 @@ class ExportReader:
             return f"{object_name}:@{origin}"
         return self.derived_id(object_name, *parts)
 
-    def _finish(self, object_name: str, values: dict[str, Any], origin: str, issues: list[Issue],
-                spill: list[tuple[str, Any]], fetch: Callable[[], bytes] | None = None) -> RawRecord:
+    def _finish(
+        self,
+        object_name: str,
+        values: dict[str, Any],
+        origin: str,
+        issues: list[Issue],
+        spill: list[tuple[str, Any]],
+        fetch: Callable[[], bytes] | None = None,
+    ) -> RawRecord:
         """Unknown columns -> custom_fields (or an Issue each); fill the id; build the RawRecord."""
         schema = MODEL[object_name]
-        if spill:
-            if schema.has_field("custom_fields"):
-                custom = values.get("custom_fields")
-                custom = dict(custom) if isinstance(custom, dict) else {}
-                for heading, value in spill:
-                    custom.setdefault(heading, value)
-                values["custom_fields"] = custom
-            else:
-                issues.extend(Issue(heading, value, _NOT_IN_MODEL) for heading, value in spill)
+        if schema.has_field("custom_fields"):
+            # always a mapping (empty when the row has none), as the API's ``customFields: []`` gives
+            custom = values.get("custom_fields")
+            custom = dict(custom) if isinstance(custom, dict) else {}
+            for heading, value in spill:
+                custom.setdefault(heading, value)
+            values["custom_fields"] = custom
+        elif spill:
+            issues.extend(Issue(heading, value, _NOT_IN_MODEL) for heading, value in spill)
         if _blank(values.get("id")):
             values["id"] = self._natural_id(object_name, values, origin)
         return RawRecord(values=values, origin=origin, issues=issues, fetch=fetch)
 
     @staticmethod
-    def _split(object_name: str, columns: _Columns, row_values: dict[str, Any],
-               ignore: frozenset[str] = frozenset()) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
+    def _split(
+        object_name: str, columns: _Columns, row_values: dict[str, Any], ignore: frozenset[str] = frozenset()
+    ) -> tuple[dict[str, Any], list[tuple[str, Any]]]:
         """Schema fields of the row, and the known-but-not-in-this-schema columns to spill."""
         schema = MODEL[object_name]
         values: dict[str, Any] = {}
@@ -716,8 +767,7 @@ class ExportReader:
                 continue
             if schema.has_field(key):
                 values[key] = value
-            elif key not in ignore and not _blank(value) and not (
-                    key in _BOOLEAN_KEYS and _false(value)):
+            elif key not in ignore and not _blank(value) and not (key in _BOOLEAN_KEYS and _false(value)):
                 spill.append((columns.headings[key], value))
         return values, spill
 
@@ -738,16 +788,19 @@ class ExportReader:
             self._customers = index
         return self._customers
 
-    def _customer_identity(self, v: dict[str, Any], origin: str) -> tuple[str, str | None, bool, str | None,
-                                                                            str | None]:
+    def _customer_identity(
+        self, v: dict[str, Any], origin: str
+    ) -> tuple[str, str | None, bool, str | None, str | None]:
         """(id, name, is_site, billing id, billing name) of a Customers row."""
         name = _text(v.get("name"))
         billing_id = _text(v.get("@billing_customer_id"))
         billing_name = _text(v.get("@billing_customer"))
         own_id = _text(v.get("id"))
         is_site = bool(billing_id or billing_name)
-        if is_site and ((billing_id and billing_id == own_id) or (
-                not billing_id and name and billing_name and _key(billing_name) == _key(name))):
+        if is_site and (
+            (billing_id and billing_id == own_id)
+            or (not billing_id and name and billing_name and _key(billing_name) == _key(name))
+        ):
             is_site = False  # a billing customer that names itself as its billing customer
         if own_id is None:
             own_id = self._natural_id("site" if is_site else "customer", {"name": name}, origin)
@@ -760,8 +813,10 @@ class ExportReader:
                 v = columns.values(row)
                 name = self._staff_name(v)
                 if name:
-                    index.setdefault(_key(name), _text(v.get("id")) or self._natural_id(
-                        "staff_user", {"full_name": name}, origin))
+                    index.setdefault(
+                        _key(name),
+                        _text(v.get("id")) or self._natural_id("staff_user", {"full_name": name}, origin),
+                    )
             self._staff = index
         return self._staff
 
@@ -821,7 +876,9 @@ class ExportReader:
             number = _text(v.get(number_key))
             if number is None:
                 continue
-            ident = _text(v.get("id")) or self.derived_id(self._object_for_number(object_name, number), number)
+            ident = _text(v.get("id")) or self.derived_id(
+                self._object_for_number(object_name, number), number
+            )
             index.setdefault(number, ident)
         return index
 
@@ -831,8 +888,9 @@ class ExportReader:
 
     # -- reference resolution -------------------------------------------------------------------------------
 
-    def _resolve_customer(self, name: str | None, ident: str | None, issues: list[Issue], field_name: str,
-                          *, prefer_site: bool) -> tuple[str | None, bool, str | None]:
+    def _resolve_customer(
+        self, name: str | None, ident: str | None, issues: list[Issue], field_name: str, *, prefer_site: bool
+    ) -> tuple[str | None, bool, str | None]:
         """(id, is_site, billing id of a site) for a customer named in a row; Issue when unresolvable."""
         index = self._customer_index()
         if ident:
@@ -846,8 +904,11 @@ class ExportReader:
             obj = "site" if prefer_site else "customer"
             return self.derived_id(obj, _key(name)), prefer_site, None
         key = _key(name)
-        order = (index.site_by_name, index.billing_by_name) if prefer_site else (index.billing_by_name,
-                                                                                  index.site_by_name)
+        order = (
+            (index.site_by_name, index.billing_by_name)
+            if prefer_site
+            else (index.billing_by_name, index.site_by_name)
+        )
         for table in order:
             if key in table:
                 found = table[key]
@@ -865,10 +926,12 @@ class ExportReader:
         site_ref = _text(v.get("@site_customer_id"))
         billing_name = _text(v.get("@billing_customer"))
         billing_ref = _text(v.get("@billing_customer_id"))
-        site_id, site_is_site, site_billing = self._resolve_customer(site_name, site_ref, issues, "site_id",
-                                                                     prefer_site=True)
+        site_id, site_is_site, site_billing = self._resolve_customer(
+            site_name, site_ref, issues, "site_id", prefer_site=True
+        )
         customer_id, customer_is_site, customer_billing = self._resolve_customer(
-            billing_name, billing_ref, issues, "customer_id", prefer_site=False)
+            billing_name, billing_ref, issues, "customer_id", prefer_site=False
+        )
         if customer_id is not None and customer_is_site and customer_billing:
             customer_id = customer_billing  # a site named as the billing customer: bill its payer
         if customer_id is None:
@@ -877,7 +940,9 @@ class ExportReader:
             site_id = None  # the "site" is the billing customer itself (a residential job, say)
         return {"customer_id": customer_id, "site_id": site_id}
 
-    def _staff_ref(self, name: Any, ident: Any, issues: list[Issue], field_name: str = "assigned_user_id") -> str | None:
+    def _staff_ref(
+        self, name: Any, ident: Any, issues: list[Issue], field_name: str = "assigned_user_id"
+    ) -> str | None:
         ident = _text(ident)
         if ident:
             return ident
@@ -892,26 +957,38 @@ class ExportReader:
             issues.append(Issue(field_name, name, f"no staff user named {name!r} in staff export"))
         return found
 
-    def _contact_ref(self, name: Any, customer_id: str | None, issues: list[Issue], field_name: str) -> str | None:
+    def _contact_ref(
+        self, name: Any, customer_id: str | None, issues: list[Issue], field_name: str
+    ) -> str | None:
         name = _text(name)
         if not name:
             return None
         if "contacts" not in self._tables:
-            return None if customer_id is None else self.derived_id("contact", customer_id, *_split_name(name))
+            return (
+                None if customer_id is None else self.derived_id("contact", customer_id, *_split_name(name))
+            )
         found = self._contact_index().get((customer_id or "", _key(name)))
         if found is None:
-            issues.append(Issue(field_name, name, f"no contact named {name!r} for this customer in customers export"))
+            issues.append(
+                Issue(field_name, name, f"no contact named {name!r} for this customer in customers export")
+            )
         return found
 
-    def _number_ref(self, sheet_key: str, object_name: str, number: Any, issues: list[Issue], field_name: str,
-                    what: str) -> str | None:
+    def _number_ref(
+        self, sheet_key: str, object_name: str, number: Any, issues: list[Issue], field_name: str, what: str
+    ) -> str | None:
         number = _text(number)
         if not number:
             return None
         found = self._number_id(sheet_key, object_name, number)
         if found is None:
-            issues.append(Issue(field_name, number, f"no {what} numbered {number!r} in {SHEETS[sheet_key].workbook}"
-                                                    " export"))
+            issues.append(
+                Issue(
+                    field_name,
+                    number,
+                    f"no {what} numbered {number!r} in {SHEETS[sheet_key].workbook} export",
+                )
+            )
         return found
 
     # -- the SourceReader entry point -------------------------------------------------------------------
@@ -924,7 +1001,7 @@ class ExportReader:
             return iter(())
         return method()
 
-    # customers and sites ------------------------------------------------------------------------------------
+    # customers and sites --------------------------------------------------------------------------
 
     def _iter_customer(self) -> Iterator[RawRecord]:
         yield from self._customer_rows(want_site=False)
@@ -936,7 +1013,7 @@ class ExportReader:
         obj = "site" if want_site else "customer"
         for columns, _number, row, origin in self._rows("customers"):
             v = columns.values(row)
-            ident, name, is_site, billing_id, billing_name = self._customer_identity(v, origin)
+            ident, _name, is_site, billing_id, billing_name = self._customer_identity(v, origin)
             if is_site != want_site:
                 continue
             issues: list[Issue] = []
@@ -944,15 +1021,16 @@ class ExportReader:
             values["id"] = ident
             if want_site:
                 if billing_id is None and billing_name:
-                    billing_id, _s, _b = self._resolve_customer(billing_name, None, issues, "billing_customer_id",
-                                                                prefer_site=False)
+                    billing_id, _s, _b = self._resolve_customer(
+                        billing_name, None, issues, "billing_customer_id", prefer_site=False
+                    )
                 values["billing_customer_id"] = billing_id
             else:
                 flag = v.get("@is_company")
                 values["is_company"] = flag if not _blank(flag) else not _blank(values.get("company_name"))
             yield self._finish(obj, values, origin, issues, spill + columns.extras(row))
 
-    # contacts and equipment -----------------------------------------------------------------------------------
+    # contacts and equipment -----------------------------------------------------------------------
 
     def _iter_contact(self) -> Iterator[RawRecord]:
         for columns, _number, row, origin in self._rows("contacts"):
@@ -960,7 +1038,12 @@ class ExportReader:
             issues: list[Issue] = []
             values, spill = self._split("contact", columns, v)
             customer_id, _is_site, _billing = self._resolve_customer(
-                _text(v.get("@customer")), _text(v.get("@customer_id")), issues, "customer_id", prefer_site=False)
+                _text(v.get("@customer")),
+                _text(v.get("@customer_id")),
+                issues,
+                "customer_id",
+                prefer_site=False,
+            )
             values["customer_id"] = customer_id
             yield self._finish("contact", values, origin, issues, spill + columns.extras(row))
 
@@ -970,9 +1053,15 @@ class ExportReader:
             issues: list[Issue] = []
             values, spill = self._split("equipment", columns, v)
             customer_id, is_site, billing = self._resolve_customer(
-                _text(v.get("@customer")), _text(v.get("@customer_id")), issues, "customer_id", prefer_site=False)
+                _text(v.get("@customer")),
+                _text(v.get("@customer_id")),
+                issues,
+                "customer_id",
+                prefer_site=False,
+            )
             site_id, site_is_site, site_billing = self._resolve_customer(
-                _text(v.get("@site")), _text(v.get("@site_id")), issues, "site_id", prefer_site=True)
+                _text(v.get("@site")), _text(v.get("@site_id")), issues, "site_id", prefer_site=True
+            )
             if customer_id is not None and is_site:  # equipment filed under a site: its payer is the customer
                 site_id = site_id or customer_id
                 customer_id = billing
@@ -982,7 +1071,7 @@ class ExportReader:
             values["site_id"] = site_id if site_id != customer_id else None
             yield self._finish("equipment", values, origin, issues, spill + columns.extras(row))
 
-    # jobs and job sections --------------------------------------------------------------------------------------
+    # jobs and job sections ------------------------------------------------------------------------
 
     def _iter_job(self) -> Iterator[RawRecord]:
         yield from self._job_rows(want_section=False)
@@ -1014,43 +1103,59 @@ class ExportReader:
             number = _text(v.get("job_number"))
             is_section, parent = self._section_parent(v, number, "@parent_job_number")
             if not is_section:
-                self._remember("jobs", number, _text(v.get("id")) or (number and self.derived_id("job", number)))
+                self._remember(
+                    "jobs", number, _text(v.get("id")) or (number and self.derived_id("job", number))
+                )
             if is_section != want_section:
                 continue
             issues: list[Issue] = []
             if want_section:
                 values, spill = self._split(obj, columns, v, ignore=_SECTION_INHERITED)
-                values["job_id"] = self._number_ref("jobs", "job", parent, issues, "job_id", "job") if parent \
-                    else None
+                values["job_id"] = (
+                    self._number_ref("jobs", "job", parent, issues, "job_id", "job") if parent else None
+                )
                 order = v.get("@display_order")
                 if _blank(order) and number and _SECTION_NUMBER.match(number):
                     order = int(_SECTION_NUMBER.match(number).group(2))
                 values["display_order"] = order
-                values["total_inc_tax"] = v.get("total_inc_tax") if not _blank(v.get("total_inc_tax")) else _sum(
-                    v.get("total_ex_tax"), v.get("total_tax"))
+                values["total_inc_tax"] = (
+                    v.get("total_inc_tax")
+                    if not _blank(v.get("total_inc_tax"))
+                    else _sum(v.get("total_ex_tax"), v.get("total_tax"))
+                )
                 values["assigned_user_name"] = _text(v.get("@assigned_to"))
-                values["assigned_user_id"] = self._staff_ref(v.get("@assigned_to"), v.get("@assigned_to_id"), issues)
+                values["assigned_user_id"] = self._staff_ref(
+                    v.get("@assigned_to"), v.get("@assigned_to_id"), issues
+                )
                 yield self._finish(obj, values, origin, issues, spill + columns.extras(row))
                 continue
             values, spill = self._split(obj, columns, v)
             values.update(self._parties(v, issues))
             if columns.has("@site_contact") or columns.has("site_contact_id"):
                 if _blank(values.get("site_contact_id")):
-                    values["site_contact_id"] = self._contact_ref(v.get("@site_contact"),
-                                                                  values["site_id"] or values["customer_id"], issues,
-                                                                  "site_contact_id")
+                    values["site_contact_id"] = self._contact_ref(
+                        v.get("@site_contact"),
+                        values["site_id"] or values["customer_id"],
+                        issues,
+                        "site_contact_id",
+                    )
                 if _blank(values.get("billing_contact_id")):
-                    values["billing_contact_id"] = self._contact_ref(v.get("@billing_contact"), values["customer_id"],
-                                                                     issues, "billing_contact_id")
+                    values["billing_contact_id"] = self._contact_ref(
+                        v.get("@billing_contact"), values["customer_id"], issues, "billing_contact_id"
+                    )
             job_type = _text(v.get("@job_type"))
             values["job_type_name"] = job_type
             if _blank(values.get("job_type_id")) and job_type:
                 values["job_type_id"] = job_type_id(job_type)
             values["assigned_user_name"] = _text(v.get("@assigned_to"))
-            values["assigned_user_id"] = self._staff_ref(v.get("@assigned_to"), v.get("@assigned_to_id"), issues)
+            values["assigned_user_id"] = self._staff_ref(
+                v.get("@assigned_to"), v.get("@assigned_to_id"), issues
+            )
             quote_id = _text(v.get("@quote_id"))
             if quote_id is None and not _blank(v.get("@quote_number")):
-                quote_id = self._number_ref("quotes", "quote", v.get("@quote_number"), issues, "quote_id", "quote")
+                quote_id = self._number_ref(
+                    "quotes", "quote", v.get("@quote_number"), issues, "quote_id", "quote"
+                )
             values["quote_id"] = quote_id
             if _blank(values.get("total_inc_tax")):
                 values["total_inc_tax"] = _sum(v.get("total_ex_tax"), v.get("total_tax"))
@@ -1071,7 +1176,7 @@ class ExportReader:
                 seen.add(ident)
                 yield RawRecord(values={"id": ident, "name": name, "is_default": None}, origin=origin)
 
-    # quotes, sections, line items -------------------------------------------------------------------------------
+    # quotes, sections, line items -----------------------------------------------------------------
 
     def _iter_quote(self) -> Iterator[RawRecord]:
         yield from self._quote_rows(want_section=False)
@@ -1086,20 +1191,28 @@ class ExportReader:
             number = _text(v.get("quote_number"))
             is_section, parent = self._section_parent(v, number, "@parent_quote_number")
             if not is_section:
-                self._remember("quotes", number, _text(v.get("id")) or (number and self.derived_id("quote", number)))
+                self._remember(
+                    "quotes", number, _text(v.get("id")) or (number and self.derived_id("quote", number))
+                )
             if is_section != want_section:
                 continue
             issues: list[Issue] = []
             if want_section:
                 values, spill = self._split(obj, columns, v, ignore=_SECTION_INHERITED | _QUOTE_ONLY)
-                values["quote_id"] = self._number_ref("quotes", "quote", parent, issues, "quote_id", "quote") \
-                    if parent else None
+                values["quote_id"] = (
+                    self._number_ref("quotes", "quote", parent, issues, "quote_id", "quote")
+                    if parent
+                    else None
+                )
                 order = v.get("@display_order")
                 if _blank(order) and number and _SECTION_NUMBER.match(number):
                     order = int(_SECTION_NUMBER.match(number).group(2))
                 values["display_order"] = order
-                values["total_inc_tax"] = v.get("total_inc_tax") if not _blank(v.get("total_inc_tax")) else _sum(
-                    v.get("total_ex_tax"), v.get("total_tax"))
+                values["total_inc_tax"] = (
+                    v.get("total_inc_tax")
+                    if not _blank(v.get("total_inc_tax"))
+                    else _sum(v.get("total_ex_tax"), v.get("total_tax"))
+                )
                 yield self._finish(obj, values, origin, issues, spill + columns.extras(row))
                 continue
             values, spill = self._split(obj, columns, v)
@@ -1109,7 +1222,9 @@ class ExportReader:
             if _blank(values.get("job_type_id")) and job_type:
                 values["job_type_id"] = job_type_id(job_type)
             values["assigned_user_name"] = _text(v.get("@assigned_to"))
-            values["assigned_user_id"] = self._staff_ref(v.get("@assigned_to"), v.get("@assigned_to_id"), issues)
+            values["assigned_user_id"] = self._staff_ref(
+                v.get("@assigned_to"), v.get("@assigned_to_id"), issues
+            )
             if _blank(values.get("total_inc_tax")):
                 values["total_inc_tax"] = _sum(v.get("total_ex_tax"), v.get("total_tax"))
             if not _blank(v.get("@booking_date")):  # template column the quote model has no field for
@@ -1137,7 +1252,7 @@ class ExportReader:
                     values["quantity"] = values.get("hours")
                 yield self._finish("quote_line_item", values, origin, issues, spill + columns.extras(row))
 
-    # invoices ---------------------------------------------------------------------------------------------------
+    # invoices -------------------------------------------------------------------------------------
 
     def _iter_invoice(self) -> Iterator[RawRecord]:
         for columns, _number, row, origin in self._rows("invoices"):
@@ -1145,11 +1260,17 @@ class ExportReader:
             issues: list[Issue] = []
             values, spill = self._split("invoice", columns, v)
             customer_id, is_site, billing = self._resolve_customer(
-                _text(v.get("@billing_customer")), _text(v.get("@billing_customer_id")), issues, "customer_id",
-                prefer_site=False)
+                _text(v.get("@billing_customer")),
+                _text(v.get("@billing_customer_id")),
+                issues,
+                "customer_id",
+                prefer_site=False,
+            )
             values["customer_id"] = billing if is_site and billing else customer_id
             if _blank(values.get("job_id")) and not _blank(values.get("job_number")):
-                values["job_id"] = self._number_ref("jobs", "job", values["job_number"], issues, "job_id", "job")
+                values["job_id"] = self._number_ref(
+                    "jobs", "job", values["job_number"], issues, "job_id", "job"
+                )
             self._remember("invoices", _text(values.get("invoice_number")), _text(values.get("id")))
             yield self._finish("invoice", values, origin, issues, spill + columns.extras(row))
 
@@ -1160,12 +1281,13 @@ class ExportReader:
             values, spill = self._split("invoice_line", columns, v)
             invoice_id = _text(v.get("@invoice_id"))
             if invoice_id is None:
-                invoice_id = self._number_ref("invoices", "invoice", v.get("@invoice_number"), issues, "invoice_id",
-                                              "invoice")
+                invoice_id = self._number_ref(
+                    "invoices", "invoice", v.get("@invoice_number"), issues, "invoice_id", "invoice"
+                )
             values["invoice_id"] = invoice_id
             yield self._finish("invoice_line", values, origin, issues, spill + columns.extras(row))
 
-    # staff, notes, attachments, forms, enquiries ------------------------------------------------------------
+    # staff, notes, attachments, forms, enquiries --------------------------------------------------
 
     def _iter_staff_user(self) -> Iterator[RawRecord]:
         for columns, _number, row, origin in self._rows("staff"):
@@ -1182,12 +1304,18 @@ class ExportReader:
         ident = _text(values.get("entity_id"))
         number = _text(v.get("@entity_number"))
         if ident is None and number and kind:
-            target = {"Job": ("jobs", "job"), "Quotation": ("quotes", "quote"), "Invoice": ("invoices", "invoice"),
-                      "Enquiry": ("enquiries", "enquiry")}.get(kind)
+            target = {
+                "Job": ("jobs", "job"),
+                "Quotation": ("quotes", "quote"),
+                "Invoice": ("invoices", "invoice"),
+                "Enquiry": ("enquiries", "enquiry"),
+            }.get(kind)
             if target is not None:
                 ident = self._number_ref(target[0], target[1], number, issues, "entity_id", target[1])
             elif kind in ("Customer", "Site"):
-                ident, _s, _b = self._resolve_customer(number, None, issues, "entity_id", prefer_site=kind == "Site")
+                ident, _s, _b = self._resolve_customer(
+                    number, None, issues, "entity_id", prefer_site=kind == "Site"
+                )
         if kind == "Customer" and ident:
             index = self._customer_index()
             if index is not None and index.is_site.get(ident):
@@ -1230,7 +1358,9 @@ class ExportReader:
             values, spill = self._split("form_response", columns, v)
             values["answers"] = dict(columns.extras(row))  # every other column is a form field code
             if _blank(values.get("job_id")) and not _blank(values.get("job_number")):
-                values["job_id"] = self._number_ref("jobs", "job", values["job_number"], issues, "job_id", "job")
+                values["job_id"] = self._number_ref(
+                    "jobs", "job", values["job_number"], issues, "job_id", "job"
+                )
             yield self._finish("form_response", values, origin, issues, spill)
 
     def _iter_enquiry(self) -> Iterator[RawRecord]:
@@ -1239,7 +1369,7 @@ class ExportReader:
             values, spill = self._split("enquiry", columns, v)
             yield self._finish("enquiry", values, origin, [], spill + columns.extras(row))
 
-    # suppliers and bills ------------------------------------------------------------------------------------
+    # suppliers and bills --------------------------------------------------------------------------
 
     def _supplier_index(self) -> dict[str, str]:
         if "suppliers" not in self._numbers:
@@ -1248,8 +1378,9 @@ class ExportReader:
                 v = columns.values(row)
                 name = _text(v.get("name"))
                 if name:
-                    index.setdefault(_key(name), _text(v.get("id")) or self._natural_id("supplier", {"name": name},
-                                                                                         origin))
+                    index.setdefault(
+                        _key(name), _text(v.get("id")) or self._natural_id("supplier", {"name": name}, origin)
+                    )
             self._numbers["suppliers"] = index
         return self._numbers["suppliers"]
 
@@ -1269,7 +1400,9 @@ class ExportReader:
                 if name and "suppliers" in self._tables:
                     values["supplier_id"] = self._supplier_index().get(_key(name))
                     if values["supplier_id"] is None:
-                        issues.append(Issue("supplier_id", name, f"no supplier named {name!r} in supplier export"))
+                        issues.append(
+                            Issue("supplier_id", name, f"no supplier named {name!r} in supplier export")
+                        )
                 elif name:
                     values["supplier_id"] = self.derived_id("supplier", _key(name))
             if _blank(values.get("job_id")):
@@ -1288,8 +1421,9 @@ class ExportReader:
             values, spill = self._split("supplier_bill_line", columns, v)
             bill_id = _text(v.get("@bill_id"))
             if bill_id is None:
-                bill_id = self._number_ref("bills", "supplier_bill", v.get("@tracking_number"), issues,
-                                           "supplier_bill_id", "bill")
+                bill_id = self._number_ref(
+                    "bills", "supplier_bill", v.get("@tracking_number"), issues, "supplier_bill_id", "bill"
+                )
             values["supplier_bill_id"] = bill_id
             yield self._finish("supplier_bill_line", values, origin, issues, spill + columns.extras(row))
 
@@ -1305,6 +1439,115 @@ _NUMBER_KEYS = {
     "enquiries": ("enquiry_number", "enquiry"),
     "bills": ("tracking_number", "supplier_bill"),
 }
+
+
+def _load_read_only(path: Path) -> Any:
+    """``load_workbook(path, read_only=True, data_only=True)``, minus one costly habit.
+
+    openpyxl sizes every read-only sheet at load time by scanning for its ``<dimension>`` tag, and
+    when a file has none (openpyxl's own write-only output, many exporters) the scan parses each
+    whole sheet, keeping a cleared element per row until it ends. Here sheets are created with a
+    size check that reads only the sheet's head; rows are then streamed by :func:`_sheet_rows`.
+    Everything else is openpyxl's own loader. Any mismatch with openpyxl internals falls back to
+    the plain ``load_workbook``.
+    """
+    from openpyxl import load_workbook
+
+    try:
+        from openpyxl.reader.excel import ExcelReader
+        from openpyxl.worksheet._read_only import ReadOnlyWorksheet
+        from openpyxl.worksheet._reader import DATA_TAG, DIMENSION_TAG
+        from openpyxl.worksheet.dimensions import SheetDimension
+        from openpyxl.xml.functions import iterparse
+    except ImportError:
+        return load_workbook(path, read_only=True, data_only=True)
+
+    class _HeadSizedSheet(ReadOnlyWorksheet):
+        def _get_size(self) -> None:
+            src = self._get_source()
+            try:
+                for _event, element in iterparse(src, events=("start",)):
+                    if element.tag == DIMENSION_TAG:
+                        bounds = SheetDimension.from_tree(element).boundaries
+                        self._min_column, self._min_row, self._max_column, self._max_row = bounds
+                        return
+                    if element.tag == DATA_TAG:
+                        return  # no dimension: unsized, which streaming does not need
+            finally:
+                src.close()
+
+    class _Reader(ExcelReader):
+        def read_worksheets(self) -> None:
+            for sheet, rel in self.parser.find_sheets():
+                if rel.target not in self.valid_files or "chartsheet" in rel.Type:
+                    continue
+                ws = _HeadSizedSheet(self.wb, sheet.name, rel.target, self.shared_strings)
+                ws.sheet_state = sheet.state
+                self.wb._sheets.append(ws)
+
+    try:
+        reader = _Reader(path, read_only=True, data_only=True, keep_links=False)
+        reader.read()
+        return reader.wb
+    except (AttributeError, TypeError):
+        return load_workbook(path, read_only=True, data_only=True)
+
+
+def _sheet_rows(ws: Any) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    """(row number, values) of a read-only worksheet, in memory that does not grow with the rows.
+
+    openpyxl's own ``iter_rows`` clears each parsed ``<row>`` element but leaves it attached to
+    ``<sheetData>``, so a read-only pass still keeps ~80 bytes per row (150 MB at two million rows).
+    This loop drives the same openpyxl cell parser (shared strings, number formats, dates, data_only)
+    and detaches every row once parsed. It uses openpyxl internals, so any mismatch falls back to
+    ``iter_rows`` (correct, just not flat).
+    """
+    try:
+        from openpyxl.worksheet._reader import WorkSheetParser
+        from openpyxl.xml.constants import SHEET_MAIN_NS
+        from openpyxl.xml.functions import iterparse
+
+        wb = ws.parent
+        src = ws._get_source()
+        parser = WorkSheetParser(
+            src,
+            ws._shared_strings,
+            data_only=wb.data_only,
+            epoch=wb.epoch,
+            date_formats=wb._date_formats,
+            timedelta_formats=wb._timedelta_formats,
+        )
+        row_tag, data_tag = f"{{{SHEET_MAIN_NS}}}row", f"{{{SHEET_MAIN_NS}}}sheetData"
+    except (ImportError, AttributeError, TypeError):
+        yield from enumerate(ws.iter_rows(values_only=True), start=1)
+        return
+    try:
+        expected = 1
+        sheet_data = None
+        for event, element in iterparse(src, events=("start", "end")):
+            if event == "start":
+                if element.tag == data_tag:
+                    sheet_data = element
+                continue
+            if element.tag == row_tag:
+                number, cells = parser.parse_row(element)
+                element.clear()
+                if sheet_data is not None:
+                    sheet_data.remove(element)  # the line that keeps memory flat
+                parser.row_dimensions.clear()
+                while expected < number:  # rows missing from the XML are empty rows
+                    yield expected, ()
+                    expected += 1
+                width = max((c["column"] for c in cells), default=0)
+                values: list[Any] = [None] * width
+                for cell in cells:
+                    values[cell["column"] - 1] = cell["value"]
+                yield number, tuple(values)
+                expected = number + 1
+            elif element.tag == data_tag:
+                break
+    finally:
+        src.close()
 
 
 def _sheet_names(path: Path) -> list[str]:
@@ -1343,7 +1586,7 @@ def _reader_for(path: Path) -> Callable[[], bytes]:
 class _CustomerIndex:
     """Customers and sites by name and id: enough to resolve every by-name reference in the exports."""
 
-    __slots__ = ("billing_by_name", "site_by_name", "billing_of", "is_site")
+    __slots__ = ("billing_by_name", "billing_of", "is_site", "site_by_name")
 
     def __init__(self) -> None:
         self.billing_by_name: dict[str, str] = {}

@@ -21,11 +21,25 @@ from airflow_ascora_provider.sandbox.generate import DIRTY_KINDS, RESOURCES, gen
 from airflow_ascora_provider.source.coerce import EMAIL_RE
 
 ID_KEYS = {
-    "customers": "customerId", "contacts": "contactId", "jobs": "jobId", "quotes": "quoteId",
-    "invoices": "invoiceId", "payments": "paymentId", "suppliers": "supplierId",
-    "supplier_invoices": "supplierInvoiceId", "supplies": "supplyId", "kits": "kitId", "categories": "categoryId",
-    "labour_roles": "labourRoleId", "job_types": "id", "users": "userId", "equipment": "equipmentId",
-    "notes": "noteId", "attachments": "attachmentId", "enquiries": "enquiryId", "form_responses": "formResponseId",
+    "customers": "customerId",
+    "contacts": "contactId",
+    "jobs": "jobId",
+    "quotes": "quoteId",
+    "invoices": "invoiceId",
+    "payments": "paymentId",
+    "suppliers": "supplierId",
+    "supplier_invoices": "supplierInvoiceId",
+    "supplies": "supplyId",
+    "kits": "kitId",
+    "categories": "categoryId",
+    "labour_roles": "labourRoleId",
+    "job_types": "id",
+    "users": "userId",
+    "equipment": "equipmentId",
+    "notes": "noteId",
+    "attachments": "attachmentId",
+    "enquiries": "enquiryId",
+    "form_responses": "formResponseId",
 }
 
 
@@ -67,8 +81,10 @@ def test_same_seed_size_dirty_gives_identical_bytes(tmp_path):
     assert [k for k in files_a if files_a[k] != files_b[k]] == []
     assert any(k.startswith("exports/") and k.endswith(".xlsx") for k in files_a)
     assert (a / "api" / "jobs.jsonl").read_bytes() != (c / "api" / "jobs.jsonl").read_bytes()
-    assert json.loads((a / "tenant.json").read_text())["generated_at"] != json.loads(
-        (c / "tenant.json").read_text())["generated_at"]
+    assert (
+        json.loads((a / "tenant.json").read_text())["generated_at"]
+        != json.loads((c / "tenant.json").read_text())["generated_at"]
+    )
 
 
 def test_dirty_tenant_is_the_clean_tenant_plus_mess(clean, dirty):
@@ -76,7 +92,9 @@ def test_dirty_tenant_is_the_clean_tenant_plus_mess(clean, dirty):
     clean_jobs = {j["jobId"]: j["jobNumber"] for j in load(clean, "jobs")}
     dirty_jobs = {j["jobId"]: j["jobNumber"] for j in load(dirty, "jobs")}
     assert clean_jobs == dirty_jobs
-    assert {c["customerId"] for c in load(clean, "customers")} < {c["customerId"] for c in load(dirty, "customers")}
+    assert {c["customerId"] for c in load(clean, "customers")} < {
+        c["customerId"] for c in load(dirty, "customers")
+    }
 
 
 @pytest.mark.parametrize("size", [400, 3000])
@@ -90,7 +108,7 @@ def test_total_records_track_size_and_counts_are_true(tmp_path, size):
         assert meta["counts"][resource] == lines, resource
     assert meta["api_key"] == "ascora-sandbox-key"
     assert meta["seed"] == 3 and meta["size"] == size and meta["dirty"] is False
-    dt.datetime.fromisoformat(meta["generated_at"].replace("Z", "+00:00"))
+    dt.datetime.fromisoformat(meta["generated_at"])
     assert 5 <= meta["counts"]["users"] <= 200 and meta["counts"]["job_types"] == 12
     assert meta["counts"]["suppliers"] >= 5
 
@@ -133,7 +151,10 @@ def test_every_relation_resolves_in_clean_data(clean):
         assert job["billingCustomer"]["name"] == customers[job["billingCustomer"]["id"]]["customerName"]
         site = job["siteCustomer"]["id"]
         assert site == job["billingCustomer"]["id"] or sites.get(site) == job["billingCustomer"]["id"]
-        assert link_ok(job["assignedUser"], users) and users[job["assignedUser"]["id"]] == job["assignedUser"]["name"]
+        assert (
+            link_ok(job["assignedUser"], users)
+            and users[job["assignedUser"]["id"]] == job["assignedUser"]["name"]
+        )
         assert job_types[job["jobType"]["id"]] == job["jobType"]["name"]
         for key in ("siteContact", "billingContact"):
             assert job[key] is None or job[key]["id"] in contacts
@@ -147,8 +168,10 @@ def test_every_relation_resolves_in_clean_data(clean):
     for quote in d["quotes"]:
         assert quote["billingCustomer"]["id"] in billing and quote["siteCustomer"]["id"] in customers
         assert quote["jobNumber"] is None or quote["jobNumber"] in jobs
-        assert all(i["sectionQuoteNumber"] in {c["quoteNumber"] for c in quote["childQuotes"]} | {None}
-                   for i in quote["items"])
+        assert all(
+            i["sectionQuoteNumber"] in {c["quoteNumber"] for c in quote["childQuotes"]} | {None}
+            for i in quote["items"]
+        )
     job_ids = {j["jobId"] for j in d["jobs"]}
     for inv in d["invoices"]:
         assert inv["jobId"] in job_ids and inv["billingCustomer"]["id"] in billing
@@ -156,8 +179,13 @@ def test_every_relation_resolves_in_clean_data(clean):
     assert all(p["invoiceId"] in invoice_ids for p in d["payments"])
     for eq in d["equipment"]:
         assert eq["customerId"] in billing and (eq["siteCustomerId"] is None or eq["siteCustomerId"] in sites)
-    entities = {"Job": job_ids, "Customer": set(customers), "Quotation": {q["quoteId"] for q in d["quotes"]},
-                "Invoice": invoice_ids, "Enquiry": {e["enquiryId"] for e in d["enquiries"]}}
+    entities = {
+        "Job": job_ids,
+        "Customer": set(customers),
+        "Quotation": {q["quoteId"] for q in d["quotes"]},
+        "Invoice": invoice_ids,
+        "Enquiry": {e["enquiryId"] for e in d["enquiries"]},
+    }
     for row in d["notes"] + d["attachments"]:
         assert row["entityId"] in entities[row["entityType"]], row
     staff_names = set(users.values())
@@ -178,13 +206,23 @@ def test_every_status_is_present_and_consistent(tmp_path):
     """Even a tiny tenant has every job, quote and invoice status (the first records cycle through them)."""
     generate_tenant(tmp_path, size=300, seed=1)
     jobs, quotes, invoices = load(tmp_path, "jobs"), load(tmp_path, "quotes"), load(tmp_path, "invoices")
-    texts = ("In Progress", "Booked", "Completed", "Cancelled", "Deferred", "Unscheduled", "Ready To Invoice", "Closed")
+    texts = (
+        "In Progress",
+        "Booked",
+        "Completed",
+        "Cancelled",
+        "Deferred",
+        "Unscheduled",
+        "Ready To Invoice",
+        "Closed",
+    )
     assert {j["jobStatus"] for j in jobs} == set(range(8))
     assert all(texts[j["jobStatus"]] == j["jobStatusText"] for j in jobs)
     assert {q["quoteStatus"] for q in quotes} == {0, 1, 2, 3}
     assert {i["status"] for i in invoices} == {"Unpaid", "Part Paid", "Paid", "Overdue", "Void"}
-    now = dt.datetime.fromisoformat(json.loads((tmp_path / "tenant.json").read_text())["generated_at"]
-                                    .replace("Z", "+00:00")).replace(tzinfo=None)
+    now = dt.datetime.fromisoformat(
+        json.loads((tmp_path / "tenant.json").read_text())["generated_at"]
+    ).replace(tzinfo=None)
     for inv in invoices:
         due = dt.datetime.fromisoformat(inv["dueDate"])
         if inv["status"] == "Overdue":
@@ -244,7 +282,7 @@ def test_attachment_files_are_real_and_match_metadata(clean):
         elif a["contentType"] == "application/pdf":
             assert data.startswith(b"%PDF-1.4") and data.rstrip().endswith(b"%%EOF")
             xref = int(data.rsplit(b"startxref", 1)[1].split()[0])
-            assert data[xref:xref + 4] == b"xref"  # the offsets a PDF reader follows are right
+            assert data[xref : xref + 4] == b"xref"  # the offsets a PDF reader follows are right
         else:
             assert a["fileName"].endswith(".docx")
             with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -303,16 +341,30 @@ def test_dirty_manifest_lists_every_kind_and_points_at_the_mess(dirty):
                 assert row["emailAddress"] == original["emailAddress"]  # same business, findable
             elif kind == "unmapped_picklist":
                 name = value["name"] if isinstance(value, dict) else value
-                assert name not in ("Residential", "Commercial", "Strata", "Government", "In Progress", "Booked",
-                                    "Completed", "Cancelled", "Deferred", "Unscheduled", "Ready To Invoice",
-                                    "Closed")
+                assert name not in (
+                    "Residential",
+                    "Commercial",
+                    "Strata",
+                    "Government",
+                    "In Progress",
+                    "Booked",
+                    "Completed",
+                    "Cancelled",
+                    "Deferred",
+                    "Unscheduled",
+                    "Ready To Invoice",
+                    "Closed",
+                )
 
 
 def test_cli_generate_and_serve(tmp_path, monkeypatch, capsys):
     from airflow_ascora_provider.sandbox.__main__ import main
 
     out = tmp_path / "t"
-    assert main(["generate", "--out", str(out), "--size", "300", "--seed", "9", "--dirty", "--format", "csv"]) == 0
+    assert (
+        main(["generate", "--out", str(out), "--size", "300", "--seed", "9", "--dirty", "--format", "csv"])
+        == 0
+    )
     assert (out / "tenant.json").exists() and (out / "dirty_manifest.json").exists()
     assert (out / "exports" / "jobs__Jobs.csv").exists()
     assert "records in" in capsys.readouterr().out
