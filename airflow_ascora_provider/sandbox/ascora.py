@@ -72,45 +72,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from airflow_ascora_provider.sandbox.emulator import instrument
+from airflow_ascora_provider.sandbox.generate import RESOURCES
+from airflow_ascora_provider.source.coerce import JOB_STATUS_CODES, QUOTE_STATUS_CODES
 
 DEFAULT_API_KEY = "ascora-sandbox-key"
 DEFAULT_PAGE_SIZE = 250
 MAX_PAGE_SIZE = 1000  # ext: the real maximum is undocumented
 
-RESOURCES = (
-    "customers",
-    "contacts",
-    "jobs",
-    "quotes",
-    "invoices",
-    "payments",
-    "suppliers",
-    "supplier_invoices",
-    "supplies",
-    "kits",
-    "categories",
-    "labour_roles",
-    "standard_sections",
-    "standard_stages",
-    "job_types",
-    "users",
-    "equipment",
-    "notes",
-    "attachments",
-    "enquiries",
-    "form_responses",
-)
 
-JOB_STATUS_TEXT = {
-    0: "In Progress",
-    1: "Booked",
-    2: "Completed",
-    3: "Cancelled",
-    4: "Deferred",
-    5: "Unscheduled",
-    6: "Ready To Invoice",
-    7: "Closed",
-}
+JOB_STATUS_TEXT = JOB_STATUS_CODES  # code → text, as the canonical coercion reads it
 _JOB_TEXT_CODE = {text.lower(): code for code, text in JOB_STATUS_TEXT.items()}
 JOB_STATUS_FILTERS: dict[str, frozenset[int] | None] = {
     "IN-PROGRESS": frozenset({0}),
@@ -125,7 +95,7 @@ JOB_STATUS_FILTERS: dict[str, frozenset[int] | None] = {
     "ALL-OPEN": frozenset({0, 1, 4, 5}),
     "ALL": None,
 }
-QUOTE_STATUS_TEXT = {0: "In Progress", 1: "Sent To Customer", 2: "Won", 3: "Lost"}
+QUOTE_STATUS_TEXT = QUOTE_STATUS_CODES
 _QUOTE_TEXT_CODE = {text.lower(): code for code, text in QUOTE_STATUS_TEXT.items()} | {"accepted": 2}
 QUOTE_STATUS_FILTERS: dict[str, frozenset[int] | None] = {
     "IN-PROGRESS": frozenset({0}),

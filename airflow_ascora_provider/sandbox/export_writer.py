@@ -47,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from airflow_ascora_provider.sandbox.generate import JOB_STATUS_TEXT, QUOTE_STATUS_TEXT
 
 # ---------------------------------------------------------------------------------------------------
 # The layout: workbook -> sheet -> headings (custom-field columns are appended at run time)
@@ -185,17 +186,6 @@ JOB_STATUS_VARIANTS = {
     "Unscheduled": ("Not Scheduled",),
 }
 QUOTE_STATUS_VARIANTS = {"Won": ("Accepted",), "Sent To Customer": ("Sent",), "Lost": ("Declined",)}
-JOB_STATUS_TEXT = (
-    "In Progress",
-    "Booked",
-    "Completed",
-    "Cancelled",
-    "Deferred",
-    "Unscheduled",
-    "Ready To Invoice",
-    "Closed",
-)
-QUOTE_STATUS_TEXT = ("In Progress", "Sent To Customer", "Won", "Lost")
 
 EXCEL_MAX_CHARS = 32767
 _ILLEGAL = re.compile(

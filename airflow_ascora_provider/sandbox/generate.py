@@ -64,9 +64,11 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from airflow_ascora_provider.source.model import INVOICE_STATUSES, JOB_STATUSES, QUOTE_STATUSES
 
 API_KEY = "ascora-sandbox-key"
 FORMAT_VERSION = 1
+
 
 RESOURCES = (
     "customers",
@@ -92,18 +94,8 @@ RESOURCES = (
     "form_responses",
 )
 
-JOB_STATUS_TEXT = (
-    "In Progress",
-    "Booked",
-    "Completed",
-    "Cancelled",
-    "Deferred",
-    "Unscheduled",
-    "Ready To Invoice",
-    "Closed",
-)
-QUOTE_STATUS_TEXT = ("In Progress", "Sent To Customer", "Won", "Lost")
-INVOICE_STATUSES = ("Unpaid", "Part Paid", "Paid", "Overdue", "Void")
+# Status names in code order (0 = In Progress ...): one list, in the canonical model.
+JOB_STATUS_TEXT, QUOTE_STATUS_TEXT = JOB_STATUSES, QUOTE_STATUSES
 
 # Average records per household (nested records included), measured over large tenants; only used to
 # size the creation-date jitter of one household.
