@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{reconcile['totals']}")
 
         changes = _change_source(ascora.url)
-        delta = _run("ascora_twenty_delta", {"fallback_owner": "office@demo.example"})
+        delta = _run("ascora_twenty_delta", {})
         from airflow_ascora_provider.hooks.ledger import LedgerHook
 
         ops = LedgerHook().get_ledger().audit_ops_count(delta.run_id)

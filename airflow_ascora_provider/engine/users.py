@@ -26,10 +26,11 @@ def resolve_users(ctx: MigrationContext) -> dict[str, Any]:
     staff = list(ctx.snapshot.iter_records("staff_user", ["id", "full_name", "email", "is_active"])) \
         if "staff_user" in ctx.snapshot.manifest()["objects"] else []
     fallback_id = None
-    if ctx.fallback_owner_email:
-        fallback = by_email.get(ctx.fallback_owner_email.casefold())
+    fallback_email = ctx.fallback_owner_email or _previous_fallback(ctx)
+    if fallback_email:
+        fallback = by_email.get(fallback_email.casefold())
         if fallback is None:
-            raise NoFallbackOwner(f"the fallback owner {ctx.fallback_owner_email} is not a user of "
+            raise NoFallbackOwner(f"the fallback owner {fallback_email} is not a user of "
                                   f"{ctx.destination_name}; known users: {', '.join(sorted(by_email)) or 'none'}")
         fallback_id = fallback.id
     by_name: dict[str, dict[str, Any]] = {}
@@ -41,7 +42,7 @@ def resolve_users(ctx: MigrationContext) -> dict[str, Any]:
                  "user_id": user.id if user else None}
         by_name[key] = entry
         (matched if user else unmatched).append(entry)
-    result = {"by_name": by_name, "fallback_user_id": fallback_id, "fallback_email": ctx.fallback_owner_email,
+    result = {"by_name": by_name, "fallback_user_id": fallback_id, "fallback_email": fallback_email,
               "matched": len(matched), "unmatched": unmatched, "destination_users": len(users)}
     ctx.ledger.set_watermark(ctx.destination_name, USERS_WATERMARK, json.dumps(result))
     if unmatched and not fallback_id:
@@ -51,6 +52,12 @@ def resolve_users(ctx: MigrationContext) -> dict[str, Any]:
             "invite them or set the fallback_owner param"
         )
     return result
+
+
+def _previous_fallback(ctx: MigrationContext) -> str | None:
+    """A scheduled delta keeps the fallback owner the migration was approved with."""
+    text = ctx.ledger.get_watermark(ctx.destination_name, USERS_WATERMARK)
+    return json.loads(text).get("fallback_email") if text else None
 
 
 def users_sections(result: dict[str, Any]) -> list[Section]:

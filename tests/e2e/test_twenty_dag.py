@@ -114,7 +114,8 @@ def test_full_rerun_delta_and_rollback(sandbox):
                                                        "companyName": "Delta Test Plumbing Pty Ltd",
                                                        "emailAddress": "office@deltatest.example"}).json()
     assert created["success"]
-    delta = _run("ascora_twenty_delta", {"fallback_owner": "owner@example.com"})
+    # Scheduled deltas run with default params: the fallback owner chosen for the migration stays.
+    delta = _run("ascora_twenty_delta", {})
     ops = _writes(ledger, delta.run_id)
     assert ops == {"create": 1, "update": 3}, ops
 
