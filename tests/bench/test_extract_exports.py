@@ -48,6 +48,7 @@ def bench_root(tmp_path_factory):
     return Path(shared) if shared else tmp_path_factory.mktemp("bench")
 
 
+@pytest.mark.timeout(5400 if FULL else 600)
 def test_extract_exports_throughput_and_flat_memory(bench_root):
     results = []
     for size in SIZES:
