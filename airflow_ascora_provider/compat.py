@@ -10,4 +10,6 @@ except ImportError:  # pragma: no cover - Airflow 3.0 layouts
     from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
     from airflow.utils.context import Context  # type: ignore[no-redef]
 
-__all__ = ["BaseHook", "BaseOperator", "Context"]
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+__all__ = ["BaseHook", "BaseOperator", "BaseTrigger", "Context", "TriggerEvent"]

@@ -42,9 +42,11 @@ def _common(destination: str, destination_conn_id: str | None) -> dict[str, Any]
 
 
 def migration_dag(destination: str, *, dag_id: str | None = None, destination_conn_id: str | None = None,
-                  label: str | None = None, max_concurrency: int = 4, pool: str | None = None) -> DAG:
+                  label: str | None = None, max_concurrency: int = 4, pool: str | None = None,
+                  load_options: dict | None = None) -> DAG:
     """``max_concurrency``: load tasks of one run at once (the destination's limit: Twenty wants 1, as
-    every task paces itself under the same per-key request limit). ``pool`` caps it across runs and DAGs."""
+    every task paces itself under the same per-key request limit). ``pool`` caps it across runs and DAGs.
+    ``load_options``: extra :class:`LoadUnitOperator` arguments (``bulk_poll_interval``, ``quota_wait``)."""
     label = label or destination.title()
     with DAG(
         dag_id=dag_id or f"ascora_to_{destination}",
@@ -85,8 +87,8 @@ def migration_dag(destination: str, *, dag_id: str | None = None, destination_co
             load = LoadUnitOperator.partial(task_id=f"load_wave_{wave}", trigger_rule="none_failed",
                                             retries=3, retry_delay=dt.timedelta(seconds=5),
                                             max_active_tis_per_dagrun=max_concurrency,
-                                            **({"pool": pool} if pool else {}), **common
-                                            ).expand(unit=plan.output)
+                                            **({"pool": pool} if pool else {}), **(load_options or {}),
+                                            **common).expand(unit=plan.output)
             previous >> plan >> load
             previous = load
         reconcile = ReconcileOperator(task_id="reconcile", verify="{{ params.verify }}",

@@ -15,6 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -106,6 +107,33 @@ class SchemaChange:
         return f"{self.kind} {where}{detail}"
 
 
+class QuotaExhausted(RuntimeError):
+    """The destination's quota (daily calls, hourly plan limit, API credits) is about to run out.
+
+    A plugin raises it *before* the call that would overrun the quota, never half-way through a
+    batch. The engine stops the load task cleanly, defers it until ``resume_at`` and then re-runs
+    the same unit: what was written is already in the ledger and is skipped by its payload hash, so
+    the resumed task writes only what is left and never duplicates.
+    """
+
+    def __init__(self, message: str, resume_at: datetime | None = None) -> None:
+        super().__init__(message)
+        self.resume_at = resume_at
+
+
+@dataclass(frozen=True)
+class BulkJobStatus:
+    """What polling a destination's asynchronous bulk job returns."""
+
+    state: str  # running | done | failed
+    message: str = ""
+    processed: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed")
+
+
 @dataclass
 class OutgoingRecord:
     """One record ready to write: neutral values keyed by destination field."""
@@ -192,6 +220,36 @@ class Destination(ABC):
     @abstractmethod
     def restore_record(self, target: str, dest_id: str, before_image: dict[str, Any]) -> None:
         """Put a record's fields back to ``before_image`` (as returned by :meth:`read_records`)."""
+
+    # -- asynchronous bulk jobs (optional) -----------------------------------------------------
+    def bulk_threshold(self, target: str) -> int | None:
+        """Smallest number of pending records of ``target`` worth a bulk job; None = no bulk API.
+
+        Destinations with an asynchronous bulk API (Salesforce Bulk 2.0, Zoho Bulk Write,
+        Freshsales bulk upsert) return a threshold, usually from the connection. When a load unit
+        has at least that many records to write, the engine submits one job instead of many batch
+        calls and the task *defers*: a trigger polls the job so no worker slot is held meanwhile.
+        """
+        return None
+
+    #: Seconds between status checks of a bulk job (the API's own advice on polling cadence).
+    bulk_poll_interval: ClassVar[float] = 10.0
+
+    def submit_bulk_job(self, target: str, records: list[OutgoingRecord], key_field: str | None) -> dict[str, Any]:
+        """Start one bulk job for ``records``; return a JSON-serialisable handle for the trigger."""
+        raise NotImplementedError(f"{self.name} has no bulk API")
+
+    def poll_bulk_job(self, job: dict[str, Any]) -> BulkJobStatus:
+        """One status check of a submitted job (called from the triggerer, in a thread)."""
+        raise NotImplementedError(f"{self.name} has no bulk API")
+
+    def bulk_job_results(self, job: dict[str, Any], records: list[OutgoingRecord]) -> list[WriteResult]:
+        """One result per record of the finished job, in the order of ``records``.
+
+        ``records`` are the same records that were submitted (rebuilt by the engine); failed rows of
+        the job's error report become ``WriteResult(error=..., error_field=...)`` and go to quarantine.
+        """
+        raise NotImplementedError(f"{self.name} has no bulk API")
 
     def close(self) -> None:
         """Release connections."""

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from airflow_ascora_provider.destinations.spec import OutgoingRecord
+from airflow_ascora_provider.destinations.spec import OutgoingRecord, WriteResult
 from airflow_ascora_provider.engine.context import MigrationContext, payload_hash
 from airflow_ascora_provider.engine.transform import BatchTransformer
 from airflow_ascora_provider.ledger import Intent, QuarantineEntry, Write
@@ -74,6 +74,20 @@ def batch_size_for(ctx: MigrationContext) -> int:
     return max(1, min(cap, wanted))
 
 
+@dataclass
+class PendingBatch:
+    """Records of one batch that must be written, with their hashes and before-images."""
+
+    stats: LoadStats
+    to_write: list[tuple[OutgoingRecord, str]] = field(default_factory=list)
+    before: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    adopted: set[str] = field(default_factory=set)
+
+    @property
+    def records(self) -> list[OutgoingRecord]:
+        return [record for record, _ in self.to_write]
+
+
 class MapLoader:
     """Loads records of one object map; reused across batches so indexes are built once per task."""
 
@@ -96,43 +110,62 @@ class MapLoader:
         return stats
 
     def load_batch(self, records: list[dict[str, Any]]) -> LoadStats:
+        pending = self.prepare(records)
+        if not pending.to_write:
+            return pending.stats
+        results = self.dest.write_batch(self.map.target, pending.records, self.map.key_field)
+        pending.stats.write_calls += 1
+        return self.commit(pending, results)
+
+    def prepare(self, records: list[dict[str, Any]], *, resuming: bool = False) -> PendingBatch:
+        """Transform, drop unchanged records, save write intents: everything before the write.
+
+        ``resuming`` is the second pass over a unit whose records went out in a bulk job: transform
+        failures were quarantined by the first pass, and the job's results (not a lookup by Ascora
+        id) say which records exist, so neither is done again.
+        """
         om, ctx = self.map, self.ctx
         stats = LoadStats(considered=len(records))
         outcome = self.transformer.transform(records)
         stats.not_for_this_map = outcome.not_for_this_map
         if outcome.quarantined:
-            self.ledger.quarantine(ctx.run_id, ctx.destination_name, outcome.quarantined)
+            if not resuming:
+                self.ledger.quarantine(ctx.run_id, ctx.destination_name, outcome.quarantined)
             stats.quarantined += len({q.source_id for q in outcome.quarantined})
+        pending = PendingBatch(stats)
         if not outcome.records:
-            return stats
+            return pending
         ids = [r.source_id for r in outcome.records]
         existing = self.ledger.crosswalk_get_many(ctx.destination_name, om.source, ids, om.target)
-        to_write: list[tuple[OutgoingRecord, str]] = []
         for record in outcome.records:
             digest = payload_hash(record.payload)
             entry = existing.get((record.source_id, om.target))
             if entry is not None and entry.payload_hash == digest:
                 stats.unchanged += 1
+                if self.collect:  # a retried sample still diffs what its first attempt wrote
+                    stats.written.append((record.source_id, entry.dest_id, record.payload))
                 continue
             record.dest_id = entry.dest_id if entry else None
-            to_write.append((record, digest))
-        if not to_write:
-            return stats
-        before, adopted = self._before_images([r for r, _ in to_write])
-        results = self.dest.write_batch(om.target, [r for r, _ in to_write], om.key_field)
-        stats.write_calls += 1
-        if len(results) != len(to_write):
-            raise RuntimeError(f"{ctx.destination_name}.write_batch returned {len(results)} results for "
-                               f"{len(to_write)} records ({om.target}); a plugin must answer every record")
+            pending.to_write.append((record, digest))
+        if pending.to_write:
+            pending.before, pending.adopted = self._before_images(pending.records, adopt=not resuming)
+        return pending
+
+    def commit(self, pending: PendingBatch, results: list[WriteResult]) -> LoadStats:
+        """Record what the destination answered: crosswalk + audit for writes, quarantine for refusals."""
+        om, ctx, stats = self.map, self.ctx, pending.stats
+        if len(results) != len(pending.to_write):
+            raise RuntimeError(f"{ctx.destination_name} returned {len(results)} results for "
+                               f"{len(pending.to_write)} records ({om.target}); a plugin must answer every record")
         writes: list[Write] = []
         rejected: list[QuarantineEntry] = []
-        for (record, digest), result in zip(to_write, results):
+        for (record, digest), result in zip(pending.to_write, results):
             if result.ok:
-                is_update = record.dest_id is not None and record.source_id not in adopted
+                is_update = record.dest_id is not None and record.source_id not in pending.adopted
                 writes.append(Write(
                     source_object=om.source, source_id=record.source_id, target_object=om.target,
                     dest_id=result.dest_id, op="update" if is_update else "create", payload_hash=digest,
-                    before_image=before.get(record.source_id) if is_update else None,
+                    before_image=pending.before.get(record.source_id) if is_update else None,
                 ))
                 if is_update:
                     stats.updated += 1
@@ -157,7 +190,8 @@ class MapLoader:
                                            [w.source_id for w in writes])
         return stats
 
-    def _before_images(self, records: list[OutgoingRecord]) -> tuple[dict[str, dict[str, Any] | None], set[str]]:
+    def _before_images(self, records: list[OutgoingRecord], *, adopt: bool = True
+                       ) -> tuple[dict[str, dict[str, Any] | None], set[str]]:
         """Save intents; return the true before-image of every update and the creates adopted after a crash.
 
         A record with a leftover *create* intent and no crosswalk entry may already exist in the CRM
@@ -171,7 +205,7 @@ class MapLoader:
         adopted: set[str] = set()
         orphans = [r for r in records if r.dest_id is None and r.source_id in intents
                    and intents[r.source_id].op == "create"]
-        if orphans and om.key_field:
+        if orphans and om.key_field and adopt:
             found = self.dest.find_by_source_ids(om.target, om.key_field, [r.source_id for r in orphans])
             for record in orphans:
                 if record.source_id in found:

@@ -7,15 +7,18 @@ the range size with the tenant.
 
 from __future__ import annotations
 
+import logging
 import math
 from graphlib import TopologicalSorter
 from typing import Any
 
 from airflow_ascora_provider.engine.context import MigrationContext
-from airflow_ascora_provider.engine.load import LoadStats, MapLoader
+from airflow_ascora_provider.engine.load import LoadStats, MapLoader, PendingBatch, batch_size_for, chunked
 from airflow_ascora_provider.mapping.spec import Mapping
 
 MAX_UNITS_PER_WAVE = 1000
+
+log = logging.getLogger(__name__)
 
 
 def waves(mapping: Mapping) -> list[list[str]]:
@@ -48,6 +51,63 @@ def run_unit(ctx: MigrationContext, unit: dict[str, Any]) -> LoadStats:
     om = ctx.mapping.maps[unit["map"]]
     records = ctx.snapshot.iter_range(om.source, unit["start"], unit["stop"])
     return MapLoader(ctx, om).load(records, unit["stop"] - unit["start"])
+
+
+def prepare_unit(ctx: MigrationContext, unit: dict[str, Any], *, resuming: bool = False
+                 ) -> tuple[MapLoader, list[PendingBatch]]:
+    """Every batch of a unit up to (not including) the write: what a bulk job would carry."""
+    om = ctx.mapping.maps[unit["map"]]
+    loader = MapLoader(ctx, om)
+    records = ctx.snapshot.iter_range(om.source, unit["start"], unit["stop"])
+    return loader, [loader.prepare(batch, resuming=resuming) for batch in chunked(records, batch_size_for(ctx))]
+
+
+def start_unit(ctx: MigrationContext, unit: dict[str, Any]) -> tuple[LoadStats | None, dict[str, Any] | None]:
+    """Load a unit, or hand it to the destination's bulk API when enough records are pending.
+
+    Returns ``(stats, None)`` when the unit was written by batch calls, ``(None, job)`` when a bulk
+    job was submitted: the caller waits for the job (deferred, holding no worker) and then calls
+    :func:`finish_bulk_unit`. Records are prepared (intents saved) before the job is submitted, so a
+    crash at any point leaves the same state a crashed batch write would.
+    """
+    om = ctx.mapping.maps[unit["map"]]
+    threshold = ctx.destination.bulk_threshold(om.target)
+    if threshold is None:
+        return run_unit(ctx, unit), None
+    loader, batches = prepare_unit(ctx, unit)
+    pending = [record for batch in batches for record in batch.records]
+    if len(pending) < threshold:
+        stats = LoadStats()
+        for batch in batches:
+            if batch.to_write:
+                results = ctx.destination.write_batch(om.target, batch.records, om.key_field)
+                batch.stats.write_calls += 1
+                loader.commit(batch, results)
+            stats.add(batch.stats)
+        return stats, None
+    log.info("%s[%s:%s]: %d records pending, submitting a bulk job (threshold %d)",
+             unit["map"], unit["start"], unit["stop"], len(pending), threshold)
+    return None, ctx.destination.submit_bulk_job(om.target, pending, om.key_field)
+
+
+def finish_bulk_unit(ctx: MigrationContext, unit: dict[str, Any], job: dict[str, Any]) -> LoadStats:
+    """Record a finished bulk job: the unit is prepared again (same snapshot, same ledger state),
+    so the records line up with the job's; its per-record results go through the same commit as
+    batch writes."""
+    loader, batches = prepare_unit(ctx, unit, resuming=True)
+    records = [record for batch in batches for record in batch.records]
+    results = ctx.destination.bulk_job_results(job, records) if records else []
+    if len(results) != len(records):
+        raise RuntimeError(f"{ctx.destination_name}: bulk job returned {len(results)} results for "
+                           f"{len(records)} records of {unit['map']}")
+    stats, offset = LoadStats(), 0
+    for batch in batches:
+        if batch.to_write:
+            loader.commit(batch, results[offset:offset + len(batch.to_write)])
+            offset += len(batch.to_write)
+        stats.add(batch.stats)
+    stats.write_calls += 1
+    return stats
 
 
 def load_everything(ctx: MigrationContext) -> dict[str, LoadStats]:

@@ -8,7 +8,8 @@ can be retried or run on another worker; XCom carries only small summaries and r
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ class MigrationStepOperator(BaseOperator):
     :param snapshot_id: the extraction snapshot to read.
     :param migration_run_id: the run the ledger files writes under (default: the DAG run id).
     :param mapping_path: a mapping YAML to propose instead of the plugin's default.
+    :param quota_wait: seconds a writing step pauses (deferred) when the destination's quota runs out
+        and the destination does not say when it resets.
     """
 
     template_fields: Sequence[str] = ("destination", "destination_conn_id", "staging_path", "snapshot_id",
@@ -53,9 +56,11 @@ class MigrationStepOperator(BaseOperator):
         migration_run_id: str = "{{ run_id }}",
         fallback_owner: str | None = None,
         mapping_path: str | None = None,
+        quota_wait: float = 900.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.quota_wait = quota_wait
         self.destination = destination
         self.destination_conn_id = destination_conn_id or None
         self.destination_options = destination_options or {}
@@ -306,7 +311,7 @@ class SampleMigrationOperator(MigrationStepOperator):
         super().__init__(**kwargs)
         self.sample_size = sample_size
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def execute(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         from airflow_ascora_provider.engine.sample import (
             attach_source_values,
             diff_sample,
@@ -324,7 +329,8 @@ class SampleMigrationOperator(MigrationStepOperator):
             ctx.ledger.start_run(run_id, destination=self.destination, kind="sample", dag_id=self.dag_id,
                                  mapping_hash=ctx.mapping.hash, params={"sample_size": int(self.sample_size)})
             selection = select_sample(ctx, int(self.sample_size))
-            loaded = load_sample(ctx, selection)
+            with pausing_on_quota(self, self.quota_wait):
+                loaded = load_sample(ctx, selection)
             diff = diff_sample(ctx, loaded)
             attach_source_values(ctx, diff)
             diff["selection"] = {k: len(v) for k, v in selection.items()}
@@ -399,27 +405,97 @@ MAX_WAVES = 6
 
 
 class LoadUnitOperator(MigrationStepOperator):
-    """Step 6b: load one unit (a row range of one map); safe to retry: upserts keyed by the Ascora id."""
+    """Step 6b: load one unit (a row range of one map); safe to retry: upserts keyed by the Ascora id.
+
+    Two waits never hold a worker slot: a destination bulk job (the task defers on
+    :class:`~airflow_ascora_provider.triggers.bulk_job.BulkJobTrigger` and records the job's results
+    when it wakes) and an exhausted API quota (the plugin raises ``QuotaExhausted`` before the call
+    that would overrun it; the task defers until the quota resets and runs the unit again, which
+    skips everything already written by its payload hash).
+
+    :param bulk_poll_interval: seconds between bulk job status checks (default: the plugin's advice).
+    """
 
     template_fields = (*MigrationStepOperator.template_fields, "unit")
 
-    def __init__(self, *, unit: dict[str, Any] | str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, unit: dict[str, Any] | str | None = None, bulk_poll_interval: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.unit = unit
+        self.bulk_poll_interval = bulk_poll_interval
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_ascora_provider.engine.runner import run_unit
+    def _unit(self) -> dict[str, Any]:
+        return json.loads(self.unit) if isinstance(self.unit, str) else self.unit
 
-        unit = json.loads(self.unit) if isinstance(self.unit, str) else self.unit
+    def execute(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        from airflow_ascora_provider.engine.runner import start_unit
+
+        unit = self._unit()
         ctx = self.build_context()
         try:
             ctx.require_approved_mapping()
-            stats = run_unit(ctx, unit)
-            result = {"unit": unit, **stats.as_dict(), "api": ctx.destination.api_stats()}
-            self.log.info("Loaded %s[%s:%s]: %s", unit["map"], unit["start"], unit["stop"], stats.as_dict())
-            return result
+            with pausing_on_quota(self, self.quota_wait):
+                stats, job = start_unit(ctx, unit)
+            if job is not None:
+                from airflow_ascora_provider.triggers.bulk_job import BulkJobTrigger
+
+                self.log.info("Bulk job %s submitted for %s[%s:%s]; deferring until it finishes",
+                              job.get("id"), unit["map"], unit["start"], unit["stop"])
+                self.defer(trigger=BulkJobTrigger(destination=self.destination, job=job,
+                                                  conn_id=self.destination_conn_id,
+                                                  options=self.destination_options,
+                                                  poll_interval=self.bulk_poll_interval
+                                                  or ctx.destination.bulk_poll_interval),
+                           method_name="execute_complete")
+            return self._done(ctx, unit, stats)
         finally:
             ctx.close()
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Record a finished bulk job's per-record results (failed rows go to quarantine)."""
+        from airflow_ascora_provider.engine.runner import finish_bulk_unit
+
+        if event.get("state") != "done":
+            # The task fails and its retry prepares the unit again: records the job did write are
+            # adopted by their Ascora id, so nothing is duplicated.
+            raise RuntimeError(f"{self.destination} bulk job {event.get('job', {}).get('id')} "
+                               f"ended {event.get('state')}: {event.get('message')}")
+        unit = self._unit()
+        ctx = self.build_context()
+        try:
+            ctx.require_approved_mapping()
+            return self._done(ctx, unit, finish_bulk_unit(ctx, unit, event["job"]), bulk_job=event["job"])
+        finally:
+            ctx.close()
+
+    def _done(self, ctx, unit: dict[str, Any], stats, **extra: Any) -> dict[str, Any]:
+        self.log.info("Loaded %s[%s:%s]: %s", unit["map"], unit["start"], unit["stop"], stats.as_dict())
+        return {"unit": unit, **stats.as_dict(), "api": ctx.destination.api_stats(), **extra}
+
+
+@contextmanager
+def pausing_on_quota(operator: MigrationStepOperator, wait_seconds: float) -> Iterator[None]:
+    """Turn a plugin's ``QuotaExhausted`` into a deferral of the task until the quota resets.
+
+    The task resumes through ``execute`` itself: loading is idempotent, so running it again writes
+    only what the interrupted attempt had not.
+    """
+    from airflow_ascora_provider.destinations.spec import QuotaExhausted
+
+    try:
+        yield
+    except QuotaExhausted as exc:
+        import datetime as dt
+
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        now = dt.datetime.now(dt.timezone.utc)
+        resume_at = exc.resume_at or now + dt.timedelta(seconds=wait_seconds)
+        if resume_at.tzinfo is None:
+            resume_at = resume_at.replace(tzinfo=dt.timezone.utc)
+        operator.log.warning("%s quota nearly exhausted (%s): pausing until %s; the task resumes where "
+                             "it stopped", operator.destination, exc, resume_at.isoformat())
+        operator.defer(trigger=DateTimeTrigger(moment=max(resume_at, now)), method_name="execute")
 
 
 class ReconcileOperator(MigrationStepOperator):
@@ -462,13 +538,14 @@ class DeltaLoadOperator(MigrationStepOperator):
         super().__init__(**kwargs)
         self.delete_vanished = delete_vanished
 
-    def execute(self, context: Context) -> dict[str, Any]:
+    def execute(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         from airflow_ascora_provider.engine.delta import delta_sections, run_delta
 
         ctx = self.build_context()
         try:
             ctx.require_approved_mapping()
-            result = run_delta(ctx, delete_vanished=_truthy(self.delete_vanished), dag_id=self.dag_id)
+            with pausing_on_quota(self, self.quota_wait):
+                result = run_delta(ctx, delete_vanished=_truthy(self.delete_vanished), dag_id=self.dag_id)
             paths = self.write(ctx.ledger, "delta", "Delta pickup", result, delta_sections(result))
             return {"totals": result["totals"], "vanished": result["vanished_total"], "report": paths}
         finally:

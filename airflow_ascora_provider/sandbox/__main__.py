@@ -6,6 +6,7 @@ on disk and an emulator serving it - without writing Python::
     ascora-sandbox generate --out /tmp/tenant --size 5000 --seed 42 [--dirty] [--format xlsx|csv]
     ascora-sandbox serve ascora --port 8081 --tenant /tmp/tenant [--rate-limit 120] [--api-key KEY]
     ascora-sandbox serve twenty --port 8082 [--rate-limit 100] [--api-key KEY]
+    ascora-sandbox serve salesforce|dataverse|freshsales|zoho --port N (the other CRM emulators)
 
 The emulator modules are imported only when ``serve`` runs, so ``generate`` works without the web
 stack and a broken emulator cannot break tenant generation.
@@ -18,7 +19,14 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from importlib import import_module
 from pathlib import Path
+
+#: CRM emulators ``serve`` knows: name -> (module with ``create_app(api_key=, rate_limit=)``, help).
+#: A new destination's emulator is one more line here.
+CRM_EMULATORS: dict[str, tuple[str, str]] = {
+    "twenty": ("airflow_ascora_provider.sandbox.twenty", "the Twenty CRM emulator"),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     which = serve.add_subparsers(dest="target", required=True)
     ascora = which.add_parser("ascora", help="the Ascora REST API emulator over a generated tenant")
     ascora.add_argument("--tenant", required=True, help="tenant directory written by `generate`")
-    twenty = which.add_parser("twenty", help="the Twenty CRM emulator")
-    for p in (ascora, twenty):
+    crms = [which.add_parser(name, help=help_) for name, (_, help_) in CRM_EMULATORS.items()]
+    for p in (ascora, *crms):
         p.add_argument("--port", type=int, required=True)
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument(
@@ -93,14 +101,13 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
         app = create_app(tenant, api_key=args.api_key, rate_limit=args.rate_limit)
     else:
-        from airflow_ascora_provider.sandbox.twenty import create_app as create_twenty
-
+        module = import_module(CRM_EMULATORS[args.target][0])
         kwargs = {}
         if args.api_key is not None:
             kwargs["api_key"] = args.api_key
         if args.rate_limit is not None:
             kwargs["rate_limit"] = args.rate_limit
-        app = create_twenty(**kwargs)
+        app = module.create_app(**kwargs)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
 
