@@ -81,3 +81,13 @@ def ledger_url(request, tmp_path):
     with engine.begin() as conn:
         conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
     engine.dispose()
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` tests (long soaks, large tenants) run only with ASCORA_FULL_BENCH=1 (``make bench``)."""
+    if os.environ.get("ASCORA_FULL_BENCH") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set ASCORA_FULL_BENCH=1 to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -7,10 +7,13 @@ lets Airflow retry a task or run it on another worker.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
@@ -91,15 +94,18 @@ def payload_hash(payload: dict[str, Any]) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def _plain(value: Any) -> Any:
-    import dataclasses
-    import datetime as dt
-    from decimal import Decimal
+#: Per neutral-value class, the fields its hash covers (looked up once per class, not per value).
+_COMPARED_FIELDS: dict[type, tuple[str, ...]] = {}
 
-    if dataclasses.is_dataclass(value):
+
+def _plain(value: Any) -> Any:
+    kind = type(value)
+    names = _COMPARED_FIELDS.get(kind)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
         # Only compared fields count: a file's staging path changes per snapshot, its bytes do not.
-        return {"__type__": type(value).__name__,
-                **{f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.compare}}
+        names = _COMPARED_FIELDS[kind] = tuple(f.name for f in dataclasses.fields(value) if f.compare)
+    if names is not None:
+        return {"__type__": kind.__name__, **{name: getattr(value, name) for name in names}}
     if isinstance(value, Decimal):
         return format(value.normalize(), "f")
     if isinstance(value, (dt.datetime, dt.date)):

@@ -103,9 +103,24 @@ class MapLoader:
         stats = LoadStats()
         started = time.monotonic()
         progress = Progress(f"load {self.map.name}", total)
-        for batch in chunked(records, batch_size_for(self.ctx)):
+        # Records another map takes (a customer is a company *or* a person) are set aside before
+        # batching, so every write carries a full batch rather than the share this map keeps.
+        when, elsewhere = self.map.when, 0
+        mine: Iterable[dict[str, Any]] = records
+        if when is not None:
+            def applicable() -> Iterator[dict[str, Any]]:
+                nonlocal elsewhere
+                for record in records:
+                    if when.matches(record):
+                        yield record
+                    else:
+                        elsewhere += 1
+            mine = applicable()
+        for batch in chunked(mine, batch_size_for(self.ctx)):
             stats.add(self.load_batch(batch))
             progress.tick(len(batch))
+        stats.considered += elsewhere
+        stats.not_for_this_map += elsewhere
         stats.seconds = time.monotonic() - started
         return stats
 
@@ -157,6 +172,7 @@ class MapLoader:
         if len(results) != len(pending.to_write):
             raise RuntimeError(f"{ctx.destination_name} returned {len(results)} results for "
                                f"{len(pending.to_write)} records ({om.target}); a plugin must answer every record")
+        results = self._adopt_refused_creates(pending, results)
         writes: list[Write] = []
         rejected: list[QuarantineEntry] = []
         for (record, digest), result in zip(pending.to_write, results):
@@ -179,16 +195,45 @@ class MapLoader:
                     source_object=om.source, source_id=record.source_id, field=result.error_field,
                     value=value, reason=f"[{om.name}] {ctx.destination_name} rejected it: {result.error}",
                     stage="load"))
-        self.ledger.record_writes(ctx.run_id, ctx.destination_name, writes)
+        # Writing a record also settles its earlier quarantine rows, in the same transaction.
+        self.ledger.record_writes(ctx.run_id, ctx.destination_name, writes, resolve_quarantine=True)
         if rejected:
             self.ledger.quarantine(ctx.run_id, ctx.destination_name, rejected)
             self.ledger.clear_intents(ctx.destination_name,
                                       [(om.source, q.source_id, om.target) for q in rejected])
             stats.quarantined += len(rejected)
-        if writes:
-            self.ledger.resolve_quarantine(ctx.run_id, ctx.destination_name, om.source,
-                                           [w.source_id for w in writes])
         return stats
+
+    def _adopt_refused_creates(self, pending: PendingBatch, results: list[WriteResult]) -> list[WriteResult]:
+        """Load the refused creates the destination holds anyway, instead of quarantining them.
+
+        When the reply to a create is lost (a dropped connection, a gateway timeout) or the server
+        fails part-way through a batch, the client's retry sends records that were already written,
+        and the destination refuses them as duplicates of themselves. Records refused on a create are
+        therefore looked up by their Ascora id; those found are adopted like the leftovers of a crash
+        (counted as created by this run) and written once more as updates of what is there.
+        """
+        om = self.map
+        refused = [i for i, ((record, _), result) in enumerate(zip(pending.to_write, results))
+                   if not result.ok and record.dest_id is None]
+        if not refused or not om.key_field:
+            return results
+        records = [pending.to_write[i][0] for i in refused]
+        found = self.dest.find_by_source_ids(om.target, om.key_field, [r.source_id for r in records])
+        retry = [(i, r) for i, r in zip(refused, records) if r.source_id in found]
+        if not retry:
+            return results
+        log.info("%s: %d refused create(s) are already in %s; adopting them", om.name, len(retry),
+                 self.ctx.destination_name)
+        for _, record in retry:
+            record.dest_id = found[record.source_id]
+            pending.adopted.add(record.source_id)
+        again = self.dest.write_batch(om.target, [r for _, r in retry], om.key_field)
+        pending.stats.write_calls += 1
+        results = list(results)
+        for (i, _), result in zip(retry, again, strict=True):
+            results[i] = result
+        return results
 
     def _before_images(self, records: list[OutgoingRecord], *, adopt: bool = True
                        ) -> tuple[dict[str, dict[str, Any] | None], set[str]]:

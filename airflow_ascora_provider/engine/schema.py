@@ -106,7 +106,7 @@ def plan_schema(mapping: Mapping, described: dict[str, DestObject], creatable: f
                     "custom_field", om.target, fm.dest_field, spec, by_api="custom_field" in creatable,
                     reason="" if "custom_field" in creatable else "custom fields must be created by an admin"))
             dest_type = dest_field.type if dest_field else (planned_fields.get(key) or spec).type
-            if fm.transform == "value_map":
+            if fm.transform == "value_map" and dest_type in ("picklist", "multi_picklist"):
                 wanted = _value_map_outputs(fm.options)
                 have = set(dest_field.options) if dest_field else set((planned_fields.get(key) or spec).options)
                 missing = [v for v in wanted if v not in have]
@@ -156,9 +156,27 @@ def apply_schema(destination, plan: SchemaPlan) -> list[str]:
     done = []
     for change in changes:
         log.info("schema: creating %s", change.describe())
-        destination.apply_schema_change(change)
+        try:
+            destination.apply_schema_change(change)
+        except Exception:
+            # A create whose reply was lost is retried by the client and then refused as a
+            # duplicate: what counts is whether the change is in place now.
+            if not _in_place(destination.describe_schema(), change):
+                raise
+            log.warning("schema: %s answered an error but is in place (an earlier attempt's reply was lost)",
+                        change.describe())
         done.append(change.describe())
     return done
+
+
+def _in_place(described: dict[str, DestObject], change: SchemaChange) -> bool:
+    obj = described.get(change.object)
+    if obj is None or change.kind == "custom_object":
+        return obj is not None
+    dest_field = obj.fields.get(change.field)
+    if dest_field is None or change.kind == "custom_field":
+        return dest_field is not None
+    return set(change.spec) <= set(dest_field.options)
 
 
 def require_schema_ready(mapping: Mapping, destination) -> None:

@@ -20,7 +20,7 @@ from airflow_ascora_provider.ledger import QuarantineEntry
 from airflow_ascora_provider.mapping.spec import ObjectMap
 from airflow_ascora_provider.mapping.transforms import TRANSFORMS, TransformError, _maps_for
 from airflow_ascora_provider.mapping.values import DestRef, FileRef, UserRef
-from airflow_ascora_provider.source.model import ISSUES_COLUMN
+from airflow_ascora_provider.source.model import ISSUES_COLUMN, get_object
 
 log = logging.getLogger(__name__)
 USERS_WATERMARK = "users"
@@ -35,10 +35,17 @@ class TransformOutcome:
 
 
 class RelatedIndex:
-    """Staged rows of another object keyed by one of its fields, loaded once per task."""
+    """Staged rows of another object keyed by one of its fields, loaded once per task.
 
-    def __init__(self, ctx: MigrationContext):
+    ``columns`` names, per object, the fields the map's ``related`` transforms read: only those (and
+    the key and order fields) are kept, so the index costs a few fields per related row rather than
+    whole rows (a large tenant's invoices would otherwise sit in memory in full). Objects not named
+    are read whole.
+    """
+
+    def __init__(self, ctx: MigrationContext, columns: dict[str, set[str]] | None = None):
         self.ctx = ctx
+        self._columns = columns or {}
         self._cache: dict[tuple[str, str], dict[Any, list[dict[str, Any]]]] = {}
 
     def rows(self, object_name: str, key_field: str, key: Any) -> list[dict[str, Any]]:
@@ -46,13 +53,28 @@ class RelatedIndex:
         if index is None:
             index = defaultdict(list)
             order_field = "date_created" if object_name not in ("invoice",) else "invoice_date"
-            for row in self.ctx.snapshot.iter_records(object_name):
+            columns = None
+            if object_name in self._columns:
+                staged = set(get_object(object_name).arrow_schema.names)
+                columns = sorted((self._columns[object_name] | {key_field, order_field}) & staged)
+            for row in self.ctx.snapshot.iter_records(object_name, columns):
                 row.pop(ISSUES_COLUMN, None)
                 index[row.get(key_field)].append(row)
             for rows in index.values():
                 rows.sort(key=lambda r: (r.get(order_field) is None, str(r.get(order_field) or "")))
             self._cache[(object_name, key_field)] = index
         return index.get(key, [])
+
+
+def _related_columns(object_map: ObjectMap) -> dict[str, set[str]]:
+    """Per related object, the fields this map's ``related`` transforms read (see :class:`RelatedIndex`)."""
+    columns: dict[str, set[str]] = {}
+    for fm in object_map.fields:
+        if fm.transform == "related":
+            opts = fm.options
+            key = "id" if "via" in opts else opts.get("by")
+            columns.setdefault(opts["object"], set()).update(f for f in (key, opts.get("field")) if f)
+    return columns
 
 
 class UserDirectory:
@@ -102,20 +124,25 @@ class BatchTransformer:
         self.ctx = ctx
         self.map = object_map
         self.users = UserDirectory(ctx)
-        self.related = RelatedIndex(ctx)
+        self.related = RelatedIndex(ctx, _related_columns(object_map))
         self.lookup_fields = [fm for fm in object_map.fields if fm.transform in ("lookup", "attach")]
+        # Resolved once per task, not per record: each field's transform, each lookup source as its
+        # own one-source field (what _maps_for takes), the fields that can hold a file.
+        self.appliers = [(fm, TRANSFORMS[fm.transform].apply) for fm in object_map.fields]
+        self.lookup_sources = [(source_field, type(fm)(fm.dest_field, fm.transform, (source_field,), fm.options))
+                               for fm in self.lookup_fields for source_field in fm.sources]
+        self.file_fields = [fm.dest_field for fm in object_map.fields if fm.transform == "file"]
+        self.used = object_map.used_source_fields()
 
     def _prefetch(self, records: list[dict[str, Any]]) -> dict[tuple[str, str], DestRef]:
         wanted: dict[str, set[str]] = defaultdict(set)
-        for fm in self.lookup_fields:
+        for source_field, sub in self.lookup_sources:
             for record in records:
-                for source_field in fm.sources:
-                    value = record.get(source_field)
-                    if value is None:
-                        continue
-                    sub = type(fm)(fm.dest_field, fm.transform, (source_field,), fm.options)
-                    for map_name in _maps_for(record, sub):
-                        wanted[map_name].add(str(value))
+                value = record.get(source_field)
+                if value is None:
+                    continue
+                for map_name in _maps_for(record, sub):
+                    wanted[map_name].add(str(value))
         refs: dict[tuple[str, str], DestRef] = {}
         for map_name, ids in wanted.items():
             parent = self.ctx.mapping.maps[map_name]
@@ -132,17 +159,19 @@ class BatchTransformer:
         applicable = [r for r in records if om.when is None or om.when.matches(r)]
         outcome.not_for_this_map = len(records) - len(applicable)
         bctx = _BatchContext(self.ctx, self._prefetch(applicable), self.users, self.related)
-        used = om.used_source_fields()
+        used = self.used
+        quarantine_issues = self.ctx.field_issue_policy == "quarantine"
         for record in applicable:
             source_id = record["id"]
-            problems = self._field_problems(record, used)
-            if problems and self.ctx.field_issue_policy == "quarantine":
-                outcome.quarantined.extend(problems)
-                continue
+            if quarantine_issues and record.get(ISSUES_COLUMN):
+                problems = self._field_problems(record, used)
+                if problems:
+                    outcome.quarantined.extend(problems)
+                    continue
             payload: dict[str, Any] = {}
             try:
-                for fm in om.fields:
-                    value = TRANSFORMS[fm.transform].apply(record, fm, bctx)
+                for fm, apply in self.appliers:
+                    value = apply(record, fm, bctx)
                     if value is None and fm.default is not None:
                         value = fm.default
                     if value is None and fm.required:
@@ -154,7 +183,7 @@ class BatchTransformer:
                     source_object=om.source, source_id=source_id, field=exc.field, value=exc.value,
                     reason=f"[{om.name}] {exc.reason}", stage="transform"))
                 continue
-            too_big = self._oversized_file(payload)
+            too_big = self._oversized_file(payload) if self.file_fields else None
             if too_big:
                 outcome.quarantined.append(QuarantineEntry(
                     source_object=om.source, source_id=source_id, field=too_big[0], value=too_big[1],
@@ -168,7 +197,8 @@ class BatchTransformer:
 
     def _oversized_file(self, payload: dict[str, Any]) -> tuple[str, str, str] | None:
         limit = self.ctx.destination.capabilities.max_file_bytes
-        for name, value in payload.items():
+        for name in self.file_fields:
+            value = payload.get(name)
             if isinstance(value, FileRef) and limit and value.size > limit:
                 return (name, value.name, f"file is {value.size / 1e6:.1f} MB; {self.ctx.destination_name} "
                         f"accepts at most {limit / 1e6:.0f} MB (kept in Ascora: move it by hand or link it)")

@@ -217,29 +217,52 @@ def _audit_entry(row: Any) -> AuditEntry:
     )
 
 
+# Statements run once per batch, built once: an expanding IN keeps one cached compiled form each.
+_INTENTS_DELETE = s.write_intents.delete().where(
+    s.write_intents.c.destination == bindparam("b_destination"),
+    s.write_intents.c.source_object == bindparam("b_source_object"),
+    s.write_intents.c.target_object == bindparam("b_target_object"),
+    s.write_intents.c.source_id.in_(bindparam("b_ids", expanding=True)),
+)
+_QUARANTINE_RESOLVE = (
+    s.quarantine.update()
+    .where(
+        s.quarantine.c.destination == bindparam("b_destination"),
+        s.quarantine.c.source_object == bindparam("b_source_object"),
+        s.quarantine.c.source_id.in_(bindparam("b_ids", expanding=True)),
+        s.quarantine.c.resolved_run_id.is_(None),
+    )
+    .values(resolved_run_id=bindparam("b_run_id"))
+)
+
+
 def _delete_intents(conn: Connection, destination: str, keys: Iterable[tuple[str, str, str]]) -> int:
     """Delete the intents of ``keys`` on ``conn`` (inside the caller's transaction).
 
     Grouped by (source_object, target_object) so each statement is one index range with a chunked
     ``IN`` and an exact rowcount (an executemany's rowcount is not reliable on every driver).
     """
-    wi = s.write_intents
     by_pair: dict[tuple[str, str], list[str]] = {}
     for so, sid, to in sorted({(str(so), str(sid), str(to)) for so, sid, to in keys}):
         by_pair.setdefault((so, to), []).append(sid)
     deleted = 0
     for (so, to), ids in sorted(by_pair.items()):
         for chunk in _chunks(ids):
-            result = conn.execute(
-                wi.delete().where(
-                    wi.c.destination == destination,
-                    wi.c.source_object == so,
-                    wi.c.target_object == to,
-                    wi.c.source_id.in_(chunk),
-                )
-            )
+            result = conn.execute(_INTENTS_DELETE, {"b_destination": destination, "b_source_object": so,
+                                                    "b_target_object": to, "b_ids": list(chunk)})
             deleted += result.rowcount
     return deleted
+
+
+def _resolve_quarantine(conn: Connection, run_id: str, destination: str, source_object: str,
+                        ids: Sequence[str]) -> int:
+    """Mark the open quarantine rows of ``ids`` as fixed by ``run_id`` (inside the caller's transaction)."""
+    updated = 0
+    for chunk in _chunks(ids):
+        result = conn.execute(_QUARANTINE_RESOLVE, {"b_destination": destination, "b_source_object": source_object,
+                                                    "b_ids": list(chunk), "b_run_id": run_id})
+        updated += result.rowcount
+    return updated
 
 
 class Ledger:
@@ -312,6 +335,21 @@ class Ledger:
         self._intent_insert = self._insert(wi).on_conflict_do_nothing(
             index_elements=[wi.c.destination, wi.c.source_object, wi.c.source_id, wi.c.target_object]
         )  # never overwrite: the first intent holds the true before-image
+        # Per-batch reads, built once: an expanding IN keeps one cached compiled form per statement.
+        self._cw_by_ids = select(cw).where(
+            cw.c.destination == bindparam("b_destination"),
+            cw.c.source_object == bindparam("b_source_object"),
+            cw.c.source_id.in_(bindparam("b_ids", expanding=True)),
+        )
+        self._cw_by_ids_target = self._cw_by_ids.where(cw.c.target_object == bindparam("b_target_object"))
+        self._intents_by_ids = select(
+            wi.c.source_object, wi.c.source_id, wi.c.target_object, wi.c.op, wi.c.before_image
+        ).where(
+            wi.c.destination == bindparam("b_destination"),
+            wi.c.source_object == bindparam("b_source_object"),
+            wi.c.target_object == bindparam("b_target_object"),
+            wi.c.source_id.in_(bindparam("b_ids", expanding=True)),
+        )
         self._cw_delete = cw.delete().where(
             cw.c.destination == bindparam("b_destination"),
             cw.c.source_object == bindparam("b_source_object"),
@@ -393,7 +431,8 @@ class Ledger:
 
     # ------------------------------------------------------------------ crosswalk + audit
 
-    def record_writes(self, run_id: str, destination: str, writes: Iterable[Write]) -> None:
+    def record_writes(self, run_id: str, destination: str, writes: Iterable[Write], *,
+                      resolve_quarantine: bool = False) -> None:
         """Record destination writes: crosswalk and audit log change together or not at all.
 
         create/update/restore upsert the crosswalk row (``created_run_id`` stays that of the run
@@ -401,6 +440,10 @@ class Ledger:
         A delete followed by a re-create of the same key within one batch yields a fresh row
         whose ``created_run_id`` is this run. The write intents of every key in the batch are
         deleted in the same transaction (whichever run saved them): the write is now on record.
+
+        ``resolve_quarantine`` also marks open quarantine rows of the created/updated/restored records
+        as fixed by this run, in the same transaction (one commit per batch instead of two: on SQLite
+        every commit is an fsync).
         """
         writes = list(writes)
         _require(run_id=run_id, destination=destination)
@@ -466,6 +509,13 @@ class Ledger:
             if upsert_rows:
                 conn.execute(self._cw_upsert, upsert_rows)
             conn.execute(s.audit_log.insert(), audit_rows)
+            if resolve_quarantine:
+                fixed: dict[str, list[str]] = {}
+                for w in writes:
+                    if w.op != "delete":
+                        fixed.setdefault(w.source_object, []).append(w.source_id)
+                for source_object, ids in sorted(fixed.items()):
+                    _resolve_quarantine(conn, run_id, destination, source_object, list(dict.fromkeys(ids)))
 
     def crosswalk_get_many(
         self,
@@ -476,19 +526,15 @@ class Ledger:
     ) -> dict[tuple[str, str], CrosswalkEntry]:
         """Entries for many source ids at once, keyed ``(source_id, target_object)``; ids with no
         entry are simply absent."""
-        cw = s.crosswalk
         ids = list(dict.fromkeys(str(i) for i in source_ids))
         out: dict[tuple[str, str], CrosswalkEntry] = {}
+        if not ids:
+            return out
+        q = self._cw_by_ids if target_object is None else self._cw_by_ids_target
+        params = {"b_destination": destination, "b_source_object": source_object, "b_target_object": target_object}
         with self._read() as conn:
             for chunk in _chunks(ids):
-                q = select(cw).where(
-                    cw.c.destination == destination,
-                    cw.c.source_object == source_object,
-                    cw.c.source_id.in_(chunk),
-                )
-                if target_object is not None:
-                    q = q.where(cw.c.target_object == target_object)
-                for row in conn.execute(q):
+                for row in conn.execute(q, {**params, "b_ids": list(chunk)}):
                     out[(row.source_id, row.target_object)] = _cw_entry(row)
         return out
 
@@ -620,20 +666,14 @@ class Ledger:
     ) -> dict[str, Intent]:
         """Open intents for many source ids at once, keyed by ``source_id``; ids without one are
         absent."""
-        wi = s.write_intents
         ids = list(dict.fromkeys(str(i) for i in source_ids))
         out: dict[str, Intent] = {}
+        if not ids:
+            return out
+        params = {"b_destination": destination, "b_source_object": source_object, "b_target_object": target_object}
         with self._read() as conn:
             for chunk in _chunks(ids):
-                q = select(
-                    wi.c.source_object, wi.c.source_id, wi.c.target_object, wi.c.op, wi.c.before_image
-                ).where(
-                    wi.c.destination == destination,
-                    wi.c.source_object == source_object,
-                    wi.c.target_object == target_object,
-                    wi.c.source_id.in_(chunk),
-                )
-                for row in conn.execute(q):
+                for row in conn.execute(self._intents_by_ids, {**params, "b_ids": list(chunk)}):
                     out[row.source_id] = Intent(
                         row.source_object, row.source_id, row.target_object, row.op, row.before_image
                     )
@@ -726,23 +766,9 @@ class Ledger:
         self, run_id: str, destination: str, source_object: str, source_ids: Iterable[str]
     ) -> int:
         """Mark open quarantine rows of these records as fixed by ``run_id``; returns rows updated."""
-        qt = s.quarantine
         ids = list(dict.fromkeys(str(i) for i in source_ids))
-        updated = 0
         with self._write() as conn:
-            for chunk in _chunks(ids):
-                result = conn.execute(
-                    qt.update()
-                    .where(
-                        qt.c.destination == destination,
-                        qt.c.source_object == source_object,
-                        qt.c.source_id.in_(chunk),
-                        qt.c.resolved_run_id.is_(None),
-                    )
-                    .values(resolved_run_id=run_id)
-                )
-                updated += result.rowcount
-        return updated
+            return _resolve_quarantine(conn, run_id, destination, source_object, ids)
 
     # ------------------------------------------------------------------ watermarks
 

@@ -362,7 +362,7 @@ def load_mapping(source: str | Path | dict[str, Any]) -> Mapping:
     if isinstance(source, Path) or ("\n" not in text and text.endswith((".yaml", ".yml"))):
         text = Path(source).read_text(encoding="utf-8")
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # libyaml: ~10x faster
     except yaml.YAMLError as exc:
         raise MappingError([f"YAML syntax: {exc}"]) from exc
     return parse_mapping(document)

@@ -65,7 +65,8 @@ def _values(record: dict[str, Any], fm) -> list[Any]:
 
 
 def _first(record, fm) -> Any:
-    return record.get(fm.sources[0]) if fm.sources else None
+    """The first source that has a value, so ``from: [completed_date, expected_date]`` falls back in order."""
+    return next((record.get(s) for s in fm.sources if record.get(s) not in (None, "")), None)
 
 
 def _copy(record, fm, ctx):

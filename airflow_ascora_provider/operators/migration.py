@@ -131,44 +131,74 @@ class MigrationStepOperator(BaseOperator):
 
 
 class ProposeMappingOperator(MigrationStepOperator):
-    """Complete the destination's default map for this tenant and write the compatibility report.
+    """Propose the field map for this tenant and write the proposal and compatibility reports.
 
     Step 1 of the approach (audit against the destination's described schema) and the input of the
-    approval step: the proposed mapping is stored in the ledger with its hash.
+    approval step. The baseline is the latest approved map (the plugin's default before the first
+    approval); the proposer (:mod:`airflow_ascora_provider.mapping.propose`) fills its gaps, each
+    choice with a confidence and a reason, and completion spells out every custom, form and unmapped
+    field. The proposed mapping is stored in the ledger with its hash.
+
+    :param propose: False skips the proposer and only completes the baseline (custom, form and
+        unmapped fields as new fields), as before the proposer existed.
+    :param use_embeddings: use the packaged sentence-embedding model when it is installed.
     """
+
+    def __init__(self, *, propose: bool = True, use_embeddings: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.propose = propose
+        self.use_embeddings = use_embeddings
 
     def execute(self, context: Context) -> dict[str, Any]:
         from airflow_ascora_provider.engine.schema import plan_schema, schema_sections
-        from airflow_ascora_provider.mapping.complete import complete_mapping, mapping_summary, summary_markdown
+        from airflow_ascora_provider.mapping.complete import complete_mapping
+        from airflow_ascora_provider.mapping.propose import (
+            Proposal,
+            proposal_markdown,
+            proposal_sections,
+            propose_mapping,
+        )
         from airflow_ascora_provider.mapping.spec import load_mapping
         from airflow_ascora_provider.source.audit import audit_snapshot
         from airflow_ascora_provider.source.staging import Snapshot
+        from airflow_ascora_provider.ui.links import run_page_url
 
         ctx = self.build_context(approved=False)
         try:
-            audit = audit_snapshot(Snapshot(self.staging, self.snapshot_id))
+            snapshot = Snapshot(self.staging, self.snapshot_id)
+            audit = audit_snapshot(snapshot)
             described = ctx.destination.describe_schema()
             # An approved map is the baseline: re-proposing only adds what is new (custom fields the
             # audit found since), it never replaces a human's choices with the defaults again.
             approved = ctx.ledger.approved_mapping(self.destination)
             base = load_mapping(approved["mapping_text"] if approved and not self.mapping_path
                                 else self.default_mapping_text())
-            # Only the destination's own fields are off limits: custom fields an earlier run created
-            # for this mapping keep their names, so re-proposing gives the same map (and hash).
-            existing = {name: {f for f, d in obj.fields.items() if not d.custom} for name, obj in described.items()}
-            mapping = complete_mapping(base, audit, ctx.destination.custom_field_name, existing)
+            if self.propose:
+                proposal = propose_mapping(base, audit, described, field_name=ctx.destination.custom_field_name,
+                                           snapshot=snapshot, embedder="auto" if self.use_embeddings else None)
+            else:
+                # Only the destination's own fields are off limits: custom fields an earlier run created
+                # for this mapping keep their names, so re-proposing gives the same map (and hash).
+                existing = {n: {f for f, d in obj.fields.items() if not d.custom} for n, obj in described.items()}
+                proposal = Proposal(complete_mapping(base, audit, ctx.destination.custom_field_name, existing),
+                                    [], [])
+            mapping = proposal.mapping
             caps = ctx.destination.capabilities
             plan = plan_schema(mapping, described, caps.creatable, caps.custom_object_fields)
-            summary = mapping_summary(mapping)
             folder = self.reports()
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "mapping.yaml").write_text(mapping.to_yaml())
+            proposal_paths = self.write(ctx.ledger, "mapping_proposal", "Proposed field map", proposal.as_dict(),
+                                        proposal_sections(proposal))
             paths = self.write(ctx.ledger, "compatibility", "Field-type compatibility and schema plan",
                                {"summary": {"changes": len(plan.changes), "problems": len(plan.problems)},
-                                "plan": plan.as_dict(), "mapping": summary}, schema_sections(plan, []))
+                                "plan": plan.as_dict(), "mapping": proposal.as_dict()["summary"]},
+                               schema_sections(plan, []))
             ctx.ledger.set_watermark(self.destination, PROPOSED_MAPPING, mapping.to_yaml())
-            return {"hash": mapping.hash, "markdown": summary_markdown(summary, paths["html"]),
-                    "mapping_uri": str(folder / "mapping.yaml"), "report": paths,
+            markdown = proposal_markdown(proposal, proposal_paths["html"], run_page_url(self.migration_run_id))
+            return {"hash": mapping.hash, "markdown": markdown, "mapping_uri": str(folder / "mapping.yaml"),
+                    "report": paths, "proposal_report": proposal_paths, "proposal": proposal.stats(),
+                    "low_confidence": proposal.low_confidence()[:20],
                     "schema_changes": len(plan.changes), "problems": plan.problems[:20]}
         finally:
             ctx.close()
@@ -236,32 +266,78 @@ def _truthy(value: Any) -> bool:
 
 
 class MappingApprovalOperator(_ApprovalGate):
-    """Step 2: show the proposed map; Approve stores it (edited or not) with its hash; Reject stops."""
+    """Step 2: show the proposed map; Approve stores it (edited or not) with its hash; Reject stops.
+
+    The form shows the proposer's compact Markdown summary (matches with their confidence, what to
+    check, links to the full proposal report and the migration reports page). The reviewer approves
+    the proposal as it is, pastes an edited YAML (``edited_mapping``), or gives the path or URI of an
+    edited file uploaded next to the staging data (``edited_mapping_uri``, any ObjectStoragePath
+    location); an edit is validated before it can be approved. The ledger keeps the approved text, its
+    hash, who approved it and when, and whether it was edited from the proposal.
+    """
 
     def __init__(self, **kwargs: Any) -> None:
         from airflow.sdk import Param
 
         kwargs.setdefault("subject", "Approve the Ascora → {{ task.destination }} field map")
         kwargs.setdefault("body", "{{ ti.xcom_pull(task_ids='propose_mapping')['markdown'] }}")
-        kwargs.setdefault("params", {"edited_mapping": Param(
-            "", type="string", title="Edited mapping (optional)",
-            description="Paste an edited mapping YAML to approve it instead of the proposal.")})
+        kwargs.setdefault("params", {
+            "edited_mapping": Param("", type="string", format="multiline", title="Edited mapping YAML (optional)",
+                                    description="Paste an edited mapping YAML to approve it instead of the proposal."),
+            "edited_mapping_uri": Param("", type="string", title="Edited mapping file (optional)",
+                                        description="Path or URI (s3://, gs://, file) of an uploaded mapping YAML "
+                                                    "to approve instead of the proposal."),
+        })
         super().__init__(**kwargs)
 
     def on_approve(self, context: Context, *, approved_by: str, params_input: dict[str, Any]) -> None:
         from airflow_ascora_provider.mapping.spec import load_mapping
 
         ledger = self.ledger()
-        edited = (params_input.get("edited_mapping") or "").strip()
-        text = edited or ledger.get_watermark(self.destination, PROPOSED_MAPPING)
+        proposed = ledger.get_watermark(self.destination, PROPOSED_MAPPING)
+        edited, origin = _edited_mapping(params_input)
+        text = edited or proposed
         if not text:
             raise RuntimeError("no proposed mapping in the ledger: run propose_mapping first")
         mapping = load_mapping(text)  # an edited map is validated before it can be approved
+        if mapping.destination != self.destination:
+            raise ValueError(f"the edited mapping is for {mapping.destination!r}, not {self.destination!r}")
+        proposal_hash = load_mapping(proposed).hash if proposed else None
+        if edited and mapping.hash != proposal_hash:
+            note = f"edited in review ({origin}); proposal was {(proposal_hash or 'none')[:12]}"
+        else:
+            note = f"proposal {mapping.hash[:12]} accepted"
         source = "auto_approve" if approved_by == "auto_approve" else "hitl"
         ledger.approve_mapping(self.destination, mapping_hash=mapping.hash, mapping_text=mapping.to_yaml(),
-                               approved_by=approved_by, source=source,
-                               note="edited in review" if edited else None)
-        self.log.info("Mapping %s approved by %s", mapping.hash[:12], approved_by)
+                               approved_by=approved_by, source=source, note=note)
+        self.log.info("Mapping %s approved by %s (%s)", mapping.hash[:12], approved_by, note)
+
+    def on_reject(self, context: Context, *, rejected_by: str) -> None:
+        import datetime as dt
+
+        record = {"rejected_by": rejected_by, "rejected_at": dt.datetime.now(dt.UTC).isoformat(),
+                  "run_id": self.migration_run_id}
+        self.ledger().set_watermark(self.destination, MAPPING_REJECTED, json.dumps(record))
+        self.log.info("Mapping rejected by %s; the run stops here", rejected_by)
+
+
+MAPPING_REJECTED = "mapping_rejected"
+
+
+def _edited_mapping(params_input: dict[str, Any]) -> tuple[str, str]:
+    """The edited YAML the reviewer gave (pasted, or the file at a path/URI), and where it came from."""
+    pasted = (params_input.get("edited_mapping") or "").strip()
+    uri = (params_input.get("edited_mapping_uri") or "").strip()
+    if pasted and uri:
+        raise ValueError("give either a pasted mapping or the path of an uploaded one, not both")
+    if uri:
+        from airflow_ascora_provider.source.staging import as_path
+
+        path = as_path(uri)
+        if not path.exists():
+            raise FileNotFoundError(f"edited mapping file {uri} does not exist")
+        return path.read_text(encoding="utf-8").strip(), f"from {uri}"
+    return pasted, "pasted"
 
 
 class SetupSchemaOperator(MigrationStepOperator):
@@ -369,13 +445,18 @@ class SampleApprovalOperator(_ApprovalGate):
 
 
 class PlanLoadOperator(MigrationStepOperator):
-    """Step 6a: the units of one wave of the full load (mapped over by :class:`LoadUnitOperator`)."""
+    """Step 6a: the units of one wave of the full load (mapped over by :class:`LoadUnitOperator`).
 
-    template_fields = (*MigrationStepOperator.template_fields, "wave")
+    :param unit_rows: smallest number of rows in one unit (more when a map would otherwise need over
+        1,000 units); small values spread a small tenant over many mapped tasks.
+    """
 
-    def __init__(self, *, wave: int, **kwargs: Any) -> None:
+    template_fields = (*MigrationStepOperator.template_fields, "wave", "unit_rows")
+
+    def __init__(self, *, wave: int, unit_rows: int | str = 2000, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.wave = wave
+        self.unit_rows = unit_rows
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         from airflow_ascora_provider.engine.runner import plan_units, waves
@@ -394,7 +475,7 @@ class PlanLoadOperator(MigrationStepOperator):
             maps = all_waves[wave] if wave < len(all_waves) else []
             if wave == MAX_WAVES - 1:
                 maps = [m for w in all_waves[wave:] for m in w]
-            units = plan_units(ctx, maps)
+            units = plan_units(ctx, maps, min_rows=int(self.unit_rows))
             self.log.info("Wave %s: maps %s in %s units", wave, maps, len(units))
             return units
         finally:

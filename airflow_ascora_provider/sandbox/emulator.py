@@ -5,8 +5,9 @@ with :func:`instrument` adds the behaviour tests and benchmarks need from *any* 
 
 * every request is recorded, so a test can assert exactly what a client called;
 * a rate limit per window answers ``429`` with ``Retry-After`` like the real services;
-* faults (429 bursts, 5xx, slow answers, dropped connections) can be switched on at set rates,
-  deterministically from a seed so a failing soak can be replayed.
+* faults (429 bursts, 5xx, slow answers, dropped connections, replies lost after the write was
+  done, batches only partly written) can be switched on at set rates, deterministically from a seed
+  so a failing soak can be replayed.
 
 The switches are reachable in-process (``app.state.sandbox``) and over HTTP under ``/__sandbox__/``,
 so a test can steer an emulator running in another process the same way.
@@ -29,6 +30,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 CONTROL_PREFIX = "/__sandbox__"
+# Drawn in this order from one roll, so a seed replays the same faults (new kinds go last).
+FAULT_KINDS = ("429", "5xx", "slow", "drop", "lost_reply", "partial")
+_DROPPED = -1  # RecordedRequest.status of a request whose connection was cut
 
 
 @dataclass
@@ -46,17 +50,37 @@ class RecordedRequest:
 
 @dataclass
 class FaultPlan:
-    """Rates are probabilities per request (0..1). ``slow_seconds`` is how long a "timeout" stalls."""
+    """Rates are probabilities per request (0..1). ``slow_seconds`` is how long a "timeout" stalls.
+
+    The kinds differ in whether the emulator's own app saw the request, which is what a client
+    cannot tell from outside and must survive either way:
+
+    * ``429``, ``5xx``, ``drop``: answered before the app runs; nothing was written.
+    * ``slow``: the request waits ``slow_seconds`` and then *is* handled. With ``slow_seconds`` above
+      the client's timeout, the client gives up and the write still happens a moment later, as
+      behind a real load balancer.
+    * ``lost_reply``: the app handles the request completely (writes commit), then the connection
+      drops before the answer arrives, like a gateway timeout after the backend finished.
+    * ``partial``: for a request whose JSON body carries a batch (a list of objects, as the body or
+      under one of ``batch_keys``), only a leading part of the batch reaches the app (it is written)
+      and the client gets a 500, like a non-transactional server failing mid-batch. Requests without
+      a batch of two or more items are passed through untouched.
+    """
 
     rate_429: float = 0.0
     rate_5xx: float = 0.0
     rate_slow: float = 0.0
     rate_drop: float = 0.0
+    rate_lost_reply: float = 0.0
+    rate_partial: float = 0.0
     slow_seconds: float = 5.0
     retry_after: str = "1"
     seed: int = 0
     # Only requests whose path starts with one of these prefixes are eligible (empty = all).
     paths: list[str] = field(default_factory=list)
+    # Keys of a JSON object body that hold a batch of records (the usual envelopes). Other lists,
+    # such as a field's pick-list options, are part of one record and never cut short.
+    batch_keys: list[str] = field(default_factory=lambda: ["records", "inputs", "data", "items"])
 
 
 class RateLimiter:
@@ -92,7 +116,7 @@ class SandboxControl:
         self.faults = FaultPlan()
         self._rng = random.Random(0)
         self.keep_bodies = keep_bodies
-        self.counters: dict[str, int] = {"429": 0, "5xx": 0, "slow": 0, "drop": 0}
+        self.counters: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
 
     def set_faults(self, plan: FaultPlan) -> None:
         self.faults = plan
@@ -104,6 +128,10 @@ class SandboxControl:
     def reset_log(self) -> None:
         self.requests.clear()
         self.counters = dict.fromkeys(self.counters, 0)
+
+    def draw_prefix(self, size: int) -> int:
+        """How many leading items of a batch of ``size`` (>= 2) a ``partial`` fault lets through."""
+        return self._rng.randrange(1, size)
 
     def calls(self, method: str | None = None, path_prefix: str = "") -> list[RecordedRequest]:
         return [
@@ -117,14 +145,11 @@ class SandboxControl:
         if plan.paths and not any(path.startswith(p) for p in plan.paths):
             return None
         roll = self._rng.random()
-        for name, rate in (
-            ("429", plan.rate_429),
-            ("5xx", plan.rate_5xx),
-            ("slow", plan.rate_slow),
-            ("drop", plan.rate_drop),
-        ):
+        for name in FAULT_KINDS:
+            rate = getattr(plan, f"rate_{name}")
             if roll < rate:
-                self.counters[name] += 1
+                if name != "partial":  # counted only when the request turns out to carry a batch
+                    self.counters[name] += 1
                 return name
             roll -= rate
         return None
@@ -189,23 +214,124 @@ class _Instrumented:
             response = JSONResponse({"message": "Service Unavailable (injected)"}, status_code=503)
             return await response(scope, receive, send)
         if fault == "slow":
+            # The request is read first and handled after the stall, as by a server stuck on a lock:
+            # a client that timed out meanwhile does not stop the write.
+            body = await _read_body(receive)
+            record.body = body if self.control.keep_bodies else b""
             await asyncio.sleep(self.control.faults.slow_seconds)
+            return await self.app(scope, _replay(body), _recording_send(send, record))
         if fault == "drop":
-            # Start a response that promises more bytes than it sends, then stop: the client sees the
-            # connection end mid-reply, which is what a dropped connection looks like from outside.
-            record.status = -1
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-length", b"1000"), (b"content-type", b"application/json")]})
-            await send({"type": "http.response.body", "body": b'{"partial": ', "more_body": True})
-            raise ConnectionAbortedError("injected connection drop")
+            record.status = _DROPPED
+            await _cut_connection(send)
+        if fault == "partial":
+            body = await _read_body(receive)
+            shortened = self._shorten_batch(body)
+            if shortened is None:
+                record.body = body if self.control.keep_bodies else b""
+                return await self.app(scope, _replay(body), _recording_send(send, record))
+            # The leading part is handled (and recorded, so the log shows what was written); the
+            # client only hears that the batch failed.
+            record.body = shortened if self.control.keep_bodies else b""
+            record.status = 500
+            await self.app(scope, _replay(shortened), _discard)
+            response = JSONResponse({"message": "Internal server error (injected: batch partly written)"},
+                                    status_code=500)
+            return await response(scope, receive, send)
+        if fault == "lost_reply":
+            await self.app(scope, recording_receive, _discard)
+            record.body = b"".join(body_chunks)
+            record.status = _DROPPED
+            await _cut_connection(send)
 
-        async def recording_send(message):
-            if message["type"] == "http.response.start":
-                record.status = message["status"]
-            await send(message)
-
-        await self.app(scope, recording_receive, recording_send)
+        await self.app(scope, recording_receive, _recording_send(send, record))
         record.body = b"".join(body_chunks)
+
+    def _shorten_batch(self, body: bytes) -> bytes | None:
+        """The body with only a leading part of its batch, or None when it carries no batch of 2+."""
+        try:
+            document = json.loads(body) if body else None
+        except ValueError:
+            return None
+        holder, key = _batch_in(document, self.control.faults.batch_keys)
+        if holder is None:
+            return None
+        items = holder if key is None else holder[key]
+        keep = self.control.draw_prefix(len(items))
+        if key is None:
+            document = items[:keep]
+        else:
+            holder[key] = items[:keep]
+        self.control.counters["partial"] += 1
+        return json.dumps(document).encode("utf-8")
+
+
+def _batch_in(document: Any, batch_keys: list[str]) -> tuple[Any, str | None]:
+    """Where a JSON body keeps its batch: the body itself (a list of objects) or one of ``batch_keys``.
+
+    Covers ``[...]``, ``{"records": [...]}``, ``{"inputs": [...]}``, ``{"data": [...]}`` without
+    knowing any API; the first key of ``batch_keys`` holding a list of two or more objects wins.
+    """
+    def is_batch(value: Any) -> bool:
+        return isinstance(value, list) and len(value) >= 2 and all(isinstance(v, dict) for v in value)
+
+    if is_batch(document):
+        return document, None
+    if isinstance(document, dict):
+        for key in batch_keys:
+            if is_batch(document.get(key)):
+                return document, key
+    return None, None
+
+
+async def _read_body(receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes):
+    """A receive callable that hands the app ``body`` once, then reports the client gone."""
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _discard(message) -> None:
+    """A send callable for answers the client must never see."""
+
+
+def _recording_send(send, record: RecordedRequest):
+    async def recording_send(message):
+        if message["type"] == "http.response.start":
+            record.status = message["status"]
+        await send(message)
+
+    return recording_send
+
+
+async def _cut_connection(send) -> None:
+    """Start a response that promises more bytes than it sends, then stop.
+
+    The client sees the connection end mid-reply, which is what a dropped connection looks like from
+    outside; raising makes the server close the socket.
+    """
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"1000"), (b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b'{"partial": ', "more_body": True})
+    raise ConnectionAbortedError("injected connection drop")
 
 
 def _control_app(control: SandboxControl) -> Starlette:

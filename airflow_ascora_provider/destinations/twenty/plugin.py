@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import uuid
 from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
@@ -283,10 +284,30 @@ class TwentyDestination(Destination):
             for ref_col, ref_id in row.items():
                 if ref_col.endswith("Id") and ref_col != own_column and ref_id:
                     existing.add((row.get(own_column), ref_col, ref_id))
-        links = [{own_column: dest_id, f"{ref.target_object}Id": ref.dest_id} for dest_id, ref in wanted
-                 if (dest_id, f"{ref.target_object}Id", ref.dest_id) not in existing]
+        links = [{"id": _link_id(own_column, dest_id, ref), own_column: dest_id, f"{ref.target_object}Id": ref.dest_id}
+                 for dest_id, ref in wanted if (dest_id, f"{ref.target_object}Id", ref.dest_id) not in existing]
         for start in range(0, len(links), self.capabilities.batch_size):
-            self.hook.create_batch(link_plural, links[start:start + self.capabilities.batch_size])
+            self._create_links(link_plural, links[start:start + self.capabilities.batch_size])
+
+    def _create_links(self, link_plural: str, links: list[dict[str, Any]]) -> None:
+        """Create link rows exactly once, even when the client had to resend the batch.
+
+        A link's id is derived from what it links, so a batch whose first attempt was written (its
+        reply lost) is refused as "already exists" on the resend instead of doubling the links; the
+        rows still missing then are sent once more.
+        """
+        from airflow_ascora_provider.hooks.twenty import TwentyBatchError
+
+        try:
+            self.hook.create_batch(link_plural, links)
+        except TwentyBatchError:
+            present = {row["id"] for row in self.hook.find_many(link_plural, filter={"id": [k["id"] for k in links]},
+                                                                 fields=["id"], limit=200)}
+            missing = [link for link in links if link["id"] not in present]
+            if len(missing) == len(links):
+                raise
+            if missing:
+                self.hook.create_batch(link_plural, missing)
 
     def read_records(self, target: str, dest_ids: list[str], fields: Iterable[str]) -> dict[str, dict[str, Any]]:
         if not dest_ids:
@@ -366,6 +387,11 @@ class TwentyDestination(Destination):
 
     def api_stats(self) -> dict[str, Any]:
         return self.hook.client.stats.as_dict()
+
+
+def _link_id(own_column: str, dest_id: str, ref: DestRef) -> str:
+    """Stable id of the link row joining a note or task to one parent."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ascora-link:{own_column}:{dest_id}:{ref.target_object}:{ref.dest_id}"))
 
 
 def _label(value: str) -> str:
