@@ -26,6 +26,10 @@ from pathlib import Path
 #: A new destination's emulator is one more line here.
 CRM_EMULATORS: dict[str, tuple[str, str]] = {
     "twenty": ("airflow_ascora_provider.sandbox.twenty", "the Twenty CRM emulator"),
+    "dataverse": ("airflow_ascora_provider.sandbox.dataverse", "the Dataverse (Dynamics 365 Sales) emulator, https"),
+    "zoho": ("airflow_ascora_provider.sandbox.zoho", "the Zoho CRM v8 emulator (api_key = the refresh token)"),
+    "salesforce": ("airflow_ascora_provider.sandbox.salesforce", "the Salesforce org emulator, https (api_key = session id)"),
+    "freshsales": ("airflow_ascora_provider.sandbox.freshsales", "the Freshsales emulator (Growth plan limits)"),
 }
 
 
@@ -108,7 +112,9 @@ def _serve(args: argparse.Namespace) -> int:
         if args.rate_limit is not None:
             kwargs["rate_limit"] = args.rate_limit
         app = module.create_app(**kwargs)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    # An emulator may need server options (Dataverse: TLS, because msal only talks to https authorities).
+    options = module.serve_options() if args.target != "ascora" and hasattr(module, "serve_options") else {}
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", **options)
     return 0
 
 

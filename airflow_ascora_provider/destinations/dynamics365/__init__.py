@@ -1,0 +1,1 @@
+"""Microsoft Dynamics 365 Sales (Dataverse) destination."""
