@@ -1,0 +1,371 @@
+"""What every benchmark shares: the destinations table, emulators in their own process, tenants.
+
+A destination joins the benchmarks by adding one :class:`BenchTarget` row to :data:`TARGETS`: its
+plugin name, its emulator module, its published rate limit, how its plugin is told the emulator's
+address and pace, and the fewest calls its API allows for a batch of records. Every benchmark then
+runs for every row whose plugin is installed.
+
+Emulators run in a child process (uvicorn on a socket this process bound), so their CPU and memory
+are not the engine's: timings and peak RSS measure the migration side only, as against a real CRM.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+FULL = os.environ.get("ASCORA_FULL_BENCH") == "1"
+REPO = Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------- the destinations table
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A published request limit: ``requests`` per ``per_seconds``."""
+
+    requests: int
+    per_seconds: float
+    label: str
+
+    @property
+    def per_minute(self) -> float:
+        return self.requests * 60.0 / self.per_seconds
+
+
+@dataclass(frozen=True)
+class BenchTarget:
+    """One destination as the benchmarks see it.
+
+    :param name: the destination plugin's name (its entry point).
+    :param emulator: module whose ``create_app(**kwargs)`` builds the emulator.
+    :param published_limit: the real API's limit; the emulator is set to it and the plugin paces under it.
+    :param ci_limit: the limit of the short CI run of the rate-limit benchmark (the published one,
+        or a scaled one when the published window is an hour or a day; docs/performance.md says why).
+    :param options: ``(emulator URL, limit or None for unpaced) -> plugin options``.
+    :param emulator_kwargs: ``(tenant folder, limit or None) -> create_app kwargs`` (JSON-serialisable).
+    :param minimum_calls: ``(target object, records written) -> fewest calls the API allows for them``.
+    :param fallback_owner: e-mail of a user the emulator seeds, for records whose staff has no account.
+    :param throughput_maps: the maps the rate-limit benchmark loads: those whose records go out in
+        batches and nothing else (no file uploads, no link records), so records per call is the cap.
+    """
+
+    name: str
+    emulator: str
+    published_limit: Limit
+    ci_limit: Limit
+    options: Callable[[str, Limit | None], dict[str, Any]]
+    emulator_kwargs: Callable[[Path, Limit | None], dict[str, Any]]
+    minimum_calls: Callable[[str, list[Any]], int]
+    throughput_maps: tuple[str, ...] = ()
+    fallback_owner: str = "owner@example.com"
+
+    @property
+    def installed(self) -> bool:
+        from airflow_ascora_provider.destinations.manager import destinations
+
+        return self.name in destinations()
+
+    def batch_cap(self) -> int:
+        from airflow_ascora_provider.destinations.manager import get_destination_class
+
+        return get_destination_class(self.name).capabilities.batch_size
+
+
+def _members(tenant: Path) -> list[dict[str, str]]:
+    from tests.conftest import tenant_members  # imported late: conftest sets AIRFLOW_HOME when imported
+
+    return tenant_members(tenant)
+
+
+def _twenty_minimum_calls(target: str, records: list[Any]) -> int:
+    """Twenty: one batch create per 60 records; one ``uploadFile`` per file (no batch upload exists);
+    notes and tasks attach through ``noteTargets``/``taskTargets``, one batch create per 60 links."""
+    from airflow_ascora_provider.mapping.values import AttachTo, FileRef
+
+    cap = 60
+    calls = math.ceil(len(records) / cap)
+    calls += sum(1 for r in records for v in r.payload.values() if isinstance(v, FileRef))
+    if target in ("note", "task"):
+        links = sum(len(v.refs) for r in records for v in r.payload.values() if isinstance(v, AttachTo))
+        calls += math.ceil(links / cap)
+    return calls
+
+
+TWENTY = BenchTarget(
+    name="twenty",
+    emulator="airflow_ascora_provider.sandbox.twenty",
+    published_limit=Limit(100, 60.0, "100 requests/minute per API key"),
+    # The CI run keeps the real limit and window: a one-minute window fits in CI as it is.
+    ci_limit=Limit(100, 60.0, "100 requests/minute per API key"),
+    options=lambda url, limit: {"base_url": url, "api_key": "twenty-sandbox-key",
+                                "requests_per_minute": limit.per_minute if limit else 0},
+    emulator_kwargs=lambda tenant, limit: {"members": _members(tenant),
+                                           "rate_limit": limit.requests if limit else None,
+                                           "window": limit.per_seconds if limit else 60.0},
+    minimum_calls=_twenty_minimum_calls,
+    throughput_maps=("company", "person", "site", "quote", "opportunity", "equipment", "quote_line_item", "invoice"),
+)
+
+#: Destination name → row. A new destination is one more row; rows whose plugin is not installed
+#: are skipped by every benchmark.
+TARGETS: dict[str, BenchTarget] = {row.name: row for row in (TWENTY,)}
+
+
+def installed_targets() -> list[BenchTarget]:
+    return [row for row in TARGETS.values() if row.installed]
+
+
+def target_params() -> list[Any]:
+    """``pytest.mark.parametrize`` values: one per row, skipped when the plugin is not installed."""
+    import pytest
+
+    return [pytest.param(row, id=row.name,
+                         marks=pytest.mark.skipif(not row.installed, reason=f"no {row.name} plugin installed"))
+            for row in TARGETS.values()]
+
+
+# --------------------------------------------------------------------------- emulators in a child process
+
+_SERVE = r"""
+import importlib, json, sys
+import uvicorn
+spec = json.loads(sys.argv[1])
+app = importlib.import_module(spec["module"]).create_app(**spec["kwargs"])
+uvicorn.run(app, fd=spec["fd"], log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=60)
+"""
+
+
+class EmulatorProcess:
+    """An emulator served by uvicorn in its own process, on a socket bound here (no port race)."""
+
+    def __init__(self, module: str, **kwargs: Any):
+        self.module = module
+        self.kwargs = kwargs
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> EmulatorProcess:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        sock.set_inheritable(True)
+        self._sock = sock
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        spec = json.dumps({"module": self.module, "kwargs": self.kwargs, "fd": sock.fileno()})
+        self._proc = subprocess.Popen([sys.executable, "-c", _SERVE, spec], pass_fds=(sock.fileno(),),
+                                      cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"emulator {self.module} exited: {self._proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/__sandbox__/counters", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"emulator {self.module} did not answer within 60 s")
+            time.sleep(0.1)
+
+    def set_rate_limit(self, limit: Limit | None) -> None:
+        """Switch the emulator's limiter (a fresh window), e.g. after an unpaced schema step."""
+        body = {"limit": limit.requests if limit else None, "window": limit.per_seconds if limit else 60.0}
+        httpx.post(f"{self.url}/__sandbox__/rate-limit", json=body, timeout=30).raise_for_status()
+
+    def counters(self) -> dict[str, int]:
+        return httpx.get(f"{self.url}/__sandbox__/counters", timeout=30).json()
+
+    def requests(self) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.url}/__sandbox__/requests", timeout=120).json()
+
+    def peak_rss_mb(self) -> float | None:
+        """The emulator's own high-water mark (VmHWM), for the record: it is not the engine's."""
+        try:
+            for line in Path(f"/proc/{self._proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except (OSError, AttributeError):
+            return None
+        return None
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=15)
+        if self._proc is not None and self._proc.stderr:
+            self._proc.stderr.close()
+        if self._sock is not None:
+            self._sock.close()
+        self._proc = self._sock = None
+
+    def __enter__(self) -> EmulatorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def emulator_for(row: BenchTarget, tenant: Path, limit: Limit | None) -> EmulatorProcess:
+    return EmulatorProcess(row.emulator, **row.emulator_kwargs(tenant, limit))
+
+
+# --------------------------------------------------------------------------- tenants and snapshots
+
+
+def bench_root(tmp_path_factory) -> Path:
+    shared = os.environ.get("ASCORA_BENCH_DIR")
+    if shared:
+        Path(shared).mkdir(parents=True, exist_ok=True)
+        return Path(shared)
+    return tmp_path_factory.getbasetemp() / "bench"
+
+
+def tenant(root: Path, size: int, seed: int = 5) -> Path:
+    """A generated tenant with CSV exports, generated once per bench folder."""
+    folder = root / f"tenant-csv-{size}-{seed}"
+    if not (folder / "exports").exists():
+        subprocess.run([sys.executable, "-m", "airflow_ascora_provider.sandbox", "generate", "--out", str(folder),
+                        "--size", str(size), "--seed", str(seed), "--format", "csv"],
+                       check=True, capture_output=True, cwd=REPO)
+    return folder
+
+
+def staged(root: Path, size: int, seed: int = 5) -> tuple[Path, Path, str]:
+    """``(tenant folder, staging root, snapshot id)``: the tenant's exports extracted once."""
+    from airflow_ascora_provider.source.export_reader import ExportReader
+    from airflow_ascora_provider.source.extract import extract
+    from airflow_ascora_provider.source.staging import Snapshot
+
+    folder = tenant(root, size, seed)
+    staging = folder / "staging"
+    snapshot = Snapshot(staging, "bench")
+    if not snapshot.exists():
+        extract(ExportReader(folder / "exports"), snapshot)
+    return folder, staging, "bench"
+
+
+# --------------------------------------------------------------------------- a migration ready to load
+
+
+def prepare_migration(row: BenchTarget, staging: Path, snapshot_id: str, ledger_url: str, url: str, *,
+                      limit: Limit | None = None, run_id: str = "bench", ledger_schema: str | None = None):
+    """Schema, mapping approval and owners done, run started: what the DAG has done before ``plan_wave_0``.
+
+    Returns the :class:`MigrationContext`; its destination is paced under ``limit`` (None = unpaced).
+    """
+    from airflow_ascora_provider.destinations.manager import get_destination
+    from airflow_ascora_provider.engine.context import MigrationContext
+    from airflow_ascora_provider.engine.schema import apply_schema, plan_for
+    from airflow_ascora_provider.engine.users import resolve_users
+    from airflow_ascora_provider.ledger import Ledger
+    from airflow_ascora_provider.mapping.complete import complete_mapping
+    from airflow_ascora_provider.mapping.spec import load_mapping
+    from airflow_ascora_provider.source.audit import audit_snapshot
+    from airflow_ascora_provider.source.staging import Snapshot
+
+    dest = get_destination(row.name, None, **row.options(url, limit))
+    audit = audit_snapshot(Snapshot(staging, snapshot_id))
+    described = dest.describe_schema()
+    existing = {name: {f for f, d in obj.fields.items() if not d.custom} for name, obj in described.items()}
+    mapping = complete_mapping(load_mapping(type(dest).default_mapping), audit, dest.custom_field_name, existing)
+    apply_schema(dest, plan_for(mapping, dest))
+    ledger = Ledger(ledger_url, schema=ledger_schema)
+    ledger.migrate()
+    ledger.approve_mapping(row.name, mapping_hash=mapping.hash, mapping_text=mapping.to_yaml(),
+                           approved_by="bench", source="cli")
+    ctx = MigrationContext(run_id, row.name, ledger, str(staging), snapshot_id, mapping,
+                           fallback_owner_email=row.fallback_owner)
+    ctx.use_destination(dest)
+    resolve_users(ctx)
+    ledger.start_run(run_id, destination=row.name, kind="full", mapping_hash=mapping.hash)
+    return ctx
+
+
+@dataclass
+class SentBatch:
+    """One ``write_batch`` call as the engine made it: what went out and what came back."""
+
+    target: str
+    records: list[Any]
+    key_field: str | None
+    results: list[Any]
+    seconds: float
+
+
+@dataclass
+class RecordingDestination:
+    """Wraps a destination plugin and keeps every ``write_batch`` call (the rest passes through)."""
+
+    inner: Any
+    sent: list[SentBatch] = field(default_factory=list)
+
+    def write_batch(self, target: str, records: list[Any], key_field: str | None) -> list[Any]:
+        from airflow_ascora_provider.destinations.spec import OutgoingRecord
+
+        copies = [OutgoingRecord(r.source_id, dict(r.payload), r.dest_id) for r in records]
+        started = time.perf_counter()
+        results = self.inner.write_batch(target, records, key_field)
+        self.sent.append(SentBatch(target, copies, key_field, list(results), time.perf_counter() - started))
+        return results
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@contextmanager
+def recording(ctx) -> Iterator[RecordingDestination]:
+    wrapper = RecordingDestination(ctx.destination)
+    ctx.use_destination(wrapper)
+    try:
+        yield wrapper
+    finally:
+        ctx.use_destination(wrapper.inner)
+
+
+def load_by_map(ctx, only: tuple[str, ...] = ()) -> Iterator[tuple[str, str, Any, dict[str, int]]]:
+    """Load every map (or those in ``only``) in wave order, one whole map at a time; yield
+    ``(map, target, stats, api calls)``.
+
+    ``api calls`` is the difference of the plugin's :meth:`api_stats` around the map, so every call
+    (writes, uploads, lookups, retries) is charged to the object that caused it.
+    """
+    from airflow_ascora_provider.engine.runner import plan_units, run_unit, waves
+
+    for wave in waves(ctx.mapping):
+        for unit in plan_units(ctx, [m for m in wave if not only or m in only], min_rows=1 << 40):
+            before = dict(ctx.destination.api_stats())
+            stats = run_unit(ctx, unit)
+            after = ctx.destination.api_stats()
+            delta = {k: int(after.get(k, 0)) - int(before.get(k, 0)) for k in ("calls", "retries", "throttled")}
+            yield unit["map"], ctx.mapping.maps[unit["map"]].target, stats, delta
+
+
+def fmt_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A fixed-width table for the terminal (the same figures go into docs/performance.md)."""
+    cells = [[f"{c:,.2f}" if isinstance(c, float) else f"{c:,}" if isinstance(c, int) else str(c) for c in r]
+             for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)

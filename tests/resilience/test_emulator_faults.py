@@ -1,0 +1,111 @@
+"""The fault kinds of ``sandbox.emulator.instrument`` that decide *whether a write happened*.
+
+A toy app that stores what it is sent stands in for any emulator: the point is what the app saw
+(and therefore wrote) behind each fault, which a client cannot tell from outside.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from airflow_ascora_provider.sandbox.emulator import FAULT_KINDS, FaultPlan, ServedApp, instrument
+
+
+def _store_app():
+    stored: list[dict] = []
+
+    async def items(request: Request):
+        body = await request.json()
+        batch = body if isinstance(body, list) else body.get("records", [body])
+        stored.extend(batch)
+        return JSONResponse({"stored": len(batch)}, status_code=201)
+
+    app = Starlette(routes=[Route("/items", items, methods=["POST"])])
+    app.state.stored = stored
+    return instrument(app)
+
+
+@pytest.fixture
+def server():
+    with ServedApp(_store_app()) as served:
+        yield served
+
+
+def _items(n: int) -> list[dict]:
+    return [{"n": i} for i in range(n)]
+
+
+def test_lost_reply_writes_but_the_client_never_hears(server):
+    server.control.set_faults(FaultPlan(rate_lost_reply=1.0))
+    with pytest.raises(httpx.TransportError):
+        httpx.post(f"{server.url}/items", json=_items(3))
+    assert server.app.state.stored == _items(3)
+    assert server.control.counters["lost_reply"] == 1
+    assert server.control.requests[-1].status == -1
+    assert server.control.requests[-1].json() == _items(3)
+
+
+@pytest.mark.parametrize("envelope", [lambda items: items, lambda items: {"records": items}], ids=["list", "records"])
+def test_partial_writes_a_leading_part_of_the_batch_and_answers_500(server, envelope):
+    server.control.set_faults(FaultPlan(rate_partial=1.0, seed=5))
+    response = httpx.post(f"{server.url}/items", json=envelope(_items(10)))
+    assert response.status_code == 500
+    written = server.app.state.stored
+    assert 1 <= len(written) < 10 and written == _items(len(written))
+    assert server.control.counters["partial"] == 1
+    assert server.control.requests[-1].status == 500
+
+
+def test_partial_leaves_requests_without_a_batch_alone(server):
+    server.control.set_faults(FaultPlan(rate_partial=1.0))
+    # One record, and a record whose own list (pick-list options) is not a batch.
+    assert httpx.post(f"{server.url}/items", json=_items(1)).status_code == 201
+    record = {"name": "status", "options": _items(4)}
+    assert httpx.post(f"{server.url}/items", json=record).status_code == 201
+    assert server.app.state.stored == [*_items(1), record]
+    assert server.control.counters["partial"] == 0
+
+
+def test_slow_past_the_client_timeout_still_writes(server):
+    server.control.set_faults(FaultPlan(rate_slow=1.0, slow_seconds=0.6))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/items", json=_items(2), timeout=0.2)
+    deadline = time.monotonic() + 5
+    while not server.app.state.stored and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.app.state.stored == _items(2)
+
+
+def test_drop_answers_before_the_app_sees_anything(server):
+    server.control.set_faults(FaultPlan(rate_drop=1.0))
+    with pytest.raises(httpx.TransportError):
+        httpx.post(f"{server.url}/items", json=_items(2))
+    assert server.app.state.stored == []
+
+
+def test_new_kinds_are_steered_over_http_and_replay_from_a_seed(server):
+    plan = {"rate_lost_reply": 0.2, "rate_partial": 0.2, "rate_5xx": 0.2, "seed": 11}
+    assert httpx.post(f"{server.url}/__sandbox__/faults", json=plan).json()["rate_lost_reply"] == 0.2
+
+    def run() -> list[int]:
+        statuses = []
+        for _ in range(40):
+            try:
+                statuses.append(httpx.post(f"{server.url}/items", json=_items(3)).status_code)
+            except httpx.TransportError:
+                statuses.append(-1)
+        return statuses
+
+    first = run()
+    counters = httpx.get(f"{server.url}/__sandbox__/counters").json()
+    assert set(counters) == set(FAULT_KINDS)
+    assert counters["lost_reply"] > 0 and counters["partial"] > 0 and counters["5xx"] > 0
+    httpx.post(f"{server.url}/__sandbox__/faults", json=plan)  # same seed: the same faults again
+    assert run() == first

@@ -1,0 +1,128 @@
+"""Fault soak: a whole migration through emulators that misbehave at set rates.
+
+Both emulators (Ascora for the extraction, the CRM for the schema step, users and the load) inject
+429 bursts, 5xx, timeouts, dropped connections, replies lost after the write was done and batches
+only partly written. The run must end exactly where a fault-free run of the same tenant ends: every
+valid record held once (same Ascora ids per object, no duplicate), the same records quarantined with
+reasons, a ledger that agrees with the destination, and a reconciliation with nothing missing. It
+also has to stay within 1.5x of the fault-free run time.
+
+Time is compressed: the CRM is paced at its published rate limit, and the client's timeout, its
+back-offs and the ``Retry-After`` waits are all divided by ``SPEEDUP``. Every wait keeps its real
+proportion to the others, so the ratio of the two run times is the one a real migration would see,
+in a thirtieth of the time.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+
+import pytest
+
+from airflow_ascora_provider.sandbox.emulator import FAULT_KINDS, FaultPlan
+from tests.resilience.harness import ledger_disagreements, prepare_migration, quarantined_records
+
+SPEEDUP = 30.0
+MAX_SLOWDOWN = 1.5
+# Per-request rates. A timeout costs a whole client timeout (30 s in real time), so it stays rare.
+SOAK_FAULTS = FaultPlan(rate_429=0.03, rate_5xx=0.03, rate_slow=0.004, rate_drop=0.02, rate_lost_reply=0.02,
+                        rate_partial=0.15, retry_after="1", seed=20240607)
+
+
+@pytest.fixture
+def compressed_time(monkeypatch):
+    """Every ApiClient built from now on sleeps ``1/SPEEDUP`` of each back-off and ``Retry-After``."""
+    from airflow_ascora_provider.hooks import http_client
+
+    original = http_client.ApiClient.__init__
+
+    def init(self, *args, retry=None, **kwargs):
+        retry = retry or http_client.RetryPolicy()
+        retry.sleep = lambda seconds, _sleep=retry.sleep: _sleep(seconds / SPEEDUP)
+        original(self, *args, retry=retry, **kwargs)
+
+    monkeypatch.setattr(http_client.ApiClient, "__init__", init)
+
+
+@pytest.fixture
+def warmed_up(destination, tmp_path_factory):
+    """One tiny migration before the clock starts: modules imported on first use (Parquet, object
+    storage, the plugin's hook) would otherwise be charged to whichever timed run comes first."""
+    from airflow_ascora_provider.engine.runner import load_everything
+    from airflow_ascora_provider.sandbox.generate import generate_tenant
+
+    workdir = tmp_path_factory.mktemp("warm-up")
+    generate_tenant(workdir / "tenant", size=30, seed=1)
+    migration = prepare_migration(destination, workdir / "tenant", workdir, f"sqlite:///{workdir / 'ledger.sqlite'}")
+    try:
+        load_everything(migration.ctx)
+    finally:
+        migration.close()
+
+
+def _migrate(destination, tenant, workdir, faults):
+    from airflow_ascora_provider.engine.reconcile import reconcile
+    from airflow_ascora_provider.engine.runner import load_everything
+
+    started = time.monotonic()
+    migration = prepare_migration(destination, tenant, workdir, f"sqlite:///{workdir / 'ledger.sqlite'}",
+                                  plugin_overrides=destination.published_limits(SPEEDUP), faults=faults)
+    try:
+        load_everything(migration.ctx)
+        elapsed = time.monotonic() - started
+        migration.crm.control.set_faults(FaultPlan())  # the checks below read without faults
+        migration.ascora.control.set_faults(FaultPlan())
+        result = reconcile(migration.ctx, verify="all" if faults else "none")
+        return {
+            "seconds": elapsed,
+            "stored": {t: sorted(r.key for r in rows if r.key) for t, rows in migration.stored().items()},
+            "quarantined": quarantined_records(migration),
+            "disagreements": ledger_disagreements(migration),
+            "reconcile": result,
+            "crm_faults": dict(migration.crm.control.counters),
+            "ascora_faults": dict(migration.ascora.control.counters),
+        }
+    finally:
+        migration.close()
+
+
+def _soak(destination, tenant, tmp_path, faults):
+    clean = _migrate(destination, tenant, tmp_path / "clean", None)
+    soaked = _migrate(destination, tenant, tmp_path / "soaked", faults)
+
+    print(f"clean {clean['seconds']:.1f}s, soaked {soaked['seconds']:.1f}s")
+    injected = soaked["crm_faults"]
+    assert all(injected[kind] > 0 for kind in FAULT_KINDS), f"every fault kind must occur: {injected}"
+    assert sum(soaked["ascora_faults"].values()) > 0, soaked["ascora_faults"]
+
+    assert soaked["disagreements"] == [], soaked["disagreements"][:20]
+    for target, keys in clean["stored"].items():
+        missing = sorted(set(keys) - set(soaked["stored"][target]))
+        why = {k: reasons for (_, k), reasons in soaked["quarantined"].items() if k in missing}
+        assert soaked["stored"][target] == keys, (f"{target}: the soaked run holds other records than a clean "
+                                                  f"run; missing {missing[:5]}, quarantined as {why}")
+    assert soaked["quarantined"].keys() == clean["quarantined"].keys(), {
+        k: v for k, v in soaked["quarantined"].items() if k not in clean["quarantined"]}
+    assert all(all(reasons) for reasons in soaked["quarantined"].values())
+    totals = soaked["reconcile"]["totals"]
+    assert soaked["reconcile"]["ok"] and totals["missing"] == 0, totals
+    assert totals["loaded"] == clean["reconcile"]["totals"]["loaded"]
+
+    ratio = soaked["seconds"] / clean["seconds"]
+    assert ratio <= MAX_SLOWDOWN, (f"faults made the run {ratio:.2f}x slower "
+                                   f"({soaked['seconds']:.1f}s vs {clean['seconds']:.1f}s; {injected})")
+
+
+def test_fault_soak_loads_every_valid_record_once(destination, soak_tenant, tmp_path, compressed_time, warmed_up):
+    _soak(destination, soak_tenant, tmp_path, SOAK_FAULTS)
+
+
+@pytest.mark.slow
+def test_fault_soak_large_tenant(destination, tmp_path_factory, tmp_path, compressed_time, warmed_up):
+    from airflow_ascora_provider.sandbox.generate import generate_tenant
+
+    tenant = tmp_path_factory.mktemp("tenant-soak-large")
+    generate_tenant(tenant, size=int(os.environ.get("ASCORA_SOAK_SIZE", "5000")), seed=29, dirty=True)
+    _soak(destination, tenant, tmp_path, replace(SOAK_FAULTS, seed=31))
