@@ -183,6 +183,16 @@ class Destination(ABC):
     def apply_schema_change(self, change: SchemaChange) -> None:
         """Create one custom object / field / pick-list option through the API."""
 
+    def check_plan(self, changes: Iterable[SchemaChange]) -> list[str]:
+        """What the account's plan or edition cannot hold of these planned changes, one line each.
+
+        The schema step adds these lines to the plan's problems, so a plan that does not fit (more
+        custom fields of a type than the plan allows, a custom module the edition lacks) stops the
+        migration before any change is applied or any record is written. Destinations without tiered
+        limits keep this default: nothing is too much.
+        """
+        return []
+
     def custom_field_name(self, label: str) -> str:
         """Turn a label ("Switchboard Type") into this CRM's API name for a new custom field."""
         words = [w for w in "".join(c if c.isalnum() else " " for c in label).split() if w]

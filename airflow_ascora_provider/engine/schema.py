@@ -144,8 +144,11 @@ def plan_schema(mapping: Mapping, described: dict[str, DestObject], creatable: f
 
 
 def plan_for(mapping: Mapping, destination) -> SchemaPlan:
+    """The schema plan against what the destination holds now, plan-tier limits included."""
     caps = destination.capabilities
-    return plan_schema(mapping, destination.describe_schema(), caps.creatable, caps.custom_object_fields)
+    plan = plan_schema(mapping, destination.describe_schema(), caps.creatable, caps.custom_object_fields)
+    plan.problems.extend(destination.check_plan(plan.changes))
+    return plan
 
 
 def apply_schema(destination, plan: SchemaPlan) -> list[str]:

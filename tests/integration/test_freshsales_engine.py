@@ -180,6 +180,8 @@ def test_a_tenant_over_the_plans_custom_field_caps_gets_a_plan_error_before_any_
     try:
         plan = plan_for(rig.mapping, rig.dest)
         problems = rig.dest.check_plan(plan.changes)
+        # The engine's plan carries them, so the schema step applies nothing and the load refuses to start.
+        assert problems and set(problems) <= set(plan.problems)
         text = "\n".join(problems)
         # Deals need more text fields than Growth's 20, and Growth has no lookup fields at all.
         assert "deals: the Growth plan allows 20 Text field custom field(s) per entity" in text
