@@ -52,7 +52,7 @@ def _setup(tenant, tmp_path, ledger=None, **emulator):
                                {n: {f for f, d in o.fields.items() if not d.custom} for n, o in described.items()})
     plan = plan_for(mapping, dest)
     assert not plan.problems and not plan.manual, plan.problems
-    assert dest.review_schema_plan(plan.changes) == []  # Enterprise: no table limit
+    assert dest.check_plan(plan.changes) == []  # Enterprise: no table limit
     apply_schema(dest, plan)
     dest.close()  # publishes what the schema step changed
     assert dataverse.app.state.dataverse.snapshot()["unpublished"] == []
@@ -180,8 +180,9 @@ def test_professional_licence_plan_says_what_fits_before_creating_anything(tmp_p
         plan = plan_for(load_mapping(DynamicsDestination.default_mapping), dest)
         tables = [c.object for c in plan.changes if c.kind == "custom_object"]
         assert len(tables) == 7
-        problems = dest.review_schema_plan(plan.changes)
+        problems = dest.check_plan(plan.changes)
         assert len(problems) == 1 and "has 10 and the mapping needs 7 more" in problems[0]
+        assert problems[0] in plan.problems  # so the schema step applies nothing and the load never starts
         assert f"5 fit ({', '.join(tables[:5])})" in problems[0]
         created_before = len(server.control.calls("POST", "/api/data/v9.2/EntityDefinitions"))
         for change in [c for c in plan.changes if c.kind == "custom_object"][:5]:

@@ -22,7 +22,7 @@ Dataverse specifics this module owns (and nothing else):
   ``large_file_link`` (a SharePoint folder URL template), recorded as a note that links to it and
   carries the file's name, size and SHA-256.
 * **Licence.** On Professional (``licence: professional``) the 15-custom-table limit is checked before a
-  table is created and by :meth:`DynamicsDestination.review_schema_plan` for a whole plan.
+  table is created and by :meth:`DynamicsDestination.check_plan` for a whole plan.
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ class DynamicsDestination(Destination):
             out[name] = DestObject(name=name, label=name, custom=meta.custom, fields=fields)
         return out
 
-    def review_schema_plan(self, changes: Iterable[SchemaChange]) -> list[str]:
+    def check_plan(self, changes: Iterable[SchemaChange]) -> list[str]:
         """Problems a whole plan would hit before anything is created (the Professional table limit)."""
         if self.hook.settings["licence"] != "professional":
             return []
