@@ -22,17 +22,37 @@ log = logging.getLogger(__name__)
 
 
 def waves(mapping: Mapping) -> list[list[str]]:
-    """Maps grouped by dependency depth: every map's lookups are in an earlier wave."""
+    """Maps grouped into load waves: every map's lookups are in an earlier wave, and two maps that write
+    the same destination object never share one.
+
+    The second rule makes a full load deterministic. Maps of one wave run in parallel; when two of them
+    write one object (Twenty's customer people and enquiry people, Zoho's three kinds of notes) and the
+    destination holds a unique field (a person's e-mail), which record wins would depend on which task
+    ran first, so a Celery run and a local run could end differently. One map a wave per object gives
+    the same winner every time: the map listed first in the mapping.
+    """
     sorter: TopologicalSorter[str] = TopologicalSorter()
     for name, om in mapping.maps.items():
         sorter.add(name, *(n for n in om.lookups() if n != name))
     sorter.prepare()
-    out: list[list[str]] = []
+    order: list[str] = []
     while sorter.is_active():
         ready = sorted(sorter.get_ready(), key=list(mapping.maps).index)
-        out.append(ready)
+        order.extend(ready)
         sorter.done(*ready)
-    return out
+    level: dict[str, int] = {}
+    taken: set[tuple[int, str]] = set()
+    for name in order:
+        om = mapping.maps[name]
+        depth = max((level[parent] + 1 for parent in om.lookups() if parent != name), default=0)
+        while (depth, om.target) in taken:
+            depth += 1
+        level[name] = depth
+        taken.add((depth, om.target))
+    out: list[list[str]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+    for name in mapping.maps:
+        out[level[name]].append(name)
+    return [wave for wave in out if wave]
 
 
 def plan_units(ctx: MigrationContext, wave_maps: list[str], min_rows: int = 2000) -> list[dict[str, Any]]:
