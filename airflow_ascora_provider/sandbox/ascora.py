@@ -238,7 +238,11 @@ class JsonResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, allow_nan=True, separators=(",", ":")).encode("utf-8")
+        text = json.dumps(content, ensure_ascii=False, allow_nan=True, separators=(",", ":"))
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate in the tenant goes out escaped, as .NET's JSON writer does
+            return json.dumps(content, allow_nan=True, separators=(",", ":")).encode("ascii")
 
 
 def _params(request: Request) -> dict[str, str]:
@@ -1098,6 +1102,15 @@ def create_app(
 # A tiny hand-written tenant
 
 
+def _json_line(row: dict[str, Any]) -> str:
+    """One JSON line; text that UTF-8 cannot hold (a lone surrogate) is written as JSON escapes, as an
+    API that let such a string in would send it."""
+    try:
+        return json.dumps(row, ensure_ascii=False).encode("utf-8").decode("utf-8") + "\n"
+    except UnicodeEncodeError:
+        return json.dumps(row) + "\n"
+
+
 def write_tenant(
     tenant_dir: str | Path,
     resources: dict[str, list[dict[str, Any]]],
@@ -1114,7 +1127,7 @@ def write_tenant(
     for name, rows in resources.items():
         with (root / "api" / f"{name}.jsonl").open("w", encoding="utf-8") as fh:
             for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                fh.write(_json_line(row))
     for attachment_id, (file_name, data) in (files or {}).items():
         folder = root / "files" / attachment_id
         folder.mkdir(parents=True, exist_ok=True)

@@ -212,10 +212,15 @@ def to_json_text(raw: Any) -> str:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: brackets nested thousands deep
             raise CoercionError("not JSON") from None
     if isinstance(raw, list):
-        raw = {str(item.get("fieldName") or item.get("name")): item.get("fieldValue", item.get("value")) for item in raw}
+        entries = [item for item in raw if not _blank(item)]
+        strays = [item for item in entries if not isinstance(item, dict)]
+        if strays:
+            raise CoercionError(f"entry {strays[0]!r:.60} is not a {{fieldName, fieldValue}} pair")
+        raw = {str(item.get("fieldName") or item.get("name")): item.get("fieldValue", item.get("value"))
+               for item in entries}
     if not isinstance(raw, dict):
         raise CoercionError("not a set of named values")
     clean = {str(k): (None if _blank(v) else to_text(v)) for k, v in raw.items()}
@@ -289,6 +294,11 @@ def canonical_record(schema: ObjectSchema, raw: dict[str, Any], origin: str) -> 
             raise KeyError(f"{schema.name}: no canonical field {name!r}")
         if raw_value is None:
             continue
+        repaired = _valid_unicode(raw_value)
+        if repaired is not raw_value:
+            issues.append(Issue(name, repaired, "text holds characters that are not valid Unicode (a lone surrogate "
+                                "from a broken encoding upstream); they read as \ufffd").as_dict())
+            raw_value = repaired
         value, issue = coerce_value(schema, field, raw_value)
         if issue is not None:
             issues.append(issue.as_dict())
@@ -300,6 +310,28 @@ def canonical_record(schema: ObjectSchema, raw: dict[str, Any], origin: str) -> 
     record[ORIGIN_COLUMN] = origin
     record[HASH_COLUMN] = record_hash(schema, record)
     return record
+
+
+def _valid_unicode(raw: Any) -> Any:
+    """``raw`` itself when UTF-8 can hold it, else a copy with lone surrogates replaced by U+FFFD.
+
+    JSON may carry ``"\\ud800"``; Python decodes it into a str that no file, database or hash can
+    encode, so it is repaired once here rather than failing the whole extraction later.
+    """
+    if isinstance(raw, str):
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in raw)
+        return raw
+    if isinstance(raw, list):
+        items = [_valid_unicode(item) for item in raw]
+        return items if any(new is not old for new, old in zip(items, raw)) else raw
+    if isinstance(raw, dict):
+        pairs = [(_valid_unicode(k), _valid_unicode(v)) for k, v in raw.items()]
+        if any(nk is not k or nv is not v for (nk, nv), (k, v) in zip(pairs, raw.items())):
+            return dict(pairs)
+    return raw
 
 
 def _json_default(value: Any) -> Any:

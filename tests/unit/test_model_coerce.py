@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from airflow_ascora_provider.source.coerce import canonical_record, record_hash, to_datetime
+from airflow_ascora_provider.source.coerce import canonical_record, issues_of, record_hash, to_datetime
 from airflow_ascora_provider.source.model import MODEL, dependency_order, get_object
 
 
@@ -77,3 +77,30 @@ def test_custom_fields_from_api_list_become_json():
     record = canonical_record(get_object("customer"), {"id": "c", "name": "A", "custom_fields": [
         {"fieldName": "Gate Code", "fieldValue": 1234}]}, "t")
     assert json.loads(record["custom_fields"]) == {"Gate Code": "1234"}
+
+
+# ---- what the API fuzz test (tests/resilience/test_fuzz_api.py) found ----------------------------
+
+@pytest.mark.parametrize("raw", [[1, None], ["text"], [[{"fieldName": "a"}]], "[" * 5000])
+def test_custom_fields_of_the_wrong_shape_are_an_issue_not_a_crash(raw):
+    record = canonical_record(get_object("customer"), {"id": "c1", "name": "Acme", "custom_fields": raw}, "api")
+    assert record["custom_fields"] is None
+    (issue,) = [i for i in issues_of(record) if i["field"] == "custom_fields"]
+    assert issue["reason"]
+
+
+def test_blank_custom_field_entries_are_ignored():
+    record = canonical_record(get_object("customer"), {
+        "id": "c1", "name": "Acme", "custom_fields": [None, {"fieldName": "Gate code", "fieldValue": "1234"}]}, "api")
+    assert json.loads(record["custom_fields"]) == {"Gate code": "1234"}
+    assert issues_of(record) == []
+
+
+def test_lone_surrogates_are_replaced_and_named():
+    record = canonical_record(get_object("customer"), {"id": "c1", "name": "Caf\ud800 Pty",
+                                                       "custom_fields": {"k\udfff": "v"}}, "api")
+    assert record["name"] == "Caf\ufffd Pty"
+    assert json.loads(record["custom_fields"]) == {"k\ufffd": "v"}
+    assert {i["field"] for i in issues_of(record)} == {"name", "custom_fields"}
+    assert all("not valid Unicode" in i["reason"] for i in issues_of(record))
+    record["_hash"].encode("ascii")  # hashing worked: nothing left that UTF-8 refuses
