@@ -32,6 +32,7 @@ is a few tens of MB at two million records.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import re
 import sys
@@ -552,10 +553,29 @@ class _Table:
         yield from _sheet_rows(ws)
 
     def _csv_rows(self) -> Iterator[tuple[int, tuple[Any, ...]]]:
-        with self.path.open(encoding="utf-8-sig", newline="", errors="replace") as fh:
+        with self.path.open(encoding=csv_encoding(self.path), newline="", errors="replace") as fh:
             lines = (line.replace("\x00", "") for line in fh)  # csv refuses NUL bytes
             for number, row in enumerate(csv.reader(lines), start=1):
                 yield number, tuple(None if v == "" else v for v in row)
+
+
+def csv_encoding(path: Path, chunk: int = 1 << 20) -> str:
+    """UTF-8 (with or without a byte-order mark) when the whole file decodes as UTF-8, else Windows-1252.
+
+    A CSV export opened and saved again in Excel on Windows comes back in the ANSI code page, 1252 for
+    English-speaking tenants. Read as UTF-8, every accented name (Zoë, Café) would turn into U+FFFD and
+    be lost; read as 1252, they survive. The check decodes the file once, incrementally, so memory
+    stays at one chunk; UTF-8 text that is not plain ASCII almost never also decodes wrongly as 1252.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with path.open("rb") as fh:
+            while block := fh.read(chunk):
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return "cp1252"
+    return "utf-8-sig"
 
 
 class _Columns:

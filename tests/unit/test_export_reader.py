@@ -452,6 +452,15 @@ def test_csv_variants_are_found(tmp_path):
     )
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "cp1252"])
+def test_csv_saved_by_excel_in_windows_1252_keeps_its_accents(tmp_path, encoding):
+    text = "CUSTOMER ID,CUSTOMER NAME,STREET ADDRESS\nc-1,Zoë’s Café Pty Ltd,12 Rue Chénier\n"
+    (tmp_path / "customers.csv").write_bytes(text.encode(encoding))
+    (customer,) = canon(ExportReader(tmp_path), "customer")
+    assert customer["name"] == "Zoë’s Café Pty Ltd"
+    assert customer["address_line1"] == "12 Rue Chénier"
+
+
 def _peak_reading_notes(folder: Path) -> tuple[int, int]:
     gc.collect()
     tracemalloc.start()
