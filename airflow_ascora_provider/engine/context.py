@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from decimal import Decimal
 from functools import cached_property
 from typing import Any
@@ -94,22 +95,35 @@ def payload_hash(payload: dict[str, Any]) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
-#: Per neutral-value class, the fields its hash covers (looked up once per class, not per value).
-_COMPARED_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
 def _plain(value: Any) -> Any:
+    """JSON form of a value ``json`` cannot write, through a converter chosen once per class.
+
+    Called for every neutral value of every payload (refs, dates, amounts), so the class checks run
+    once per class per process, not per value.
+    """
     kind = type(value)
-    names = _COMPARED_FIELDS.get(kind)
-    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+    convert = _CONVERTERS.get(kind)
+    if convert is None:
+        convert = _CONVERTERS[kind] = _converter_for(kind)
+    return convert(value)
+
+
+def _converter_for(kind: type) -> Callable[[Any], Any]:
+    if dataclasses.is_dataclass(kind):
         # Only compared fields count: a file's staging path changes per snapshot, its bytes do not.
-        names = _COMPARED_FIELDS[kind] = tuple(f.name for f in dataclasses.fields(value) if f.compare)
-    if names is not None:
-        return {"__type__": kind.__name__, **{name: getattr(value, name) for name in names}}
-    if isinstance(value, Decimal):
-        return format(value.normalize(), "f")
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
+        names = tuple(f.name for f in dataclasses.fields(kind) if f.compare)
+        return lambda value: {"__type__": kind.__name__, **{name: getattr(value, name) for name in names}}
+    if issubclass(kind, Decimal):
+        return lambda value: format(value.normalize(), "f")
+    if issubclass(kind, (dt.datetime, dt.date)):
+        return lambda value: value.isoformat()
+    if issubclass(kind, (set, frozenset, tuple)):
+        return list
+
+    def refuse(value: Any) -> Any:
+        raise TypeError(f"cannot serialise {type(value).__name__}")
+
+    return refuse
+
+
+_CONVERTERS: dict[type, Callable[[Any], Any]] = {}

@@ -66,7 +66,11 @@ def _values(record: dict[str, Any], fm) -> list[Any]:
 
 def _first(record, fm) -> Any:
     """The first source that has a value, so ``from: [completed_date, expected_date]`` falls back in order."""
-    return next((record.get(s) for s in fm.sources if record.get(s) not in (None, "")), None)
+    for source in fm.sources:
+        value = record.get(source)
+        if value is not None and value != "":
+            return value
+    return None
 
 
 def _copy(record, fm, ctx):
