@@ -72,7 +72,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from airflow_ascora_provider.sandbox.emulator import instrument
-from airflow_ascora_provider.sandbox.generate import RESOURCES
+from airflow_ascora_provider.sandbox.generate import NOTE_IMAGES_DIR, NOTE_IMAGES_PATH, RESOURCES, TENANT_URL
 from airflow_ascora_provider.source.coerce import JOB_STATUS_CODES, QUOTE_STATUS_CODES
 
 DEFAULT_API_KEY = "ascora-sandbox-key"
@@ -391,7 +391,11 @@ class AscoraEmulator:
 
     # -- shaping ------------------------------------------------------------------------------------
 
-    def _shape(self, resource: str, row: dict[str, Any]) -> dict[str, Any]:
+    def _shape(self, resource: str, row: dict[str, Any], request: Request | None = None) -> dict[str, Any]:
+        if resource == "notes" and request is not None and TENANT_URL in (row.get("noteContent") or ""):
+            # Pasted images point at the tenant; the tenant is wherever this emulator answers.
+            here = str(request.base_url).rstrip("/")
+            row = {**row, "noteContent": row["noteContent"].replace(TENANT_URL, here)}
         drop = EXT_FIELDS.get(resource) if self.strip_ext_fields else None
         if not drop:
             return row
@@ -424,7 +428,7 @@ class AscoraEmulator:
             {
                 "success": True,
                 "message": None,
-                "results": [self._shape(resource, r) for r in chunk],
+                "results": [self._shape(resource, r, request) for r in chunk],
                 "totalPages": math.ceil(total / size) if total else 0,
                 "totalRecords": total,
             }
@@ -952,6 +956,16 @@ class AscoraEmulator:
             headers={"Content-Disposition": f'attachment; filename="{path.name}"'},
         )
 
+    async def note_image(self, request: Request) -> Response:
+        """An image pasted into a note, served from the tenant like the web app serves it."""
+        folder = (self.store.root / NOTE_IMAGES_DIR).resolve()
+        path = (folder / request.path_params["image_id"] / request.path_params["file_name"]).resolve()
+        if path.parent.parent != folder or not path.is_file():
+            return JsonResponse({"success": False, "message": "File not found"}, status_code=404)
+        kind = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif"}
+        return Response(path.read_bytes(), media_type=kind.get(path.suffix.lower().lstrip("."),
+                                                                "application/octet-stream"))
+
     async def enquiries(self, request: Request) -> Response:
         params = _params(request)
         status = _fold(params.get("status", ""))
@@ -1031,6 +1045,7 @@ class AscoraEmulator:
                 # Download first: it has the same two-segment shape as {EntityType}/{EntityId}.
                 get("/Attachments/Download/{attachment_id}", self.download),
                 get("/Attachments/{entity_type}/{entity_id}", self.attachments_for),
+                get(NOTE_IMAGES_PATH + "/{image_id}/{file_name}", self.note_image),
                 get("/Enquiries/Enquiries", self.enquiries),
                 get("/Forms/FormResponses", self.form_responses),
                 get("/Invoices/Invoices", self.invoices),

@@ -129,7 +129,7 @@ LAYOUT: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "attachments": {
         "Attachments": ("ENTITY TYPE", "ENTITY ID", "FILE NAME", "CONTENT TYPE", "SIZE BYTES", "CATEGORY",
-                        "DATE CREATED", "FILE PATH", "ATTACHMENT ID"),
+                        "DATE CREATED", "FILE PATH", "ATTACHMENT ID", "UPLOADED BY"),
     },
     "form_responses": {
         "Form Responses": ("RESPONSE ID", "FORM NAME", "JOB NUMBER", "COMPLETED BY", "DATE COMPLETED",
@@ -1009,6 +1009,7 @@ class ExportWriter:
                             _when(a.get("dateCreated")),
                             rel,
                             ident,
+                            a.get("createdByName"),
                         ],
                         unknown,
                     )

@@ -51,6 +51,7 @@ Shapes beyond the §6.2 contract (all *ext*, none exists in the real API as far 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -486,7 +487,14 @@ DIRTY_KINDS = (
     "blank_required_name",
     "control_characters",
     "exact_duplicate",
+    "broken_inline_image",
 )
+# Images pasted into notes: some as data: URIs, some as URLs on the tenant. The generator cannot know
+# the emulator's address, so URLs use TENANT_URL and the emulator swaps in its own when serving notes.
+TENANT_URL = "https://tenant.ascora.invalid"
+NOTE_IMAGES_PATH = "/Files/NoteImages"
+NOTE_IMAGES_DIR = "note_images"
+INLINE_IMAGE_RATE = 0.05
 _TEXT_DATES = ("3rd of March", "31/02/2024", "TBC", "next Tuesday", "2024-13-45", "00/00/0000", "ASAP")
 _BAD_EMAILS = ("bob@", "n/a", "none", "jane.smith@gmail", "mike at bigpond.com", "info@@example.com", "-")
 _ODD_JOB_STATUS = ("On Hold - Parts", "Waiting on Customer", "Parts Ordered", "Invoice Sent")
@@ -769,6 +777,8 @@ class TenantGenerator:
         self.dirty = dirty
         self.rng = random.Random(seed)
         self.drng = random.Random(seed * 1_000_003 + 0xD1127)  # dirty decisions only
+        # Inline images draw from their own stream, so adding them left every other value unchanged.
+        self.irng = random.Random(seed * 7_919 + 0x1A6E)
         self.now_dt = generated_at_for(seed)
         self.now = int(self.now_dt.timestamp())
         self.start = self.now - 4 * 365 * 86400
@@ -1989,7 +1999,36 @@ class TenantGenerator:
                 note["noteContent"][:20] + self.drng.choice(_CONTROL_BITS) + note["noteContent"][20:]
             )
             self.note_dirty("control_characters", "notes", note["noteId"], "noteContent")
+        if self.irng.random() < INLINE_IMAGE_RATE:
+            note["noteContent"] += self.inline_images(note["noteId"])
         self.out.write("notes", note)
+
+    def inline_images(self, note_id: str) -> str:
+        """HTML for one or two photos pasted into a note; in a dirty tenant the first two are broken."""
+        r = self.irng
+        html = []
+        for n in range(1, 2 + (r.random() < 0.25)):
+            if r.random() < 0.6:
+                data = _png(8 + r.randrange(8), 8 + r.randrange(8), (r.randrange(256), 90, 40),
+                            (30, r.randrange(256), 200), r.randbytes(8))
+                ext, mime = "png", "image/png"
+            else:
+                data = _jpeg([r.randrange(256) for _ in range(4)], 2, 2)
+                ext, mime = "jpg", "image/jpeg"
+            broken = self.dirty and len(self.manifest["broken_inline_image"]) < 2
+            as_url = r.random() < 0.4 or (broken and self.manifest["broken_inline_image"])
+            if as_url:
+                image_id, name = f"{note_id}-{n}", f"site-photo-{n}.{ext}"
+                if not broken:  # a broken URL image is one whose file the tenant no longer has
+                    self._pending_files.append((self.root / NOTE_IMAGES_DIR / image_id, name, data))
+                src = f"{TENANT_URL}{NOTE_IMAGES_PATH}/{image_id}/{name}"
+            else:
+                encoded = base64.b64encode(data).decode("ascii")
+                src = f"data:{mime};base64,{encoded[:-6] + '*#!' if broken else encoded}"
+            if broken:
+                self.note_dirty("broken_inline_image", "notes", note_id, "noteContent", src=src[:120])
+            html.append(f'<p><img src="{src}" alt="photo {n}"></p>')
+        return "\n" + "".join(html)
 
     def write_file(self, attachment_id: str, file_name: str, data: bytes) -> None:
         """Queue one attachment file; queued files are written in parallel bursts.
@@ -2071,6 +2110,7 @@ class TenantGenerator:
                 "sizeBytes": len(data),
                 "dateCreated": _ts(when, self.ms()),
                 "category": category,
+                "createdByName": self.irng.choice(self.staff_names),
             },
         )
         return ident
@@ -2287,10 +2327,12 @@ class TenantGenerator:
         self.files_dir = self.root / "files"
         import shutil
 
-        for stale in (self.files_dir, self.root / "exports"):  # a re-run must not leave old files behind
+        images_dir = self.root / NOTE_IMAGES_DIR
+        for stale in (self.files_dir, images_dir, self.root / "exports"):  # a re-run leaves no old files
             if stale.exists():
                 shutil.rmtree(stale)
         self.files_dir.mkdir(parents=True)
+        images_dir.mkdir()
         self.out = _Out(api_dir)
         self._file_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tenant-files")
         self._pending_files: list[tuple[Path, str, bytes]] = []

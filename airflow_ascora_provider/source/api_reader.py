@@ -32,6 +32,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from decimal import InvalidOperation
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow_ascora_provider.hooks import ascora as api
 from airflow_ascora_provider.hooks.ascora import AscoraExtensionDisabled, AscoraHook
@@ -186,6 +187,19 @@ class AscoraApiReader:
 
     def objects(self) -> tuple[str, ...]:
         return BASE_OBJECTS + EXTENSION_OBJECTS if self.extensions else BASE_OBJECTS
+
+    # -- images inline in notes (extraction moves them into attachments) ---------------------------
+
+    def is_tenant_url(self, url: str) -> bool:
+        """Only URLs on the tenant's own host are fetched: the hook sends the API key with every call."""
+        mine, theirs = urlsplit(self.hook.base_url), urlsplit(url)
+        return theirs.scheme in ("http", "https") and theirs.netloc.lower() == mine.netloc.lower()
+
+    def fetch_url(self, url: str) -> bytes:
+        """An image's bytes through the hook, so its retries, pacing, budget and read-only rule apply."""
+        if not self.is_tenant_url(url):
+            raise ValueError(f"{url} is not on the Ascora tenant's host {self.hook.base_url}")
+        return self.hook._checked(self.hook._request("GET", url), url).content
 
     def iter_raw(self, object_name: str) -> Iterator[RawRecord]:
         if object_name not in self.objects():
@@ -922,6 +936,7 @@ class AscoraApiReader:
                     "size_bytes": r.get("sizeBytes"),
                     "category": r.get("category"),
                     "date_created": r.get("dateCreated"),
+                    "created_by_name": r.get("createdByName"),
                 },
                 origin,
                 fetch=fetch,

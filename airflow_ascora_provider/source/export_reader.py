@@ -294,6 +294,7 @@ SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
         "size_bytes": ("SIZE BYTES", "SIZE", "FILE SIZE"),
         "category": ("CATEGORY",),
         "date_created": _CREATED,
+        "created_by_name": ("UPLOADED BY", "CREATED BY", "ADDED BY"),
         "@file_path": ("FILE PATH", "PATH", "FILE"),
         "sha256": ("SHA256", "SHA 256"),
     },

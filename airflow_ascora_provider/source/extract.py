@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_ascora_provider.source.coerce import Issue, canonical_record
+from airflow_ascora_provider.source.inline_images import InlineImageMover
 from airflow_ascora_provider.source.model import (
     HASH_COLUMN,
     ISSUES_COLUMN,
@@ -44,6 +45,7 @@ class ObjectStats:
     staged: int = 0
     quarantined: int = 0
     skipped: int = 0
+    derived: int = 0  # attachments made from images inline in notes (counted in read as well)
     records_with_issues: int = 0
     content_hash: int = 0  # order-independent sum of record hashes: equal data, equal hash
     parts: list[str] = field(default_factory=list)
@@ -102,30 +104,59 @@ class _Rejects:
         )
 
 
+def _store_file(snapshot: Snapshot, attachment_id: str, file_name: str, content: bytes) -> str:
+    target = snapshot.file_path(attachment_id, file_name or "file")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("wb") as handle:
+        handle.write(content)
+    return str(target)
+
+
 def _stage_attachment(snapshot: Snapshot, raw: RawRecord, values: dict[str, Any]) -> Issue | None:
     try:
         content = raw.fetch()
     except Exception as exc:  # the file is missing or the download failed: keep the record, say why
         return Issue("file_uri", values.get("file_name"), f"attachment bytes could not be read: {exc}")
-    target = snapshot.file_path(str(values["id"]), str(values.get("file_name") or "file"))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("wb") as handle:
-        handle.write(content)
-    values["file_uri"] = str(target)
+    values["file_uri"] = _store_file(snapshot, str(values["id"]), str(values.get("file_name") or "file"), content)
     values["size_bytes"] = len(content)
     values["sha256"] = hashlib.sha256(content).hexdigest()
     return None
 
 
+def _image_mover(reader: SourceReader, snapshot: Snapshot) -> InlineImageMover:
+    """Readers that hold an Ascora connection lend it (``fetch_url``/``is_tenant_url``) for URL images."""
+    return InlineImageMover(
+        lambda ident, name, data: _store_file(snapshot, ident, name, data),
+        fetch_url=getattr(reader, "fetch_url", None),
+        is_tenant_url=getattr(reader, "is_tenant_url", None),
+    )
+
+
+def _with_derived(raws: Iterable[RawRecord], derived: list[RawRecord], stats: ObjectStats) -> Iterable[RawRecord]:
+    yield from raws
+    stats.derived = len(derived)
+    yield from derived
+
+
 def extract_object(reader: SourceReader, snapshot: Snapshot, object_name: str, rejects: _Rejects,
-                   part_rows: int) -> ObjectStats:
+                   part_rows: int, inline_images: list[RawRecord] | None = None) -> ObjectStats:
+    """Stage one object.
+
+    ``inline_images`` switches on moving images out of notes: for ``note`` the list is filled with
+    the attachment records derived from staged notes, for ``attachment`` those are staged after the
+    reader's own records.
+    """
     schema = get_object(object_name)
     stats = ObjectStats()
     writer = snapshot.object_writer(schema, part_rows)
     seen: dict[bytes, str] = {}
     progress = Progress(f"extract {object_name}")
     started = time.monotonic()
-    for raw in reader.iter_raw(object_name):
+    mover = _image_mover(reader, snapshot) if object_name == "note" and inline_images is not None else None
+    raws: Iterable[RawRecord] = reader.iter_raw(object_name)
+    if object_name == "attachment" and inline_images:
+        raws = _with_derived(raws, inline_images, stats)
+    for raw in raws:
         stats.read += 1
         progress.tick()
         values = dict(raw.values)
@@ -140,6 +171,10 @@ def extract_object(reader: SourceReader, snapshot: Snapshot, object_name: str, r
             problem = _stage_attachment(snapshot, raw, values)
             if problem:
                 issues.append(problem.as_dict())
+        images = mover.process(values) if mover is not None else None
+        if images is not None:
+            values["content"] = images.content
+            issues.extend(i.as_dict() for i in images.issues)
         if issues:
             values[ISSUES_COLUMN] = issues
         record = canonical_record(schema, values, raw.origin)
@@ -156,6 +191,9 @@ def extract_object(reader: SourceReader, snapshot: Snapshot, object_name: str, r
                             "occurrence was staged", "quarantined", raw.origin, "id", record["id"])
             continue
         seen[key] = record[HASH_COLUMN]
+        if images is not None:
+            inline_images.extend(RawRecord(a, f"{raw.origin} (inline image of note {record['id']})")
+                                 for a in images.attachments)
         if record[ISSUES_COLUMN]:
             stats.records_with_issues += 1
         stats.content_hash = (stats.content_hash + int(record[HASH_COLUMN], 16)) % (1 << 128)
@@ -186,8 +224,14 @@ def extract(
     started = time.monotonic()
     rejects = _Rejects(snapshot)
     per_object: dict[str, ObjectStats] = {}
-    for name in dependency_order(tuple(sorted(wanted))):
-        per_object[name] = extract_object(reader, snapshot, name, rejects, part_rows)
+    # Images inline in notes become attachments, so notes go first when both are extracted.
+    inline_images: list[RawRecord] | None = [] if {"note", "attachment"} <= wanted else None
+    order = list(dependency_order(tuple(sorted(wanted))))
+    if inline_images is not None and order.index("note") > order.index("attachment"):
+        order.remove("note")
+        order.insert(order.index("attachment"), "note")
+    for name in order:
+        per_object[name] = extract_object(reader, snapshot, name, rejects, part_rows, inline_images)
         s = per_object[name]
         log.info("extracted %s: read %d, staged %d, quarantined %d, skipped %d (%.1fs)",
                  name, s.read, s.staged, s.quarantined, s.skipped, s.seconds)

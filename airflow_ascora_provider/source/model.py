@@ -551,6 +551,8 @@ OBJECTS: tuple[ObjectSchema, ...] = (
             Field("sha256", S),
             Field("category", S, choices=("Photo", "Document", "Form")),
             Field("date_created", DTT),
+            Field("created_by_name", S, description="staff name of who uploaded it (a note's author for "
+                  "an image moved out of the note)"),
             Field("file_uri", S, description="where the staged bytes are (under the staging folder)"),
         ),
         relations=(

@@ -332,6 +332,8 @@ def test_dirty_manifest_lists_every_kind_and_points_at_the_mess(dirty):
                 assert not value.strip()
             elif kind == "control_characters":
                 assert any(ord(ch) < 32 for ch in value)
+            elif kind == "broken_inline_image":
+                assert entry["src"][:60] in value and "<img" in value
             elif kind == "exact_duplicate":
                 assert occurrences[(entry["resource"], entry["id"])] == 2
             elif kind == "duplicate_customer":
