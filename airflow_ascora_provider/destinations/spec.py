@@ -156,6 +156,19 @@ class WriteResult:
         return self.error is None and self.dest_id is not None
 
 
+@dataclass(frozen=True)
+class LoadForecast:
+    """What a load of the staged records costs at the destination's limits, shown by the schema step
+    so the plan tier (or the cutover window) can be questioned before anything is written.
+
+    ``facts`` are the headline figures (calls, hours, credits …), ``per_target`` the same per target
+    object; both are destination-specific and rendered as they come.
+    """
+
+    facts: dict[str, Any]
+    per_target: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 class Destination(ABC):
     """Base class of every destination plugin."""
 
@@ -260,6 +273,11 @@ class Destination(ABC):
         the job's error report become ``WriteResult(error=..., error_field=...)`` and go to quarantine.
         """
         raise NotImplementedError(f"{self.name} has no bulk API")
+
+    def forecast_load(self, counts: dict[str, int]) -> LoadForecast | None:
+        """Calls, time or credits a load of ``counts`` records per target needs; None (the default)
+        for a destination whose limits do not make that worth a line in the schema report."""
+        return None
 
     def close(self) -> None:
         """Release connections."""

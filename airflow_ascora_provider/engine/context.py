@@ -48,6 +48,12 @@ class MigrationContext:
     def snapshot(self) -> Snapshot:
         return Snapshot(self.staging_path, self.snapshot_id)
 
+    @cached_property
+    def as_of(self) -> dt.datetime:
+        """The snapshot's extraction time: what date conditions in ``when`` measure age from, so a
+        retry or a re-run on the same snapshot sends every record to the same map."""
+        return dt.datetime.fromisoformat(self.snapshot.manifest()["extracted_at"])
+
     @property
     def destination(self) -> Destination:
         if self._destination is None:

@@ -111,7 +111,7 @@ class MapLoader:
             def applicable() -> Iterator[dict[str, Any]]:
                 nonlocal elsewhere
                 for record in records:
-                    if when.matches(record):
+                    if when.matches(record, self.ctx.as_of):
                         yield record
                     else:
                         elsewhere += 1

@@ -34,7 +34,7 @@ def reconcile(ctx: MigrationContext, verify: str = "sample", verify_size: int = 
         no_map = 0
         for record in ctx.snapshot.iter_records(name):
             staged_ids.add(record["id"])
-            if maps and not any(m.when is None or m.when.matches(record) for m in maps):
+            if maps and not any(m.when is None or m.when.matches(record, ctx.as_of) for m in maps):
                 no_map += 1
         loaded: set[str] = set()
         per_target: dict[str, list] = defaultdict(list)

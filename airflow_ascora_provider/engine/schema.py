@@ -8,11 +8,13 @@ comes back empty. The same comparison yields the field-type compatibility report
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_ascora_provider.destinations.spec import DestField, DestObject, SchemaChange
+from airflow_ascora_provider.destinations.spec import DestField, DestObject, LoadForecast, SchemaChange
 from airflow_ascora_provider.mapping.spec import FieldCreate, Mapping
 from airflow_ascora_provider.reports.render import Section, Table
 from airflow_ascora_provider.source.model import FieldType
@@ -45,6 +47,7 @@ class SchemaPlan:
     changes: list[SchemaChange] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     compatibility: list[dict[str, Any]] = field(default_factory=list)
+    forecast: LoadForecast | None = None  # the destination's estimate of the load, when it gives one
 
     @property
     def by_api(self) -> list[SchemaChange]:
@@ -60,6 +63,8 @@ class SchemaPlan:
             "manual": [{"change": c.describe(), "reason": c.reason} for c in self.manual],
             "problems": self.problems,
             "compatibility": self.compatibility,
+            "load_estimate": {"facts": self.forecast.facts, "per_target": self.forecast.per_target}
+            if self.forecast else None,
         }
 
 
@@ -143,12 +148,33 @@ def plan_schema(mapping: Mapping, described: dict[str, DestObject], creatable: f
     return plan
 
 
-def plan_for(mapping: Mapping, destination) -> SchemaPlan:
-    """The schema plan against what the destination holds now, plan-tier limits included."""
+def plan_for(mapping: Mapping, destination, snapshot=None) -> SchemaPlan:
+    """The schema plan against what the destination holds now, plan-tier limits included; with the
+    staged ``snapshot``, also the destination's estimate of what loading it will cost."""
     caps = destination.capabilities
     plan = plan_schema(mapping, destination.describe_schema(), caps.creatable, caps.custom_object_fields)
     plan.problems.extend(destination.check_plan(plan.changes))
+    if snapshot is not None:
+        plan.forecast = destination.forecast_load(records_per_target(mapping, snapshot))
     return plan
+
+
+def records_per_target(mapping: Mapping, snapshot) -> dict[str, int]:
+    """How many staged records each destination object will receive: a map with a ``when`` counts
+    only the records its condition takes (measured from the snapshot's extraction time, as the load
+    does), so a source split between two targets is not counted twice."""
+    manifest = snapshot.manifest()
+    as_of = dt.datetime.fromisoformat(manifest["extracted_at"])
+    counts: Counter[str] = Counter()
+    for om in mapping.maps.values():
+        if om.source not in manifest["objects"]:
+            continue
+        if om.when is None:
+            counts[om.target] += snapshot.count(om.source)
+        else:
+            records = snapshot.iter_records(om.source, sorted(om.when.fields()))
+            counts[om.target] += sum(1 for record in records if om.when.matches(record, as_of))
+    return dict(counts)
 
 
 def apply_schema(destination, plan: SchemaPlan) -> list[str]:
@@ -203,4 +229,13 @@ def schema_sections(plan: SchemaPlan, applied: list[str]) -> list[Section]:
             ["map", "Ascora field", "type", "destination field", "type", "transform", "verdict"],
             [[c["map"], c["source"], c["source_type"], c["destination"], c["destination_type"], c["transform"],
               c["verdict"]] for c in plan.compatibility])]),
-    ]
+    ] + _forecast_sections(plan.forecast)
+
+
+def _forecast_sections(forecast: LoadForecast | None) -> list[Section]:
+    if forecast is None:
+        return []
+    columns = sorted({k for figures in forecast.per_target.values() for k in figures})
+    return [Section("Load estimate", facts=forecast.facts, tables=[Table(
+        ["target", *columns], [[target, *(figures.get(c) for c in columns)]
+                               for target, figures in sorted(forecast.per_target.items())])])]

@@ -156,7 +156,7 @@ class BatchTransformer:
     def transform(self, records: list[dict[str, Any]]) -> TransformOutcome:
         outcome = TransformOutcome()
         om = self.map
-        applicable = [r for r in records if om.when is None or om.when.matches(r)]
+        applicable = [r for r in records if om.when is None or om.when.matches(r, self.ctx.as_of)]
         outcome.not_for_this_map = len(records) - len(applicable)
         bctx = _BatchContext(self.ctx, self._prefetch(applicable), self.users, self.related)
         used = self.used

@@ -121,7 +121,7 @@ def mapping_summary(mapping: Mapping, low_confidence: list[str] | None = None) -
             "map": name,
             "source": om.source,
             "target": om.target,
-            "condition": f"{om.when.field} {om.when.op} {om.when.value!r}" if om.when else None,
+            "condition": om.when.describe() if om.when else None,
             "fields": len(om.fields),
             "creates": [fm.dest_field for fm in om.fields if fm.create],
             "skipped": om.skip,

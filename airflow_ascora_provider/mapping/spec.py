@@ -28,6 +28,7 @@ Shape::
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -77,13 +78,41 @@ class FieldMap:
     create: FieldCreate | None = None
 
 
+class ConditionNeedsTime(ValueError):
+    """A date condition was evaluated without a reference time.
+
+    Age is measured from the snapshot's extraction time, never from the wall clock, so the same
+    staged record lands in the same map on every retry and re-run; a caller that has no snapshot
+    time must say so rather than silently use "now".
+    """
+
+
+DATE_OPS = ("older_than_days", "newer_than_days")
+COMPOUND_OPS = ("all", "any", "not")
+
+
 @dataclass(frozen=True)
 class Condition:
-    field: str
-    op: str  # equals | in | truthy | falsy
-    value: Any = None
+    """A map's ``when``: equals | in | truthy | falsy | older_than_days | newer_than_days on one field,
+    or ``all`` / ``any`` / ``not`` over nested conditions (``parts``).
 
-    def matches(self, record: dict[str, Any]) -> bool:
+    The date tests are true only for a record that *has* the date (a missing date is neither older
+    nor newer); ``not`` is the exact complement, which is how two maps split a source without a
+    record taken by both or by neither.
+    """
+
+    field: str  # "" for all/any/not
+    op: str
+    value: Any = None
+    parts: tuple[Condition, ...] = ()
+
+    def matches(self, record: dict[str, Any], as_of: dt.datetime | None = None) -> bool:
+        if self.op == "all":
+            return all(p.matches(record, as_of) for p in self.parts)
+        if self.op == "any":
+            return any(p.matches(record, as_of) for p in self.parts)
+        if self.op == "not":
+            return not self.parts[0].matches(record, as_of)
         value = record.get(self.field)
         if self.op == "equals":
             return value == self.value
@@ -91,7 +120,46 @@ class Condition:
             return value in self.value
         if self.op == "truthy":
             return bool(value)
+        if self.op in DATE_OPS:
+            return self._date_matches(value, as_of)
         return not value
+
+    def _date_matches(self, value: Any, as_of: dt.datetime | None) -> bool:
+        if as_of is None:
+            raise ConditionNeedsTime(f"'{self.field} {self.op} {self.value}' needs the snapshot's extraction time")
+        when = _as_datetime(value)
+        if when is None:
+            return False
+        cutoff = _as_datetime(as_of) - dt.timedelta(days=self.value)
+        return when < cutoff if self.op == "older_than_days" else when >= cutoff
+
+    def fields(self) -> set[str]:
+        if self.parts:
+            return set().union(*(p.fields() for p in self.parts))
+        return {self.field}
+
+    def uses_time(self) -> bool:
+        return self.op in DATE_OPS or any(p.uses_time() for p in self.parts)
+
+    def describe(self) -> str:
+        if self.op == "not":
+            return f"not ({self.parts[0].describe()})"
+        if self.parts:
+            return f" {'and' if self.op == 'all' else 'or'} ".join(f"({p.describe()})" for p in self.parts)
+        if self.op in DATE_OPS:
+            return f"{self.field} {self.op.replace('_days', '')} {self.value} days before extraction"
+        return f"{self.field} {self.op} {self.value!r}" if self.op in ("equals", "in") else f"{self.field} {self.op}"
+
+
+def _as_datetime(value: Any) -> dt.datetime | None:
+    """Dates and datetimes (staged values, or ISO text from a manifest) as aware UTC datetimes."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
 
 
 @dataclass(frozen=True)
@@ -120,7 +188,7 @@ class ObjectMap:
     def used_source_fields(self) -> set[str]:
         used = {s for fm in self.fields for s in fm.sources}
         if self.when:
-            used.add(self.when.field)
+            used.update(self.when.fields())
         return used
 
 
@@ -193,12 +261,36 @@ def _lookup_maps(options: dict[str, Any]) -> set[str]:
 def _parse_condition(raw: Any, where: str, schema: ObjectSchema, problems: list[str]) -> Condition | None:
     if raw is None:
         return None
+    if isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in COMPOUND_OPS:
+        op, inner = next(iter(raw.items()))
+        if op == "not":
+            part = _parse_condition(inner, f"{where}.not", schema, problems) if inner is not None else None
+            if inner is None:
+                problems.append(f"{where}.not: needs a condition")
+            return Condition("", "not", parts=(part,)) if part else None
+        if not isinstance(inner, list) or not inner:
+            problems.append(f"{where}.{op}: needs a list of conditions")
+            return None
+        parts = [_parse_condition(p, f"{where}.{op}[{i}]", schema, problems) for i, p in enumerate(inner)]
+        return Condition("", op, parts=tuple(parts)) if all(parts) else None
     if not isinstance(raw, dict) or "field" not in raw:
-        problems.append(f"{where}: 'when' needs a field and one of equals/in/truthy")
+        problems.append(f"{where}: 'when' needs a field and one of equals/in/truthy/falsy/older_than_days/"
+                        "newer_than_days, or one of all/any/not")
         return None
     name = raw["field"]
     if not schema.has_field(name):
         problems.append(f"{where}: {schema.name} has no field {name!r}")
+    for op in DATE_OPS:
+        if op in raw:
+            days = raw[op]
+            if isinstance(days, bool) or not isinstance(days, int) or days < 0:
+                problems.append(f"{where}.{op}: must be a whole number of days (0 or more), got {days!r}")
+                return None
+            if schema.has_field(name) and schema.field(name).type.value not in ("date", "datetime"):
+                problems.append(f"{where}.{op}: {schema.name}.{name} is {schema.field(name).type.value}, "
+                                "not a date or datetime")
+                return None
+            return Condition(name, op, days)
     if "equals" in raw:
         return Condition(name, "equals", raw["equals"])
     if "in" in raw:

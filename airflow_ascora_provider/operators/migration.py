@@ -349,7 +349,7 @@ class SetupSchemaOperator(MigrationStepOperator):
         ctx = self.build_context()
         try:
             dest = ctx.destination
-            plan = plan_for(ctx.mapping, dest)
+            plan = plan_for(ctx.mapping, dest, ctx.snapshot)
             applied = apply_schema(dest, plan) if not plan.problems else []
             paths = self.write(ctx.ledger, "schema", "Schema setup",
                                {"summary": {"applied": len(applied), "manual": len(plan.manual),

@@ -412,3 +412,57 @@ def test_estimate_at_the_plans_limits():
     assert enterprise.seconds == pytest.approx(5000 * 60 / 400)
     small = dest.estimate_load({"contact": 40})
     assert small.seconds == pytest.approx(6.0) and small.hours < 0.01
+
+
+def test_jobs_closed_long_before_the_extraction_become_tasks_the_rest_stay_deals(rig):
+    """The seed's 90-day rule, measured from the snapshot's extraction time (the manifest), not now."""
+    import datetime as dt
+
+    from airflow_ascora_provider.engine.transform import BatchTransformer
+
+    ctx = rig.context()
+    extracted_at = dt.datetime.fromisoformat(ctx.snapshot.manifest()["extracted_at"])
+    assert ctx.as_of == extracted_at
+    job = next(ctx.snapshot.iter_records("job"))
+    old = job | {"id": "old-job", "status": "Closed", "completed_date": extracted_at - dt.timedelta(days=100)}
+    recent = job | {"id": "recent-job", "status": "Closed", "completed_date": extracted_at - dt.timedelta(days=10)}
+    taken = {}
+    for name in ("deal", "job_task"):
+        outcome = BatchTransformer(ctx, rig.mapping.maps[name]).transform([old, recent])
+        taken[name] = {r.source_id for r in outcome.records} | {q.source_id for q in outcome.quarantined}
+        assert outcome.not_for_this_map == 1
+    assert taken == {"deal": {"recent-job"}, "job_task": {"old-job"}}
+
+
+def test_schema_report_shows_the_load_estimate_for_the_staged_records(rig):
+    """The schema step prices the load: records per target from the snapshot and the mapping's
+    conditions (a job is a deal or a task, never both), calls and hours at the plan's limits."""
+    import datetime as dt
+
+    from airflow_ascora_provider.engine.schema import plan_for, schema_sections
+    from airflow_ascora_provider.reports.render import to_html
+    from airflow_ascora_provider.source.staging import Snapshot
+
+    snapshot = Snapshot(rig.staging, "s1")
+    as_of = dt.datetime.fromisoformat(snapshot.manifest()["extracted_at"])
+    jobs = list(snapshot.iter_records("job", ["status", "completed_date"]))
+    historical = [j for j in jobs if j["status"] == "Closed" and j["completed_date"] is not None
+                  and j["completed_date"] < as_of - dt.timedelta(days=90)]
+    customers = list(snapshot.iter_records("customer", ["is_company"]))
+    plan = plan_for(rig.mapping, rig.dest, snapshot)
+    per_target = plan.forecast.per_target
+    assert per_target["task"]["records"] == len(historical)
+    assert per_target["deal"]["records"] == len(jobs) - len(historical) + snapshot.count("quote")
+    assert per_target["sales_account"]["records"] == sum(1 for c in customers if c["is_company"])
+    assert per_target["note"]["records"] == (snapshot.count("note") + snapshot.count("invoice")
+                                             + snapshot.count("supplier_bill"))
+    expected = rig.dest.estimate_load({t: f["records"] for t, f in per_target.items()})
+    assert plan.forecast.facts["API calls"] == expected.calls > 0
+    assert plan.forecast.facts["plan"] == "pro"
+    sections = {s.heading: s for s in schema_sections(plan, [])}
+    assert sections["Load estimate"].facts["hours"] == round(expected.hours, 2)
+    html = to_html("Schema setup", schema_sections(plan, []))
+    assert "Load estimate" in html and str(expected.calls) in html
+    assert plan.as_dict()["load_estimate"]["facts"]["API calls"] == expected.calls
+    # Without a snapshot (the pre-flight check the load runs) nothing is estimated.
+    assert plan_for(rig.mapping, rig.dest).forecast is None

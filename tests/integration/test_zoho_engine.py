@@ -195,3 +195,24 @@ def test_bulk_write_methods_and_the_credit_estimate(small_tenant, tmp_path):
         ctx.close()
         ascora.stop()
         zoho.stop()
+
+
+def test_schema_report_shows_the_credit_estimate_for_the_staged_records(small_tenant, tmp_path):
+    from airflow_ascora_provider.engine.schema import plan_for, records_per_target, schema_sections
+
+    ctx, ascora, zoho, _ = _setup(small_tenant, tmp_path, apply=False)
+    try:
+        plan = plan_for(ctx.mapping, ctx.destination, ctx.snapshot)
+        counts = records_per_target(ctx.mapping, ctx.snapshot)
+        assert sum(counts.values()) > 0
+        expected = ctx.destination.estimate_credits(counts)
+        assert plan.forecast.facts["credits"] == expected["credits"] > 0
+        assert plan.forecast.facts["windows needed"] == expected["windows_needed"]
+        assert plan.forecast.per_target == expected["targets"]
+        section = next(s for s in schema_sections(plan, []) if s.heading == "Load estimate")
+        rows = {row[0]: row for row in section.tables[0].rows}
+        assert set(rows) == set(expected["targets"])
+    finally:
+        ctx.close()
+        ascora.stop()
+        zoho.stop()

@@ -51,6 +51,7 @@ from airflow_ascora_provider.destinations.spec import (
     Capabilities,
     Destination,
     DestField,
+    LoadForecast,
     DestObject,
     DestUser,
     OutgoingRecord,
@@ -354,6 +355,15 @@ class FreshsalesDestination(Destination):
         return LoadEstimate(plan=self.hook.plan.name, calls=total, calls_per_target=calls,
                             requests_per_hour=per_hour, requests_per_minute=per_minute,
                             seconds=duration_for(total, per_hour, per_minute))
+
+    def forecast_load(self, counts: dict[str, int]) -> LoadForecast:
+        """The hourly budget, not the schema, is what makes a Freshsales load slow: say so up front."""
+        estimate = self.estimate_load(counts)
+        return LoadForecast(
+            facts={"plan": estimate.plan, "API calls": estimate.calls, "hours": round(estimate.hours, 2),
+                   "calls per hour": estimate.requests_per_hour, "calls per minute": estimate.requests_per_minute},
+            per_target={target: {"records": counts[target], "calls": calls}
+                        for target, calls in estimate.calls_per_target.items()})
 
     # -- users ----------------------------------------------------------------------------------
     def list_users(self) -> list[DestUser]:

@@ -44,6 +44,7 @@ from airflow_ascora_provider.destinations.spec import (
     Destination,
     DestObject,
     DestUser,
+    LoadForecast,
     OutgoingRecord,
     SchemaChange,
     WriteResult,
@@ -617,6 +618,14 @@ class ZohoDestination(Destination):
                 "credits_per_day": limits["credits_per_day"], "credit_budget": budget,
                 "windows_needed": math.ceil(total_credits / budget) if budget else 1,
                 "custom_module_credits": CUSTOM_MODULE_CREDITS}
+
+    def forecast_load(self, counts: dict[str, int]) -> LoadForecast:
+        """Zoho meters API credits per day, so the schema report shows the credits and day windows."""
+        estimate = self.estimate_credits(counts)
+        return LoadForecast(
+            facts={"edition": estimate["edition"], "API calls": estimate["calls"], "credits": estimate["credits"],
+                   "credit budget": estimate["credit_budget"], "windows needed": estimate["windows_needed"]},
+            per_target=estimate["targets"])
 
     def close(self) -> None:
         self.hook.close()
