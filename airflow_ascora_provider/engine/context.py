@@ -50,9 +50,10 @@ class MigrationContext:
 
     @cached_property
     def as_of(self) -> dt.datetime:
-        """The snapshot's extraction time: what date conditions in ``when`` measure age from, so a
-        retry or a re-run on the same snapshot sends every record to the same map."""
-        return dt.datetime.fromisoformat(self.snapshot.manifest()["extracted_at"])
+        """What date conditions in ``when`` measure age from: the snapshot's extraction time (or the
+        mapping's pinned ``reference_time``), never the clock, so a retry or re-run sends every
+        record to the same map."""
+        return self.mapping.condition_time(self.snapshot.manifest()["extracted_at"])
 
     @property
     def destination(self) -> Destination:

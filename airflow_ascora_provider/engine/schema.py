@@ -8,7 +8,6 @@ comes back empty. The same comparison yields the field-type compatibility report
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -164,7 +163,7 @@ def records_per_target(mapping: Mapping, snapshot) -> dict[str, int]:
     only the records its condition takes (measured from the snapshot's extraction time, as the load
     does), so a source split between two targets is not counted twice."""
     manifest = snapshot.manifest()
-    as_of = dt.datetime.fromisoformat(manifest["extracted_at"])
+    as_of = mapping.condition_time(manifest["extracted_at"])
     counts: Counter[str] = Counter()
     for om in mapping.maps.values():
         if om.source not in manifest["objects"]:

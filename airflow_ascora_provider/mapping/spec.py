@@ -10,6 +10,8 @@ Shape::
     destination: twenty
     currency: AUD
     key_field: ascoraId            # destination field holding the Ascora id (upsert key), per object
+    reference_time: 2026-06-01     # optional: what older_than_days/newer_than_days measure from
+                                   # (default: the snapshot's extraction time)
     custom_objects:
       site: {label: Site, plural: sites, label_plural: Sites}
     maps:
@@ -173,6 +175,8 @@ class ObjectMap:
     skip: dict[str, str] = field(default_factory=dict)
     key_field: str | None = None
     expand: tuple[str, ...] = ()  # "custom_fields" and/or "form_fields": filled in by completion
+    requires_object: str | None = None  # kept by completion only if the destination has this object
+    unless_object: str | None = None  # dropped by completion if the destination has this object
 
     @property
     def schema(self) -> ObjectSchema:
@@ -183,6 +187,9 @@ class ObjectMap:
         for fm in self.fields:
             if fm.transform in ("lookup", "attach"):
                 names.update(_lookup_maps(fm.options))
+            elif fm.transform == "related_rows":  # row columns that look up other maps' records
+                for column in (fm.options.get("columns") or {}).values():
+                    names.update(_lookup_maps(column) if isinstance(column, dict) else ())
         return names
 
     def used_source_fields(self) -> set[str]:
@@ -208,6 +215,9 @@ class Mapping:
     key_field: str | None = None
     custom_objects: dict[str, CustomObject] = field(default_factory=dict)
     not_migrated: dict[str, str] = field(default_factory=dict)  # Ascora object → why it has no map
+    # What date conditions measure age from instead of the snapshot's extraction time: pins the split
+    # across delta runs (a later snapshot would otherwise move a job that crossed the threshold).
+    reference_time: dt.datetime | None = None
     document: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -233,6 +243,11 @@ class Mapping:
             out.extend(ready)
             sorter.done(*ready)
         return out
+
+    def condition_time(self, extracted_at: str | dt.datetime) -> dt.datetime:
+        """The time ``when`` date conditions measure from: the mapping's pinned ``reference_time``,
+        else the snapshot's extraction time."""
+        return self.reference_time or _as_datetime(extracted_at)
 
     def maps_for_source(self, source: str) -> list[ObjectMap]:
         return [m for m in self.maps.values() if m.source == source]
@@ -350,6 +365,14 @@ def _parse_field(dest_field: str, raw: Any, where: str, schema: ObjectSchema, pr
     return fm
 
 
+def _object_name(raw: dict[str, Any], key: str, where: str, problems: list[str]) -> str | None:
+    value = raw.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        problems.append(f"{where}.{key}: must name one destination object, got {value!r}")
+        return None
+    return value
+
+
 def parse_mapping(document: dict[str, Any]) -> Mapping:
     problems: list[str] = []
     if not isinstance(document, dict):
@@ -412,6 +435,8 @@ def parse_mapping(document: dict[str, Any]) -> Mapping:
             skip=skip,
             key_field=raw.get("key_field", document.get("key_field")),
             expand=expand,
+            requires_object=_object_name(raw, "requires_object", where, problems),
+            unless_object=_object_name(raw, "unless_object", where, problems),
         )
     pairs: dict[tuple[str, str], str] = {}
     for name, om in maps.items():
@@ -431,9 +456,16 @@ def parse_mapping(document: dict[str, Any]) -> Mapping:
             problems.append(f"not_migrated: unknown Ascora object {name!r}")
         elif any(m.source == name for m in maps.values()):
             problems.append(f"not_migrated: {name} is also mapped")
+    reference_time = None
+    if document.get("reference_time") is not None:
+        try:
+            reference_time = _as_datetime(document["reference_time"])
+        except (TypeError, ValueError, AttributeError):
+            problems.append(f"reference_time: not a date or ISO date-time: {document['reference_time']!r}")
     if problems:
         raise MappingError(problems)
     mapping = Mapping(
+        reference_time=reference_time,
         destination=str(destination),
         not_migrated=not_migrated,
         maps=maps,

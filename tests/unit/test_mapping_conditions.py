@@ -107,3 +107,19 @@ def test_any_takes_a_record_when_one_part_matches():
     when = mapping.maps["deal"].when
     assert when.matches(_job("Booked", 400), EXTRACTED) and when.matches(_job("Closed", 3), EXTRACTED)
     assert not when.matches(_job("Closed", 30), EXTRACTED)
+
+
+def test_a_pinned_reference_time_replaces_the_extraction_time_for_every_snapshot():
+    document = _job_maps({"not": {"field": "completed_date", "older_than_days": 90}},
+                         {"field": "completed_date", "older_than_days": 90})
+    unpinned = load_mapping(document)
+    assert unpinned.condition_time("2026-06-01T09:30:00+00:00") == EXTRACTED
+    pinned = load_mapping(document | {"reference_time": dt.date(2026, 3, 1)})
+    delta_extraction = "2026-06-08T00:00:00+00:00"
+    as_of = pinned.condition_time(delta_extraction)
+    assert as_of == dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    job = {"completed_date": dt.datetime(2026, 2, 1, tzinfo=dt.UTC)}  # 120 days before the delta's extraction
+    assert pinned.maps["deal"].when.matches(job, as_of)
+    assert unpinned.maps["job_task"].when.matches(job, unpinned.condition_time(delta_extraction))
+    with pytest.raises(MappingError, match="reference_time: not a date or ISO date-time: 'soon'"):
+        load_mapping(document | {"reference_time": "soon"})
