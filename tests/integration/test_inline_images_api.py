@@ -82,3 +82,26 @@ def test_every_pasted_image_is_staged_on_the_notes_parent_or_named_as_a_problem(
     assert stats["read"] == len(source_attachments) + moved
     uploaders = {a["attachmentId"]: a["createdByName"] for a in source_attachments}
     assert all(files[i]["created_by_name"] == name for i, name in uploaders.items() if i in files)
+
+
+def test_moved_images_load_through_a_destinations_own_attachment_map(dirty_tenant, tmp_path):
+    """No destination code knows about inline images: Twenty's attachment map uploads them as files."""
+    from airflow_ascora_provider.engine.reconcile import reconcile
+    from airflow_ascora_provider.engine.runner import load_everything
+    from tests.integration.test_engine_twenty import _setup
+
+    ctx, ascora, twenty, _manifest, _audit = _setup(dirty_tenant, tmp_path)
+    try:
+        snapshot = Snapshot(tmp_path / "staging", "s1")
+        derived = {r["id"]: r for r in snapshot.iter_records("attachment") if "-img" in r["id"]}
+        assert derived
+        load_everything(ctx)
+        assert reconcile(ctx, verify="none")["totals"]["missing"] == 0
+        quarantined = {e["source_id"] for e in ctx.ledger.list_quarantine(destination="twenty")
+                       if e["source_object"] == "attachment"}
+        loaded = [i for i in derived if ctx.ledger.crosswalk_lookup("twenty", "attachment", i)]
+        assert loaded and set(loaded) | quarantined >= set(derived)
+    finally:
+        ctx.close()
+        ascora.stop()
+        twenty.stop()
