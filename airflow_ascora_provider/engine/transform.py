@@ -18,7 +18,12 @@ from airflow_ascora_provider.destinations.spec import OutgoingRecord
 from airflow_ascora_provider.engine.context import MigrationContext
 from airflow_ascora_provider.ledger import QuarantineEntry
 from airflow_ascora_provider.mapping.spec import ObjectMap
-from airflow_ascora_provider.mapping.transforms import TRANSFORMS, TransformError, _maps_for
+from airflow_ascora_provider.mapping.transforms import (
+    TRANSFORMS,
+    TransformError,
+    _maps_for,
+    related_row_lookups,
+)
 from airflow_ascora_provider.mapping.values import DestRef, FileRef, UserRef
 from airflow_ascora_provider.source.model import ISSUES_COLUMN, get_object
 
@@ -74,6 +79,8 @@ def _related_columns(object_map: ObjectMap) -> dict[str, set[str]]:
             opts = fm.options
             key = "id" if "via" in opts else opts.get("by")
             columns.setdefault(opts["object"], set()).update(f for f in (key, opts.get("field")) if f)
+        elif fm.transform == "related_rows":  # column templates may read any field: keep whole rows
+            columns.setdefault(fm.options["object"], set()).update(get_object(fm.options["object"]).field_names)
     return columns
 
 
@@ -132,6 +139,7 @@ class BatchTransformer:
         self.lookup_sources = [(source_field, type(fm)(fm.dest_field, fm.transform, (source_field,), fm.options))
                                for fm in self.lookup_fields for source_field in fm.sources]
         self.file_fields = [fm.dest_field for fm in object_map.fields if fm.transform == "file"]
+        self.row_fields = [fm for fm in object_map.fields if fm.transform == "related_rows"]
         self.used = object_map.used_source_fields()
 
     def _prefetch(self, records: list[dict[str, Any]]) -> dict[tuple[str, str], DestRef]:
@@ -143,6 +151,10 @@ class BatchTransformer:
                     continue
                 for map_name in _maps_for(record, sub):
                     wanted[map_name].add(str(value))
+        for fm in self.row_fields:
+            for record in records:
+                for map_name, value in related_row_lookups(record, fm, self.related.rows):
+                    wanted[map_name].add(value)
         refs: dict[tuple[str, str], DestRef] = {}
         for map_name, ids in wanted.items():
             parent = self.ctx.mapping.maps[map_name]

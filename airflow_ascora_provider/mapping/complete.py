@@ -46,8 +46,10 @@ def complete_mapping(mapping: Mapping, audit: dict[str, Any], field_name=None,
     from airflow_ascora_provider.destinations.spec import Destination
 
     name_of = field_name or (lambda label: Destination.custom_field_name(None, label))  # type: ignore[arg-type]
-    existing_fields = existing_fields or {}
     document = copy.deepcopy(mapping.document)
+    if existing_fields is not None:
+        mapping = _drop_maps_for_objects(mapping, document, set(existing_fields))
+    existing_fields = existing_fields or {}
     custom_inventory = audit.get("custom_fields", {})
     for map_name, om in mapping.maps.items():
         raw = document["maps"][map_name]
@@ -112,6 +114,29 @@ def complete_mapping(mapping: Mapping, audit: dict[str, Any], field_name=None,
     return load_mapping(document)
 
 
+def _drop_maps_for_objects(mapping: Mapping, document: dict[str, Any], objects: set[str]) -> Mapping:
+    """Maps whose ``requires_object`` the destination lacks (or whose ``unless_object`` it has) leave
+    the document; each is listed under ``dropped_maps`` with the reason, so the file a person approves
+    shows both which maps apply to this destination and which do not (and why).
+
+    ``objects`` are the objects the destination described. Called only with a described destination:
+    without one there is nothing to decide, and every map stays.
+    """
+    dropped: dict[str, str] = dict(document.get("dropped_maps") or {})
+    for name, om in mapping.maps.items():
+        if om.requires_object and om.requires_object not in objects:
+            dropped[name] = f"{om.source} → {om.target}: the destination has no {om.requires_object}"
+        elif om.unless_object and om.unless_object in objects:
+            dropped[name] = f"{om.source} → {om.target}: the destination has {om.unless_object}, another map is used"
+        else:
+            continue
+        document["maps"].pop(name, None)
+    if not dropped:
+        return mapping
+    document["dropped_maps"] = dropped
+    return load_mapping(document)
+
+
 def mapping_summary(mapping: Mapping, low_confidence: list[str] | None = None) -> dict[str, Any]:
     """What a reviewer needs: maps, fields to create, unmapped/skipped fields with their reasons."""
     maps = []
@@ -130,6 +155,7 @@ def mapping_summary(mapping: Mapping, low_confidence: list[str] | None = None) -
             ),
         })
     return {"destination": mapping.destination, "hash": mapping.hash, "maps": maps,
+            "dropped_maps": dict(mapping.document.get("dropped_maps") or {}),
             "low_confidence": low_confidence or []}
 
 
@@ -140,6 +166,8 @@ def summary_markdown(summary: dict[str, Any], report_url: str | None = None) -> 
         cond = f" when {m['condition']}" if m["condition"] else ""
         lines.append(f"| {m['map']} | {m['source']} → {m['target']}{cond} | {m['fields']} | "
                      f"{len(m['creates'])} | {len(m['skipped'])} |")
+    for name, reason in (summary.get("dropped_maps") or {}).items():
+        lines.append(f"| ~~{name}~~ | not used: {reason} | | | |")
     unused = [(m["map"], f) for m in summary["maps"] for f in m["unused_source_fields"]]
     if unused:
         lines += ["", f"**Unmapped Ascora fields ({len(unused)})**: " +

@@ -355,6 +355,105 @@ def _check_related(fm, schema) -> list[str]:
     return problems
 
 
+def _row_columns(fm) -> list[Any]:
+    """The ``columns`` of a ``related_rows`` field as field maps over the related object (parsed once)."""
+    cached = _ROW_COLUMNS.get(id(fm))
+    if cached is not None and cached[0] is fm:
+        return cached[1]
+    from airflow_ascora_provider.mapping.spec import MappingError, _parse_field
+    from airflow_ascora_provider.source.model import MODEL
+
+    problems: list[str] = []
+    columns = [_parse_field(name, raw, f"{fm.dest_field}.columns.{name}", MODEL[fm.options["object"]], problems)
+               for name, raw in (fm.options.get("columns") or {}).items()]
+    if problems:
+        raise MappingError(problems)
+    _ROW_COLUMNS[id(fm)] = (fm, columns)
+    return columns
+
+
+_ROW_COLUMNS: dict[int, tuple[Any, list[Any]]] = {}
+
+
+def _rows_of(record, fm, ctx) -> list[dict[str, Any]]:
+    rows = ctx.related(fm.options["object"], fm.options["by"], record.get("id"))
+    order = fm.options.get("order_by")
+    if order:
+        rows = sorted(rows, key=lambda r: (r.get(order) is None, r.get(order) if r.get(order) is not None else 0))
+    return rows
+
+
+def related_row_lookups(record: dict[str, Any], fm, related: Callable[[str, str, Any], list[dict[str, Any]]]
+                        ) -> list[tuple[str, str]]:
+    """(map, source id) pairs the ``lookup`` columns of a ``related_rows`` field will resolve, so the
+    engine can fetch them from the crosswalk with the rest of the batch's lookups."""
+    lookups = [c for c in _row_columns(fm) if c.transform == "lookup"]
+    if not lookups:
+        return []
+    wanted = []
+    for row in related(fm.options["object"], fm.options["by"], record.get("id")):
+        for column in lookups:
+            value = row.get(column.sources[0])
+            if value is not None:
+                wanted.extend((name, str(value)) for name in _maps_for(row, column))
+    return wanted
+
+
+def _related_rows(record, fm, ctx):
+    """Rows of another staged object that point at this record, each turned into several fields by its
+    own column transforms: a quote's line items as the rows of a line-item table on the quote.
+
+    A column transform that fails names the row and the column, and the whole record is quarantined
+    (a quote without one of its lines would misstate its total). Columns without a value are left out
+    of the row, so a destination that reads rows back without empty cells compares equal.
+    """
+    out = []
+    label = fm.options.get("label_by", "id")
+    for row in _rows_of(record, fm, ctx):
+        values: dict[str, Any] = {}
+        for column in _row_columns(fm):
+            try:
+                value = TRANSFORMS[column.transform].apply(row, column, ctx)
+            except TransformError as exc:
+                raise TransformError(f"{fm.dest_field}[{row.get(label)}].{column.dest_field}", exc.value,
+                                     f"{fm.options['object']} {row.get('id')}: {exc.reason}") from None
+            if value is None:
+                value = column.default
+            if value is None and column.required:
+                raise TransformError(f"{fm.dest_field}[{row.get(label)}].{column.dest_field}", None,
+                                     f"{fm.options['object']} {row.get('id')}: the row has no "
+                                     f"{column.dest_field}")
+            if value is not None:
+                values[column.dest_field] = value
+        out.append(values)
+    return tuple(out) or None
+
+
+def _check_related_rows(fm, schema) -> list[str]:
+    from airflow_ascora_provider.mapping.spec import _parse_field
+    from airflow_ascora_provider.source.model import MODEL
+
+    opts = fm.options
+    if opts.get("object") not in MODEL:
+        return [f"related_rows needs 'object', one of {sorted(MODEL)}"]
+    other = MODEL[opts["object"]]
+    problems = []
+    if not other.has_field(opts.get("by", "")):
+        problems.append(f"related_rows needs 'by' (the field on {other.name} holding this record's id)")
+    for key in ("order_by", "label_by"):
+        if opts.get(key) and not other.has_field(opts[key]):
+            problems.append(f"related_rows: {other.name} has no field {opts[key]!r} ({key})")
+    columns = opts.get("columns")
+    if not isinstance(columns, dict) or not columns:
+        return problems + ["related_rows needs 'columns' (destination column: field map over the related rows)"]
+    for name, raw in columns.items():
+        if isinstance(raw, dict) and raw.get("transform") in ("related_rows", "attach"):
+            problems.append(f"related_rows: column {name} cannot use {raw['transform']}")
+            continue
+        _parse_field(name, raw, f"columns.{name}", other, problems)
+    return problems
+
+
 _ADDRESS_FIELDS = ("address_line1", "address_line2", "suburb", "state", "postcode", "country", "latitude", "longitude")
 
 TRANSFORMS: dict[str, Transform] = {
@@ -385,5 +484,7 @@ TRANSFORMS: dict[str, Transform] = {
         Transform("attach", _attach, check=_check_lookup, description="parents a note/task/file hangs off"),
         Transform("owner", _owner, ("assigned_user_name",), description="staff member → destination user"),
         Transform("related", _related, check=_check_related, description="a value from another staged object"),
+        Transform("related_rows", _related_rows, check=_check_related_rows,
+                  description="rows of another staged object pointing here, each with its own column transforms"),
     )
 }

@@ -291,7 +291,7 @@ class ZohoState:
                                    "expected_data_type": "double"})
             stored.append({"id": row.get("id") or new_id(), "Product_Name": {"id": product["id"]},
                            "Quantity": quantity, "List_Price": row.get("List_Price"),
-                           "Description": row.get("Description")})
+                           "Discount": row.get("Discount"), "Description": row.get("Description")})
         return stored
 
     def _values(self, module: Module, item: dict[str, Any], index: int) -> dict[str, Any]:

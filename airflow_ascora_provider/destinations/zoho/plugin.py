@@ -90,7 +90,11 @@ ATTACHMENTS = "Attachments"  # virtual target: files uploaded to their parent re
 NOTES = "Notes"
 NOTE_KEY = re.compile(r"\n*\[Ascora ID: ([^\]\n]+)\]\s*$")
 HOLDING_PREFIX = "holding:"
-BULK_MODULES_EXCLUDED = frozenset({NOTES, ATTACHMENTS, "Tasks"})  # parents need $se_module / module
+BULK_MODULES_EXCLUDED = frozenset({NOTES, ATTACHMENTS, "Tasks", "Quotes"})  # $se_module / module / subform
+# Columns of the inventory line items (Quoted_Items) the plugin writes, with their Zoho data types.
+LINE_ITEM_PRODUCTS = "Products"
+LINE_ITEM_COLUMNS = {"Product_Name": "lookup", "Quantity": "double", "List_Price": "currency",
+                     "Discount": "currency", "Description": "textarea"}
 
 
 class ZohoPlanError(RuntimeError):
@@ -299,6 +303,9 @@ class ZohoDestination(Destination):
                 target = field["lookup"]["module"]["api_name"]
                 wire[name] = {"id": self._holding(target, value)} if value else None
                 continue
+            if kind == "subform":
+                wire[name] = encode_line_items(name, value)
+                continue
             wire[name] = encode_value(value, kind)
         if module == NOTES and payload.get("Ascora_ID"):
             body = wire.get("Note_Content") or ""
@@ -330,6 +337,9 @@ class ZohoDestination(Destination):
                 target = field["lookup"]["module"]["api_name"]
                 holding = {v: k for k, v in self._holding_ids(target).items()}.get(value.get("id"))
                 out[name] = holding if holding else DestRef(target, value["id"])
+                continue
+            if field["data_type"] == "subform":
+                out[name] = decode_line_items(value)
                 continue
             out[name] = decode_value(value, field["data_type"], self.currency)
         return out
@@ -646,6 +656,47 @@ def split_note_key(content: str | None) -> tuple[str | None, str | None]:
     if not match:
         return content, None
     return content[:match.start()] or None, match.group(1)
+
+
+def encode_line_items(field: str, rows: Any) -> list[dict[str, Any]] | None:
+    """Neutral line-item rows (``related_rows``) as a Zoho subform such as ``Quoted_Items``.
+
+    Each row's product is a lookup ``{"id": …}`` to Products; only the columns Zoho's line items
+    take are accepted, so a mapping naming another column fails on the record, naming the field.
+    """
+    if rows is None:
+        return None
+    wire = []
+    for i, row in enumerate(rows):
+        item: dict[str, Any] = {}
+        for column, value in row.items():
+            kind = LINE_ITEM_COLUMNS.get(column)
+            if kind is None:
+                raise KeyError(f"Zoho CRM line items ({field}) have no column {column!r} (row {i + 1}); "
+                               f"known: {', '.join(LINE_ITEM_COLUMNS)}")
+            item[column] = encode_value(value, kind)
+        wire.append(item)
+    return wire
+
+
+def decode_line_items(rows: Any) -> tuple[dict[str, Any], ...] | None:
+    """A subform read back as neutral rows: only the columns the plugin writes, empty cells left out
+    (as ``related_rows`` leaves them out), so an unchanged quote compares equal."""
+    if not rows:
+        return None
+    out = []
+    for row in rows:
+        values: dict[str, Any] = {}
+        for column, kind in LINE_ITEM_COLUMNS.items():
+            value = row.get(column)
+            if kind == "lookup":
+                value = DestRef(LINE_ITEM_PRODUCTS, value["id"]) if isinstance(value, dict) and value.get("id") else None
+            else:  # amounts as plain numbers, as the row transforms give them
+                value = decode_value(value, "double" if kind == "currency" else kind)
+            if value is not None:
+                values[column] = value
+        out.append(values)
+    return tuple(out)
 
 
 def _first_ref(value: Any) -> DestRef | None:
