@@ -279,9 +279,10 @@ def _parse_condition(raw: Any, where: str, schema: ObjectSchema, problems: list[
     if isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in COMPOUND_OPS:
         op, inner = next(iter(raw.items()))
         if op == "not":
-            part = _parse_condition(inner, f"{where}.not", schema, problems) if inner is not None else None
             if inner is None:
                 problems.append(f"{where}.not: needs a condition")
+                return None
+            part = _parse_condition(inner, f"{where}.not", schema, problems)
             return Condition("", "not", parts=(part,)) if part else None
         if not isinstance(inner, list) or not inner:
             problems.append(f"{where}.{op}: needs a list of conditions")
