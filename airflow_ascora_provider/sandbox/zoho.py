@@ -274,12 +274,16 @@ class ZohoState:
         return check_value(meta, value, path)
 
     def _subform(self, name: str, rows: Any, path: str) -> list[dict[str, Any]]:
-        """Quoted_Items: every row names a Product (Product_Name lookup) and a Quantity."""
+        """Quoted_Items: every row names a Product (Product_Name lookup) and a Quantity; a row
+        ``{"id": …, "_delete": null}`` removes that row of the record (see :meth:`_merge_rows`)."""
         if not isinstance(rows, list):
             raise RecordError("INVALID_DATA", "invalid data",
                               {"api_name": name, "json_path": path, "expected_data_type": "jsonarray"})
         stored = []
         for i, row in enumerate(rows):
+            if isinstance(row, dict) and "_delete" in row:
+                stored.append({"id": row.get("id"), "_delete": True, "_path": f"{path}[{i}].id"})
+                continue
             product = (row or {}).get("Product_Name") if isinstance(row, dict) else None
             if not isinstance(product, dict) or product.get("id") not in self.modules["Products"].records:
                 raise RecordError("MANDATORY_NOT_FOUND", "required field not found",
@@ -293,6 +297,25 @@ class ZohoState:
                            "Quantity": quantity, "List_Price": row.get("List_Price"),
                            "Discount": row.get("Discount"), "Description": row.get("Description")})
         return stored
+
+    @staticmethod
+    def _merge_rows(name: str, current: list[dict[str, Any]], given: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Zoho's subform update: rows without an id are appended to the record's rows, a row with an
+        existing id replaces that row, ``_delete`` removes it, and an empty list clears them all (Zoho's
+        "update subform data" page). A new record has no rows to keep."""
+        if not given:
+            return []
+        rows = {row["id"]: row for row in current}
+        for row in given:
+            row_id = row.get("id")
+            if row.get("_delete"):
+                if row_id not in rows:
+                    raise RecordError("INVALID_DATA", "the id given seems to be invalid",
+                                      {"api_name": name, "json_path": row["_path"], "id": row_id})
+                del rows[row_id]
+            else:
+                rows[row_id] = row
+        return list(rows.values())
 
     def _values(self, module: Module, item: dict[str, Any], index: int) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -383,6 +406,9 @@ class ZohoState:
                 if existing is not None:
                     duplicate_field = name
                     break
+        for name, meta in module.fields.items():
+            if meta["data_type"] == "subform" and isinstance(values.get(name), list):
+                values[name] = self._merge_rows(name, (existing or {}).get(name) or [], values[name])
         merged = {**(existing or {}), **values}
         self._check_mandatory(module, merged, index)
         self._check_unique(module, merged, existing["id"] if existing else None, index)

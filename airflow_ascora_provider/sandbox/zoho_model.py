@@ -236,7 +236,8 @@ _STANDARD: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
                                                  "Closed Won", "Closed Lost"]}),
         ("Valid_Till", "date", {}), ("Deal_Name", "lookup", {"lookup": "Deals"}),
         ("Account_Name", "lookup", {"lookup": "Accounts"}), ("Description", "textarea", {}),
-        ("Grand_Total", "currency", {"read_only": True}), ("Quoted_Items", "subform", {}),
+        # Quoted_Items is required on create (a quote needs at least one product line).
+        ("Grand_Total", "currency", {"read_only": True}), ("Quoted_Items", "subform", {"mandatory": True}),
     ],
 }
 # The field a lookup shows as ``name`` (and COQL/search treat as the record name).

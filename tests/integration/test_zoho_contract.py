@@ -302,7 +302,8 @@ def test_contract_catches_a_drifting_emulator(contract):
 
 def test_every_exchange_of_a_migration_fits_the_spec(contract, tmp_path):
     """Drive every call the plugin makes (metadata, writes with refusals, reads, COQL, notes, tasks,
-    files, users, deletes, Bulk Write) and validate each recorded request and answer."""
+    products and quotes with their Quoted_Items, files, users, deletes, Bulk Write) and validate each
+    recorded request and answer."""
     from airflow_ascora_provider.hooks.zoho import ZohoApiError, ZohoHook
     from tests.integration.test_zoho_emulator import client_kwargs, served_zoho
 
@@ -339,6 +340,19 @@ def test_every_exchange_of_a_migration_fits_the_spec(contract, tmp_path):
         note = hook.insert("Notes", [{"Note_Title": "Site visit", "Note_Content": "All good",
                                       "Parent_Id": {"module": {"api_name": "Deals"}, "id": deal}},
                                      {"Parent_Id": {"module": {"api_name": "Deals"}, "id": deal}}])
+        product = hook.upsert("Products", [{"Product_Name": "SUPPLY GPO-2", "Unit_Price": 24.5,
+                                            "Description": "Double power point"}], ["Product_Name"])[0]
+        quote = hook.insert("Quotes", [{"Subject": "Quote Q1", "Deal_Name": {"id": deal}, "Quote_Stage": "Draft",
+                                        "Valid_Till": "2024-06-01", "Quoted_Items": [
+                                            {"Product_Name": {"id": product["details"]["id"]}, "Quantity": 2,
+                                             "List_Price": 24.5, "Discount": 0, "Description": "Kitchen"}]},
+                                       {"Subject": "Quote without lines"}])[0]["details"]["id"]
+        rows = next(hook.get_records("Quotes", ["Quoted_Items"], ids=[quote]))["Quoted_Items"]
+        hook.update("Quotes", [{"id": quote, "Quoted_Items": [
+            {"id": rows[0]["id"], "_delete": None},
+            {"Product_Name": {"id": product["details"]["id"]}, "Quantity": 3, "List_Price": 24.5}]}])
+        hook.delete("Quotes", [quote])
+        hook.delete("Products", [product["details"]["id"]])
         list(hook.get_records("Accounts", ["Account_Name", "Ascora_ID", "Parent_Account"]))
         list(hook.get_records("Deals", ["Deal_Name", "Account_Name"], ids=[deal]))
         list(hook.get_records("Notes", ["Note_Content", "Parent_Id"]))

@@ -116,3 +116,47 @@ def test_standard_edition_keeps_quote_lines_as_notes(small_tenant, tmp_path):
         ctx.close()
         ascora.stop()
         zoho.stop()
+
+
+def test_a_changed_quote_ends_with_exactly_its_new_lines_and_restores_its_old_ones():
+    """Zoho appends subform rows sent without an id; the plugin deletes the old rows in the same update."""
+    from decimal import Decimal
+
+    from airflow_ascora_provider.destinations.spec import OutgoingRecord
+    from airflow_ascora_provider.destinations.zoho.plugin import ZohoDestination
+    from airflow_ascora_provider.mapping.values import DestRef
+    from tests.integration.test_zoho_emulator import _key_field, client_kwargs, served_zoho
+
+    with served_zoho(edition="professional") as zoho:
+        dest = ZohoDestination(**client_kwargs(zoho, edition="professional"))
+        for module in ("Products", "Quotes"):
+            _key_field(dest.hook, module)
+        products = [r.dest_id for r in dest.write_batch("Products", [
+            OutgoingRecord(f"l{i}", {"Product_Name": f"Line {i}", "Ascora_ID": f"l{i}"}) for i in (1, 2, 3)],
+            "Ascora_ID")]
+
+        def rows(*pairs):
+            return tuple({"Product_Name": DestRef("Products", products[i]), "Quantity": Decimal(q)}
+                         for i, q in pairs)
+
+        first = rows((0, "2"), (1, "1.5"))
+        created = dest.write_batch("Quotes", [OutgoingRecord("q1", {"Subject": "Quote 1", "Quoted_Items": first,
+                                                                    "Ascora_ID": "q1"})], "Ascora_ID")[0]
+        assert created.ok, created.error
+        refused = dest.write_batch("Quotes", [OutgoingRecord("q2", {"Subject": "No lines", "Ascora_ID": "q2"})],
+                                   "Ascora_ID")[0]
+        assert not refused.ok and refused.error_field == "Quoted_Items"
+        read = dest.read_records("Quotes", [created.dest_id], ["Quoted_Items"])[created.dest_id]
+        assert read["Quoted_Items"] == first
+        before_image = read
+
+        second = rows((2, "4"))
+        updated = dest.write_batch("Quotes", [OutgoingRecord("q1", {"Quoted_Items": second},
+                                                             dest_id=created.dest_id)], "Ascora_ID")[0]
+        assert updated.ok, updated.error
+        assert dest.read_records("Quotes", [created.dest_id], ["Quoted_Items"])[created.dest_id]["Quoted_Items"] \
+            == second
+        dest.restore_record("Quotes", created.dest_id, before_image)
+        assert dest.read_records("Quotes", [created.dest_id], ["Quoted_Items"])[created.dest_id]["Quoted_Items"] \
+            == first
+        dest.close()

@@ -410,10 +410,33 @@ class ZohoDestination(Destination):
             for i, answer in zip(creates, answers):
                 results[i] = _result(records[i].source_id, answer, created=True)
         if updates:
-            answers = self.hook.update(target, [{"id": records[i].dest_id, **wire[i]} for i in updates], reserved=True)
+            items = self._replacing_rows(target, [{"id": records[i].dest_id, **wire[i]} for i in updates])
+            answers = self.hook.update(target, items, reserved=True)
             for i, answer in zip(updates, answers):
                 results[i] = _result(records[i].source_id, answer, created=False)
         return [results[i] for i in range(len(records))]
+
+    def _replacing_rows(self, target: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Updates whose subform rows replace the record's rows rather than add to them.
+
+        Zoho appends subform rows sent without an id to the ones the record has; a changed quote
+        must end with exactly its current lines, so each existing row is sent as ``_delete`` beside
+        the new rows (one read of the records' rows, priced like any read).
+        """
+        subforms = [n for n, f in self._meta(target).items() if f["data_type"] == "subform"]
+        wanted = [n for n in subforms if any(isinstance(item.get(n), list) and item[n] for item in items)]
+        if not wanted:
+            return items
+        current = {row["id"]: row for row in self.hook.get_records(target, wanted, ids=[i["id"] for i in items])}
+        out = []
+        for item in items:
+            item = dict(item)
+            for name in wanted:
+                if isinstance(item.get(name), list) and item[name]:
+                    old = (current.get(item["id"]) or {}).get(name) or []
+                    item[name] = [{"id": row["id"], "_delete": None} for row in old] + item[name]
+            out.append(item)
+        return out
 
     def _write_attachment(self, record: OutgoingRecord) -> WriteResult:
         from airflow_ascora_provider.hooks.zoho import ZohoApiError
@@ -525,7 +548,7 @@ class ZohoDestination(Destination):
         if target == ATTACHMENTS:
             raise ValueError("attachments are never updated in place; nothing to restore")
         wire = self._wire_record(target, before_image)
-        answer = self.hook.update(target, [{"id": dest_id, **wire}])[0]
+        answer = self.hook.update(target, self._replacing_rows(target, [{"id": dest_id, **wire}]))[0]
         if answer.get("status") != "success":
             raise RuntimeError(f"Zoho CRM refused to restore {target} {dest_id}: {answer}")
 
