@@ -166,9 +166,12 @@ class CreditBudget:
                     resume_at=self._resume_at(spent, cost, now))
             if self.server_remaining is not None and now - self.server_seen_at < self.window \
                     and self.server_remaining - cost < 0:
+                # The org's count was read at server_seen_at; by one window later it has renewed at the
+                # latest (the budget's own window is what the reader set to the org's), so that is when to
+                # try again, rather than leaving the task to guess.
                 raise QuotaExhausted(
                     f"Zoho CRM reports {self.server_remaining} credits left for the org; {what} costs {cost}",
-                    resume_at=None)
+                    resume_at=dt.datetime.fromtimestamp(self.server_seen_at + self.window + 0.05, tz=dt.UTC))
             spent.append((now, cost))
             self._store(spent)
             if self.server_remaining is not None:
