@@ -11,6 +11,8 @@ validates every request and answer it exchanges with the hook against them):
   (201/200, 207 mixed, 400 all refused), delete at most 100 ids, get with required ``fields`` (≤ 50),
   ``per_page`` ≤ 200, the 2,000-record ``page`` limit and ``page_token`` beyond it; COQL.
 * Notes (``Parent_Id`` with module), Tasks (``What_Id`` + ``$se_module``), attachments (multipart).
+* Quotes' ``Quoted_Items`` subform: required, each row a Product lookup and a Quantity; updates
+  append rows without an id, replace rows named by id, drop ``_delete`` rows, and ``[]`` clears.
 * Metadata: ``/settings/modules`` (GET, POST custom module), ``/settings/fields`` (GET, POST, PATCH
   pick-list values), ``/settings/profiles``, ``/org``, ``/users``.
 * Bulk Write: ``/crm/v8/upload`` (zip with one CSV, headers ``feature`` and ``X-CRM-ORG``), job

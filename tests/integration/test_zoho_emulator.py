@@ -185,6 +185,37 @@ def test_metadata_and_edition_limits():
         assert refused["details"]["supported_values"] == ["Booked", "Completed"]
 
 
+def test_quoted_items_need_products_and_update_like_zoho_subforms():
+    """Rows need a product and a quantity; an update appends rows without an id, replaces a row named by
+    its id, removes one sent with ``_delete``, refuses an unknown row id, and ``[]`` clears the rows."""
+    with served_zoho(edition="professional") as zoho:
+        hook = _hook(zoho)
+        product = hook.insert("Products", [{"Product_Name": "GPO"}])[0]["details"]["id"]
+        answers = hook.insert("Quotes", [
+            {"Subject": "ok", "Quoted_Items": [{"Product_Name": {"id": product}, "Quantity": 2}]},
+            {"Subject": "no product", "Quoted_Items": [{"Quantity": 2}]},
+            {"Subject": "no quantity", "Quoted_Items": [{"Product_Name": {"id": product}}]},
+            {"Subject": "no rows"}])
+        assert [a["status"] for a in answers] == ["success", "error", "error", "error"]
+        assert [a["details"]["api_name"] for a in answers[1:]] == ["Product_Name", "Quantity", "Quoted_Items"]
+        quote = answers[0]["details"]["id"]
+
+        def rows():
+            return next(hook.get_records("Quotes", ["Quoted_Items"], ids=[quote]))["Quoted_Items"]
+
+        first = rows()[0]["id"]
+        hook.update("Quotes", [{"id": quote, "Quoted_Items": [{"Product_Name": {"id": product}, "Quantity": 5}]}])
+        assert [r["Quantity"] for r in rows()] == [2, 5]
+        hook.update("Quotes", [{"id": quote, "Quoted_Items": [
+            {"id": first, "_delete": None},
+            {"id": rows()[1]["id"], "Product_Name": {"id": product}, "Quantity": 7}]}])
+        assert [r["Quantity"] for r in rows()] == [7]
+        refused = hook.update("Quotes", [{"id": quote, "Quoted_Items": [{"id": first, "_delete": None}]}])[0]
+        assert refused["status"] == "error" and refused["details"]["id"] == first
+        cleared = hook.update("Quotes", [{"id": quote, "Quoted_Items": []}])[0]
+        assert cleared["code"] == "MANDATORY_NOT_FOUND"  # a quote keeps at least one line
+
+
 def test_credit_budget_stops_before_the_org_runs_out():
     with served_zoho(credits=60, credit_window=2.0) as zoho:
         hook = _hook(zoho, credit_budget=50, credit_window_seconds=2)
