@@ -560,6 +560,10 @@ def propose_mapping(base: Mapping, audit: dict[str, Any], described: dict[str, D
         values += proposer.values
     proposed = load_mapping(document)
     completed = complete_mapping(proposed, audit, name_of, existing)
+    # Maps completion dropped for this destination (requires_object / unless_object) decide nothing;
+    # the summary lists them as dropped instead.
+    decisions = [d for d in decisions if d.map in completed.maps]
+    values = [v for v in values if v.map in completed.maps]
     decisions += _completion_decisions(proposed, completed, audit, decisions)
     return Proposal(completed, decisions, values, model.name if model is not None else None)
 

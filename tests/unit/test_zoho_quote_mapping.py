@@ -133,3 +133,15 @@ def test_related_rows_turns_each_related_row_into_columns_in_order():
         TRANSFORMS["related_rows"].apply({"id": "q1"}, fm, ctx)
     assert caught.value.field == "Items[2].Product"
     assert "quote_line_item l2" in caught.value.reason and "was not loaded" in caught.value.reason
+
+
+def test_the_proposal_decides_nothing_for_dropped_maps_and_lists_them():
+    from airflow_ascora_provider.destinations.spec import DestField, DestObject
+    from airflow_ascora_provider.mapping.propose import propose_mapping, proposal_markdown
+
+    described = {name: DestObject(name, name, fields={"Name": DestField("Name", "text")})
+                 for name in ("Accounts", "Notes")}
+    proposal = propose_mapping(load_mapping(_base()), NO_AUDIT, described, embedder=None)
+    assert set(proposal.mapping.maps) == {"account", "line_note"}
+    assert {d.map for d in proposal.decisions} <= {"account", "line_note"}
+    assert "~~quote~~" in proposal_markdown(proposal)
