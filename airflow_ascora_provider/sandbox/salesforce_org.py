@@ -384,7 +384,7 @@ class Org:
         stored = {name: self._coerce(obj, obj.fields[name], value) for name, value in values.items()}
         for name, value in stored.items():
             f = obj.fields[name]
-            if f.type == "reference" and value is not None and not (f.audit and name.endswith("ById")):
+            if f.type == "reference" and value is not None:  # a set CreatedById must be a real User
                 self._check_reference(obj, f, value)
         merged = {**(current or {}), **stored}
         missing = [f.name for f in obj.fields.values() if f.visible and (

@@ -247,6 +247,19 @@ def test_audit_fields_on_insert_only(org):
         sf.Account.create({"Name": "New", "CreatedDate": "2019-03-04T05:06:07Z"})
 
 
+def test_created_by_is_insert_only_and_must_name_a_user(org):
+    sf = _hook(org).get_conn()
+    user = sf.query("SELECT Id FROM User WHERE IsActive = true LIMIT 1")["records"][0]["Id"]
+    created = sf.Account.create({"Name": "Uploaded by staff", "CreatedById": user})["id"]
+    assert sf.Account.get(created)["CreatedById"] == user
+    with pytest.raises(SalesforceMalformedRequest) as not_a_user:
+        sf.Account.create({"Name": "Nobody", "CreatedById": created})
+    assert not_a_user.value.content[0]["errorCode"] == "FIELD_INTEGRITY_EXCEPTION"
+    with pytest.raises(SalesforceMalformedRequest) as update:
+        sf.Account.update(created, {"CreatedById": user})
+    assert update.value.content[0]["errorCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
+
+
 def test_owner_and_reference_rules(org):
     sf = _hook(org).get_conn()
     users = {u["Email"]: u for u in sf.query_all("SELECT Id, Email, IsActive FROM User")["records"]}
