@@ -23,6 +23,7 @@ from airflow_ascora_provider.mapping.transforms import (
     TransformError,
     _maps_for,
     related_row_lookups,
+    template_fields,
 )
 from airflow_ascora_provider.mapping.values import DestRef, FileRef, UserRef
 from airflow_ascora_provider.source.model import ISSUES_COLUMN, get_object
@@ -78,7 +79,8 @@ def _related_columns(object_map: ObjectMap) -> dict[str, set[str]]:
         if fm.transform == "related":
             opts = fm.options
             key = "id" if "via" in opts else opts.get("by")
-            columns.setdefault(opts["object"], set()).update(f for f in (key, opts.get("field")) if f)
+            read = template_fields(opts["template"]) if "template" in opts else {opts.get("field")}
+            columns.setdefault(opts["object"], set()).update(f for f in (key, *read) if f)
         elif fm.transform == "related_rows":  # column templates may read any field: keep whole rows
             columns.setdefault(fm.options["object"], set()).update(get_object(fm.options["object"]).field_names)
     return columns

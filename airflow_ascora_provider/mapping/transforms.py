@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -314,11 +315,15 @@ def _related(record, fm, ctx):
     if "via" in opts:  # this record points at the related one
         key = record.get(opts["via"])
         rows = ctx.related(opts["object"], "id", key) if key else []
-    else:  # the related records point at this one
-        rows = ctx.related(opts["object"], opts["by"], record.get("id"))
+    else:  # the related records point at this one (or, with ``match``, share a value with it: same site)
+        key = record.get(opts.get("match", "id"))
+        rows = ctx.related(opts["object"], opts["by"], key) if key is not None else []
     if not rows:
         return None
-    values = [r.get(opts["field"]) for r in rows]
+    if "template" in opts:  # one line per related row, from several of its fields
+        values = [opts["template"].format_map(_Blank(_dated(r))).strip() for r in rows]
+    else:
+        values = [r.get(opts["field"]) for r in rows]
     if opts.get("key"):  # a key inside a JSON field (form answers, custom fields)
         values = [json.loads(v).get(opts["key"]) if v else None for v in values]
     values = [_as_type(v, fm) for v in values if v is not None]
@@ -338,6 +343,16 @@ def _related(record, fm, ctx):
     raise TransformError(fm.dest_field, opts.get("aggregate"), "unknown aggregate")
 
 
+def _dated(row: dict[str, Any]) -> dict[str, Any]:
+    """A related row for a one-line template: timestamps read as their day (a history line, not a log)."""
+    return {k: v.date().isoformat() if isinstance(v, dt.datetime) else v for k, v in row.items()}
+
+
+def template_fields(template: str) -> set[str]:
+    """The field names a ``str.format`` template reads."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
 def _check_related(fm, schema) -> list[str]:
     from airflow_ascora_provider.source.model import MODEL
 
@@ -346,8 +361,14 @@ def _check_related(fm, schema) -> list[str]:
     if opts.get("object") not in MODEL:
         return [f"related needs 'object', one of {sorted(MODEL)}"]
     other = MODEL[opts["object"]]
-    if not other.has_field(opts.get("field", "")):
+    if "template" in opts:
+        missing = sorted(n for n in template_fields(opts["template"]) if not other.has_field(n))
+        if missing:
+            problems.append(f"related: {other.name} has no field {missing[0]!r} (in the template)")
+    elif not other.has_field(opts.get("field", "")):
         problems.append(f"related: {other.name} has no field {opts.get('field')!r}")
+    if "match" in opts and not schema.has_field(opts["match"]):
+        problems.append(f"related: {schema.name} has no field {opts['match']!r} (match)")
     if "via" in opts and not schema.has_field(opts["via"]):
         problems.append(f"related: {schema.name} has no field {opts['via']!r}")
     if "via" not in opts and not other.has_field(opts.get("by", "")):

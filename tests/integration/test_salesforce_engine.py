@@ -245,3 +245,41 @@ def test_the_admins_alternative_maps_load_and_roll_back(small_tenant, tmp_path, 
         ctx.close()
         ascora.stop()
         org.stop()
+
+
+def test_maintenance_history_is_a_task_on_each_asset_at_a_site(small_tenant, tmp_path, monkeypatch):
+    """Ascora links jobs to sites, so an Asset's history is the jobs at its site, oldest first."""
+    ctx, ascora, org = _setup(small_tenant, tmp_path, monkeypatch)
+    before = _data(org)
+
+    def check(records):
+        equipment = _rows(small_tenant, "equipment")
+        jobs_at = {}
+        for job in sorted(_rows(small_tenant, "jobs"), key=lambda j: j.get("createdDate") or j.get("dateCreated") or ""):
+            site = (job.get("siteCustomer") or {}).get("id")
+            if site and "." not in job["jobNumber"]:  # child jobs are sections of their parent job
+                jobs_at.setdefault(site, []).append(job["jobNumber"])
+        assets = {a["Ascora_Id__c"].lower(): a for a in records["Asset"]}
+        tasks = {t["WhatId"]: t for t in records["Task"] if t.get("Subject", "").startswith("Maintenance history")}
+        sited = [e for e in equipment if e.get("siteCustomerId")]
+        assert sited and len(tasks) == len(sited)
+        with_jobs = 0
+        for item in sited:
+            task = tasks[assets[item["equipmentId"].lower()]["Id"]]
+            assert task["Status"] == "Completed" and item["name"] in task["Subject"]
+            numbers = [line.split()[1] if line[:1].isdigit() else line.split()[0]
+                       for line in task["Description"].splitlines()]
+            expected = jobs_at.get(item["siteCustomerId"], [])
+            if expected:
+                with_jobs += 1
+                assert sorted(numbers) == sorted(expected), (item["equipmentId"], numbers, expected)
+            else:
+                assert task["Description"] == "No jobs recorded at this site in Ascora."
+        assert with_jobs
+
+    try:
+        _load_reconcile_rollback(ctx, org, before, while_loaded=check)
+    finally:
+        ctx.close()
+        ascora.stop()
+        org.stop()
