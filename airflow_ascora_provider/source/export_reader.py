@@ -39,6 +39,7 @@ import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Self
 from xml.etree import ElementTree
@@ -553,8 +554,13 @@ class _Table:
         ws.reset_dimensions()  # other tools write wrong <dimension> tags; read what is really there
         yield from _sheet_rows(ws)
 
+    @cached_property
+    def encoding(self) -> str:
+        """Decided once per file: a sheet is streamed once per object it holds and for the indexes."""
+        return csv_encoding(self.path)
+
     def _csv_rows(self) -> Iterator[tuple[int, tuple[Any, ...]]]:
-        with self.path.open(encoding=csv_encoding(self.path), newline="", errors="replace") as fh:
+        with self.path.open(encoding=self.encoding, newline="", errors="replace") as fh:
             lines = (line.replace("\x00", "") for line in fh)  # csv refuses NUL bytes
             for number, row in enumerate(csv.reader(lines), start=1):
                 yield number, tuple(None if v == "" else v for v in row)
