@@ -76,6 +76,9 @@ class DestObject:
     label: str
     custom: bool = False
     fields: dict[str, DestField] = field(default_factory=dict)
+    # Records of this object are records of another one (Freshsales without the Leads module keeps
+    # leads as contacts at lifecycle stage Lead), so a field that takes the other can take these.
+    stored_as: str | None = None
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,10 @@ def run_delta(ctx: MigrationContext, *, delete_vanished: bool = False, dag_id: s
         if not gone:
             continue
         vanished[name] = [{"source_id": e.source_id, "dest_id": e.dest_id, "deleted": False} for e in gone]
-        if delete_vanished:
+        if delete_vanished and om.existing:  # a user was never ours to create, so never ours to delete
+            for item in vanished[name]:
+                item["error"] = f"not deleted: the {om.target} existed before the migration"
+        elif delete_vanished:
             errors = ctx.destination.delete_records(om.target, [e.dest_id for e in gone])
             writes = []
             for item, entry in zip(vanished[name], gone):

@@ -22,6 +22,9 @@ def _norm(value: Any) -> Any:
         return value.user_id
     if isinstance(value, AttachTo):
         return sorted((r.target_object, r.dest_id) for r in value.refs) or None
+    if isinstance(value, (tuple, list)) and value and all(isinstance(r, DestRef) for r in value):
+        ids = sorted(r.dest_id for r in value)  # a list of parents: which records, not in which order
+        return ids[0] if len(ids) == 1 else ids  # and a list of one parent is that parent
     if isinstance(value, Money):
         return (value.amount.quantize(Decimal("0.000001")), value.currency)
     if isinstance(value, Decimal):
@@ -84,6 +87,8 @@ def display(value: Any) -> Any:
         return f"user:{value.user_id}" + (" (fallback)" if value.fallback else "")
     if isinstance(value, AttachTo):
         return ", ".join(f"{r.target_object}:{r.dest_id}" for r in value.refs)
+    if isinstance(value, (tuple, list)):
+        return [display(v) for v in value]
     if dataclasses.is_dataclass(value):
         return {k: display(v) for k, v in dataclasses.asdict(value).items() if v not in (None, "", ())}
     return str(value)

@@ -155,12 +155,15 @@ class MapLoader:
         for record in outcome.records:
             digest = payload_hash(record.payload)
             entry = existing.get((record.source_id, om.target))
-            if entry is not None and entry.payload_hash == digest:
+            # A map of existing records (users) arrives with its record already found; the user it
+            # was written to before must still be that one for the write to be skipped.
+            if entry is not None and entry.payload_hash == digest and record.dest_id in (None, entry.dest_id):
                 stats.unchanged += 1
                 if self.collect:  # a retried sample still diffs what its first attempt wrote
                     stats.written.append((record.source_id, entry.dest_id, record.payload))
                 continue
-            record.dest_id = entry.dest_id if entry else None
+            if record.dest_id is None:
+                record.dest_id = entry.dest_id if entry else None
             pending.to_write.append((record, digest))
         if pending.to_write:
             pending.before, pending.adopted = self._before_images(pending.records, adopt=not resuming)

@@ -19,7 +19,7 @@ from typing import Any
 
 from airflow_ascora_provider.engine.context import MigrationContext
 from airflow_ascora_provider.engine.diff import compare_record
-from airflow_ascora_provider.engine.transform import BatchTransformer
+from airflow_ascora_provider.engine.transform import BatchTransformer, UserDirectory
 from airflow_ascora_provider.reports.render import Section, Table
 
 
@@ -28,14 +28,18 @@ def reconcile(ctx: MigrationContext, verify: str = "sample", verify_size: int = 
     objects: dict[str, Any] = {}
     content: dict[str, Any] = {}
     rng = random.Random(seed)
+    users = UserDirectory(ctx)
     for name, info in manifest["objects"].items():
         maps = ctx.mapping.maps_for_source(name)
         staged_ids: set[str] = set()
-        no_map = 0
+        no_map = no_user = 0
         for record in ctx.snapshot.iter_records(name):
             staged_ids.add(record["id"])
-            if maps and not any(m.when is None or m.when.matches(record, ctx.as_of) for m in maps):
+            taken = [m for m in maps if m.when is None or m.when.matches(record, ctx.as_of)]
+            if maps and not taken:
                 no_map += 1
+            elif taken and all(m.existing == "users" for m in taken) and users.user_for_staff(record["id"]) is None:
+                no_user += 1
         loaded: set[str] = set()
         per_target: dict[str, list] = defaultdict(list)
         for om in maps:
@@ -52,10 +56,12 @@ def reconcile(ctx: MigrationContext, verify: str = "sample", verify_size: int = 
             "staged": info["staged"],
             "loaded": len(loaded),
             "quarantined": len(quarantined) + info["quarantined"],
-            "skipped": info["skipped"] + rule_skipped + no_map,
+            "skipped": info["skipped"] + rule_skipped + no_map + no_user,
             "skip_rules": ({ctx.mapping.not_migrated.get(name, "not mapped to " + ctx.destination_name): rule_skipped}
                            if rule_skipped else {}) |
                           ({"no map condition applies": no_map} if no_map else {}) |
+                          ({f"no {ctx.destination_name} user has the staff member's e-mail (see Owners)": no_user}
+                           if no_user else {}) |
                           ({"exact duplicate at extraction": info["skipped"]} if info["skipped"] else {}),
         }
         row["missing"] = row["read"] - row["loaded"] - row["quarantined"] - row["skipped"]

@@ -91,7 +91,9 @@ def start_unit(ctx: MigrationContext, unit: dict[str, Any]) -> tuple[LoadStats |
     crash at any point leaves the same state a crashed batch write would.
     """
     om = ctx.mapping.maps[unit["map"]]
-    threshold = ctx.destination.bulk_threshold(om.target)
+    # A bulk job's results are matched back to records by their Ascora id: a map without a key field
+    # (one that only updates users it found by e-mail) writes batch by batch.
+    threshold = ctx.destination.bulk_threshold(om.target) if om.key_field else None
     if threshold is None:
         return run_unit(ctx, unit), None
     loader, batches = prepare_unit(ctx, unit)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from airflow_ascora_provider.destinations.spec import DestField, DestObject, LoadForecast, SchemaChange
@@ -74,6 +74,19 @@ def _value_map_outputs(options: dict[str, Any]) -> list[str]:
     return sorted(set(values))
 
 
+def _wanted_options(fm) -> list[str]:
+    """The pick-list values a field's records can carry: a value map's or a choice's outputs, or the
+    values in use that completion copied from the audit into the field's ``create`` spec."""
+    if fm.transform == "value_map":
+        return _value_map_outputs(fm.options)
+    if fm.transform == "choose":
+        values = [case.get("value") for case in fm.options.get("cases") or ()] + [fm.default]
+        return sorted({str(v) for v in values if v is not None})
+    if fm.create is not None and fm.create.values_in_use:
+        return list(fm.create.options)
+    return []
+
+
 def plan_schema(mapping: Mapping, described: dict[str, DestObject], creatable: frozenset[str],
                 born_with: frozenset[str] = frozenset()) -> SchemaPlan:
     """``born_with``: fields a custom object has as soon as it is created (Twenty: ``name``)."""
@@ -110,15 +123,19 @@ def plan_schema(mapping: Mapping, described: dict[str, DestObject], creatable: f
                     "custom_field", om.target, fm.dest_field, spec, by_api="custom_field" in creatable,
                     reason="" if "custom_field" in creatable else "custom fields must be created by an admin"))
             dest_type = dest_field.type if dest_field else (planned_fields.get(key) or spec).type
-            if fm.transform == "value_map" and dest_type in ("picklist", "multi_picklist"):
-                wanted = _value_map_outputs(fm.options)
+            if dest_field is None and spec is not None and spec.values_in_use and not \
+                    (planned_fields.get(key) or spec).options:
+                plan.problems.append(f"maps.{map_name}.fields.{fm.dest_field}: no value of {om.source}."
+                                     f"{fm.sources[0] if fm.sources else '?'} is in use, so the new pick-list would "
+                                     "have no values; complete the mapping from the audit, list 'options', or "
+                                     "remove the field")
+            wanted = _wanted_options(fm) if dest_type in ("picklist", "multi_picklist") else []
+            if wanted:
                 have = set(dest_field.options) if dest_field else set((planned_fields.get(key) or spec).options)
                 missing = [v for v in wanted if v not in have]
                 if missing and dest_field is None:
                     created = planned_fields[key]
-                    planned_fields[key] = FieldCreate(created.type, created.label, tuple(created.options) +
-                                                      tuple(missing), created.unique, created.lookup_target,
-                                                      created.help_text)
+                    planned_fields[key] = replace(created, options=tuple(created.options) + tuple(missing))
                     for change in plan.changes:
                         if change.kind == "custom_field" and (change.object, change.field) == key:
                             object.__setattr__(change, "spec", planned_fields[key])

@@ -22,6 +22,7 @@ from airflow_ascora_provider.mapping.transforms import (
     TRANSFORMS,
     TransformError,
     _maps_for,
+    refs_related_ids,
     related_row_lookups,
     template_fields,
 )
@@ -81,6 +82,9 @@ def _related_columns(object_map: ObjectMap) -> dict[str, set[str]]:
             key = "id" if "via" in opts else opts.get("by")
             read = template_fields(opts["template"]) if "template" in opts else {opts.get("field")}
             columns.setdefault(opts["object"], set()).update(f for f in (key, *read) if f)
+        elif fm.transform == "refs":  # only the rows' ids are resolved
+            for part in fm.options.get("related") or ():
+                columns.setdefault(part["object"], set()).update({part["by"], "id"})
         elif fm.transform == "related_rows":  # column templates may read any field: keep whole rows
             columns.setdefault(fm.options["object"], set()).update(get_object(fm.options["object"]).field_names)
     return columns
@@ -94,6 +98,13 @@ class UserDirectory:
         data = json.loads(text) if text else {}
         self.by_name: dict[str, dict[str, Any]] = data.get("by_name", {})
         self.fallback_user_id: str | None = data.get("fallback_user_id")
+        self.by_staff_id: dict[str, str] = data.get("by_staff_id") or {
+            e["staff_id"]: e["user_id"] for e in self.by_name.values() if e.get("user_id") and e.get("staff_id")}
+
+    def user_for_staff(self, staff_id: str) -> str | None:
+        """The destination user matched to this staff member by e-mail; never the fallback owner,
+        whose own values are not a staff member's to overwrite."""
+        return self.by_staff_id.get(staff_id)
 
     def owner(self, staff_name: str | None) -> UserRef | None:
         match = self.by_name.get((staff_name or "").strip().casefold())
@@ -110,6 +121,7 @@ class _BatchContext:
     def __init__(self, ctx: MigrationContext, refs: dict[tuple[str, str], DestRef], users: UserDirectory,
                  related: RelatedIndex):
         self.currency = ctx.mapping.currency
+        self.as_of = ctx.as_of
         self._refs = refs
         self._users = users
         self._related = related
@@ -134,7 +146,8 @@ class BatchTransformer:
         self.map = object_map
         self.users = UserDirectory(ctx)
         self.related = RelatedIndex(ctx, _related_columns(object_map))
-        self.lookup_fields = [fm for fm in object_map.fields if fm.transform in ("lookup", "attach")]
+        self.lookup_fields = [fm for fm in object_map.fields if fm.transform in ("lookup", "attach")
+                              or (fm.transform == "refs" and fm.sources)]
         # Resolved once per task, not per record: each field's transform, each lookup source as its
         # own one-source field (what _maps_for takes), the fields that can hold a file.
         self.appliers = [(fm, TRANSFORMS[fm.transform].apply) for fm in object_map.fields]
@@ -142,6 +155,8 @@ class BatchTransformer:
                                for fm in self.lookup_fields for source_field in fm.sources]
         self.file_fields = [fm.dest_field for fm in object_map.fields if fm.transform == "file"]
         self.row_fields = [fm for fm in object_map.fields if fm.transform == "related_rows"]
+        self.related_refs = [part for fm in object_map.fields if fm.transform == "refs"
+                             for part in fm.options.get("related") or ()]
         self.used = object_map.used_source_fields()
 
     def _prefetch(self, records: list[dict[str, Any]]) -> dict[tuple[str, str], DestRef]:
@@ -157,6 +172,9 @@ class BatchTransformer:
             for record in records:
                 for map_name, value in related_row_lookups(record, fm, self.related.rows):
                     wanted[map_name].add(value)
+        for part in self.related_refs:
+            for record in records:
+                wanted[part["map"]].update(refs_related_ids(record, part, self.related.rows))
         refs: dict[tuple[str, str], DestRef] = {}
         for map_name, ids in wanted.items():
             parent = self.ctx.mapping.maps[map_name]
@@ -171,6 +189,10 @@ class BatchTransformer:
         outcome = TransformOutcome()
         om = self.map
         applicable = [r for r in records if om.when is None or om.when.matches(r, self.ctx.as_of)]
+        existing: dict[str, str] = {}
+        if om.existing == "users":  # only staff with a matched user have a record to update
+            existing = {r["id"]: uid for r in applicable if (uid := self.users.user_for_staff(r["id"]))}
+            applicable = [r for r in applicable if r["id"] in existing]
         outcome.not_for_this_map = len(records) - len(applicable)
         bctx = _BatchContext(self.ctx, self._prefetch(applicable), self.users, self.related)
         used = self.used
@@ -205,7 +227,8 @@ class BatchTransformer:
                 continue
             if om.key_field:
                 payload[om.key_field] = source_id
-            outcome.records.append(OutgoingRecord(source_id=source_id, payload=payload))
+            outcome.records.append(OutgoingRecord(source_id=source_id, payload=payload,
+                                                  dest_id=existing.get(source_id)))
             outcome.source_values[source_id] = {s: record.get(s) for s in used}
         return outcome
 

@@ -42,7 +42,11 @@ def resolve_users(ctx: MigrationContext) -> dict[str, Any]:
                  "user_id": user.id if user else None}
         by_name[key] = entry
         (matched if user else unmatched).append(entry)
-    result = {"by_name": by_name, "fallback_user_id": fallback_id, "fallback_email": fallback_email,
+    # Maps that write to the users themselves (a role pick-list on the User) go by staff id: two staff
+    # members may share a name, never an id.
+    by_staff_id = {entry["staff_id"]: entry["user_id"] for entry in matched}
+    result = {"by_name": by_name, "by_staff_id": by_staff_id, "fallback_user_id": fallback_id,
+              "fallback_email": fallback_email,
               "matched": len(matched), "unmatched": unmatched, "destination_users": len(users)}
     ctx.ledger.set_watermark(ctx.destination_name, USERS_WATERMARK, json.dumps(result))
     if unmatched and not fallback_id:

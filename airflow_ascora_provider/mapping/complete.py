@@ -37,11 +37,14 @@ def _label(text: str) -> str:
 
 
 def complete_mapping(mapping: Mapping, audit: dict[str, Any], field_name=None,
-                     existing_fields: dict[str, set[str]] | None = None) -> Mapping:
+                     existing_fields: dict[str, set[str]] | None = None, described: dict[str, Any] | None = None
+                     ) -> Mapping:
     """Return a new mapping with custom, form and unmapped fields spelled out.
 
     ``field_name(label)`` turns a label into the destination's API name for a new field (the
     plugin's rule); ``existing_fields`` are destination fields per object, used to avoid clashes.
+    ``described`` (the destination's objects) lets completion leave out links the destination
+    cannot hold (:func:`_drop_unholdable_links`).
     """
     from airflow_ascora_provider.destinations.spec import Destination
 
@@ -49,6 +52,8 @@ def complete_mapping(mapping: Mapping, audit: dict[str, Any], field_name=None,
     document = copy.deepcopy(mapping.document)
     if existing_fields is not None:
         mapping = _drop_maps_for_objects(mapping, document, set(existing_fields))
+    if described is not None:
+        mapping = _drop_unholdable_links(mapping, document, described)
     existing_fields = existing_fields or {}
     custom_inventory = audit.get("custom_fields", {})
     for map_name, om in mapping.maps.items():
@@ -97,6 +102,7 @@ def complete_mapping(mapping: Mapping, audit: dict[str, Any], field_name=None,
                 if neutral != "text":
                     entry["as"] = neutral
                 fields[dest] = entry
+        _fill_values_in_use(fields, om, audit)
         if om.unmapped == "custom_field":
             used = om.used_source_fields() | set(om.skip) | NEVER_EXPANDED
             for canonical in om.schema.fields:
@@ -111,6 +117,61 @@ def complete_mapping(mapping: Mapping, audit: dict[str, Any], field_name=None,
             raw["skip"] = skip
             for rel_field in relation_fields:
                 skip.setdefault(rel_field, "a reference no map of this destination resolves")
+    return load_mapping(document)
+
+
+def _fill_values_in_use(fields: dict[str, Any], om, audit: dict[str, Any]) -> None:
+    """Give each ``values_in_use`` pick-list the values the audit counted for its source field.
+
+    Values already listed stay first, in their order (an admin's ordering survives); new ones follow
+    sorted. Completing again for a delta snapshot adds what appeared since, never removes a value:
+    records already loaded may hold it.
+    """
+    in_use_by_field = (audit.get("picklists") or {}).get(om.source, {})
+    for fm in om.fields:
+        if fm.create is None or not fm.create.values_in_use or not fm.sources:
+            continue
+        in_use = in_use_by_field.get(fm.sources[0], {}).get("in_use") or {}
+        entry = fields[fm.dest_field]
+        listed = [str(o) for o in entry["create"].get("options") or ()]
+        entry["create"]["options"] = listed + sorted(str(v) for v in in_use if str(v) not in listed)
+
+
+def _drop_unholdable_links(mapping: Mapping, document: dict[str, Any], described: dict[str, Any]) -> Mapping:
+    """Leave out the ``related`` entries of ``refs`` fields whose records the field cannot hold.
+
+    A Freshsales deal lists contacts. An enquiry is a contact on an account without the Leads
+    module (its object is ``stored_as`` contact) and a lead otherwise, which no deal can list; the
+    same mapping serves both, and completion decides which applies. Each entry left out is listed
+    under ``dropped_links`` with the reason, so the approved file says what is not linked and why.
+    """
+    dropped: dict[str, str] = dict(document.get("dropped_links") or {})
+    for name, om in mapping.maps.items():
+        target = described.get(om.target)
+        for fm in om.fields:
+            parts = fm.options.get("related") if fm.transform == "refs" else None
+            holds = target.fields.get(fm.dest_field).lookup_target if target and fm.dest_field in target.fields \
+                else None
+            if not parts or not holds:
+                continue
+            keep = []
+            for part in parts:
+                linked = mapping.maps[part["map"]].target
+                stored_as = getattr(described.get(linked), "stored_as", None)
+                if linked == holds or stored_as == holds:
+                    keep.append(part)
+                else:
+                    dropped[f"{name}.{fm.dest_field}: {part['object']} via {part['map']}"] = (
+                        f"{om.target}.{fm.dest_field} holds {holds} records; {part['map']} writes {linked} records")
+            if len(keep) != len(parts):
+                entry = document["maps"][name]["fields"][fm.dest_field]
+                if keep:
+                    entry["related"] = keep
+                else:
+                    entry.pop("related")
+    if not dropped:
+        return mapping
+    document["dropped_links"] = dropped
     return load_mapping(document)
 
 

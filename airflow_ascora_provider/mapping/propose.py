@@ -559,7 +559,7 @@ def propose_mapping(base: Mapping, audit: dict[str, Any], described: dict[str, D
         decisions += proposer.decisions
         values += proposer.values
     proposed = load_mapping(document)
-    completed = complete_mapping(proposed, audit, name_of, existing)
+    completed = complete_mapping(proposed, audit, name_of, existing, described)
     # Maps completion dropped for this destination (requires_object / unless_object) decide nothing;
     # the summary lists them as dropped instead.
     decisions = [d for d in decisions if d.map in completed.maps]

@@ -47,6 +47,7 @@ NEUTRAL_TYPES = frozenset({
     "multi_picklist", "email", "phone", "url", "address", "full_name", "lookup", "rich_text",
 })
 UNMAPPED_POLICIES = frozenset({"custom_field", "skip"})
+EXISTING_RECORDS = frozenset({"users"})  # destination records a map may update but never create
 
 
 class MappingError(ValueError):
@@ -67,6 +68,9 @@ class FieldCreate:
     unique: bool = False
     lookup_target: str | None = None  # for type lookup: the destination object it points at
     help_text: str | None = None
+    # A pick-list of values the tenant defines (labour roles, kinds of equipment): completion adds the
+    # values the audit found in use to ``options``, and the schema step adds any the destination lacks.
+    values_in_use: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,10 @@ class ObjectMap:
     expand: tuple[str, ...] = ()  # "custom_fields" and/or "form_fields": filled in by completion
     requires_object: str | None = None  # kept by completion only if the destination has this object
     unless_object: str | None = None  # dropped by completion if the destination has this object
+    # "users": the map only updates records the destination already holds, its users matched to Ascora
+    # staff by e-mail at user resolution. Nothing is created or deleted, and every write keeps the
+    # user's values from before it, so rollback puts them back.
+    existing: str | None = None
 
     @property
     def schema(self) -> ObjectSchema:
@@ -187,6 +195,10 @@ class ObjectMap:
         for fm in self.fields:
             if fm.transform in ("lookup", "attach"):
                 names.update(_lookup_maps(fm.options))
+            elif fm.transform == "refs":
+                names.update(_lookup_maps(fm.options) if fm.sources else ())
+                names.update(part["map"] for part in fm.options.get("related") or () if isinstance(part, dict)
+                             and isinstance(part.get("map"), str))
             elif fm.transform == "related_rows":  # row columns that look up other maps' records
                 for column in (fm.options.get("columns") or {}).values():
                     names.update(_lookup_maps(column) if isinstance(column, dict) else ())
@@ -327,6 +339,7 @@ def _parse_create(raw: Any, where: str, problems: list[str], dest_field: str) ->
         unique=bool(raw.get("unique", False)),
         lookup_target=raw.get("target"),
         help_text=raw.get("help_text"),
+        values_in_use=bool(raw.get("values_in_use", False)),
     )
 
 
@@ -423,6 +436,14 @@ def parse_mapping(document: dict[str, Any]) -> Mapping:
             if not schema.has_field(fname):
                 problems.append(f"{where}.skip: {source} has no field {fname!r}")
         expand = tuple(raw.get("expand") or ())
+        existing = raw.get("existing")
+        if existing is not None and existing not in EXISTING_RECORDS:
+            problems.append(f"{where}.existing: must be one of {sorted(EXISTING_RECORDS)}")
+            existing = None
+        elif existing == "users" and source != "staff_user":
+            problems.append(f"{where}.existing: users are matched to staff members; the source must be "
+                            f"staff_user, not {source}")
+            existing = None
         for item in expand:
             if item not in ("custom_fields", "form_fields"):
                 problems.append(f"{where}.expand: unknown {item!r} (custom_fields, form_fields)")
@@ -434,8 +455,10 @@ def parse_mapping(document: dict[str, Any]) -> Mapping:
             when=_parse_condition(raw.get("when"), f"{where}.when", schema, problems),
             unmapped=unmapped,
             skip=skip,
-            key_field=raw.get("key_field", document.get("key_field")),
+            # A record this map never creates needs no Ascora id to be found again by: the user is the key.
+            key_field=None if existing else raw.get("key_field", document.get("key_field")),
             expand=expand,
+            existing=existing,
             requires_object=_object_name(raw, "requires_object", where, problems),
             unless_object=_object_name(raw, "unless_object", where, problems),
         )

@@ -51,6 +51,10 @@ class TransformContext(Protocol):
 
     def related(self, object_name: str, key_field: str, key: Any) -> list[dict[str, Any]]: ...
 
+    #: The snapshot's extraction time (or the mapping's pinned reference time): what ``choose``'s
+    #: date conditions measure age from, as a map's ``when`` does.
+    as_of: dt.datetime | None
+
 
 @dataclass(frozen=True)
 class Transform:
@@ -475,6 +479,108 @@ def _check_related_rows(fm, schema) -> list[str]:
     return problems
 
 
+def _refs(record, fm, ctx):
+    """Several parents in one field that takes a list: a deal's contacts are the customer's person and
+    the enquiry contact the job came from.
+
+    ``from`` + ``map`` resolve like ``lookup``; each entry of ``related`` finds rows of another object
+    that name this record (``by`` their field, ``match`` this record's value, ``id`` by default) and
+    resolves each row through its ``map``. Parents that were not loaded are left out; ``required``
+    wants at least one.
+    """
+    refs: list[DestRef] = []
+    if fm.sources:
+        ref = _lookup(record, type(fm)(fm.dest_field, "lookup", fm.sources, fm.options, False), ctx)
+        if ref is not None:
+            refs.append(ref)
+    for part in fm.options.get("related") or ():
+        for row_id in refs_related_ids(record, part, ctx.related):
+            ref = ctx.resolve([part["map"]], row_id)
+            if ref is not None and ref not in refs:
+                refs.append(ref)
+    if not refs and fm.required:
+        raise TransformError(fm.sources[0] if fm.sources else fm.dest_field, record.get(fm.sources[0]) if fm.sources
+                             else None, f"{fm.dest_field} needs a parent but none was loaded")
+    return tuple(refs) or None
+
+
+def refs_related_ids(record: dict[str, Any], part: dict[str, Any],
+                     related: Callable[[str, str, Any], list[dict[str, Any]]]) -> list[str]:
+    """Ids of the rows one ``related`` entry of a ``refs`` field points at (also what the engine
+    fetches from the crosswalk before the batch is transformed)."""
+    key = record.get(part.get("match", "id"))
+    if key is None or key == "":
+        return []
+    return [str(row["id"]) for row in related(part["object"], part["by"], key)]
+
+
+def _check_refs(fm, schema) -> list[str]:
+    from airflow_ascora_provider.source.model import MODEL
+
+    problems = []
+    if fm.sources and not fm.options.get("map"):
+        problems.append("refs: 'from' needs 'map' (the map that wrote the parent)")
+    parts = fm.options.get("related") or []
+    if not fm.sources and not parts:
+        problems.append("refs needs 'from' + 'map', or 'related' entries")
+    for i, part in enumerate(parts):
+        where = f"refs: related[{i}]"
+        if not isinstance(part, dict) or part.get("object") not in MODEL:
+            problems.append(f"{where} needs 'object', one of {sorted(MODEL)}")
+            continue
+        if not MODEL[part["object"]].has_field(part.get("by", "")):
+            problems.append(f"{where}: {part['object']} has no field {part.get('by')!r} (by)")
+        if not schema.has_field(part.get("match", "id")):
+            problems.append(f"{where}: {schema.name} has no field {part.get('match')!r} (match)")
+        if not isinstance(part.get("map"), str):
+            problems.append(f"{where} needs 'map' (the map that wrote the {part['object']} records)")
+    return problems
+
+
+def choose_cases(fm) -> list[tuple[Any, Any]]:
+    """The ``cases`` of a ``choose`` field as (condition, value) pairs, parsed by :func:`_check_choose`
+    when the mapping was loaded (against the map's source object, which the field map does not hold)."""
+    cached = _CASES.get(id(fm))
+    if cached is None or cached[0] is not fm:
+        raise TransformError(fm.dest_field, None, "choose: the field map was not loaded through a mapping file")
+    return cached[1]
+
+
+_CASES: dict[int, tuple[Any, list[tuple[Any, Any]]]] = {}
+
+
+def _choose(record, fm, ctx):
+    """The value of the first case whose condition holds (``default`` otherwise): a status worked out
+    from dates, such as equipment under warranty or not on the day of extraction."""
+    for condition, value in choose_cases(fm):
+        if condition.matches(record, ctx.as_of):
+            return value
+    return None
+
+
+def _check_choose(fm, schema) -> list[str]:
+    from airflow_ascora_provider.mapping.spec import _parse_condition
+
+    cases = fm.options.get("cases")
+    if not isinstance(cases, list) or not cases:
+        return ["choose needs 'cases': a list of {when: <condition>, value: <value>}"]
+    problems: list[str] = []
+    parsed = []
+    for i, case in enumerate(cases):
+        if not isinstance(case, dict) or "when" not in case or "value" not in case:
+            problems.append(f"choose: cases[{i}] needs 'when' and 'value'")
+            continue
+        condition = _parse_condition(case["when"], f"choose: cases[{i}].when", schema, problems)
+        missing = sorted(condition.fields() - set(fm.sources)) if condition else []
+        if missing:
+            problems.append(f"choose: cases[{i}] reads {', '.join(missing)}; list it in 'from' (what the value "
+                            "depends on)")
+        parsed.append((condition, case["value"]))
+    if not problems:
+        _CASES[id(fm)] = (fm, parsed)
+    return problems
+
+
 _ADDRESS_FIELDS = ("address_line1", "address_line2", "suburb", "state", "postcode", "country", "latitude", "longitude")
 
 TRANSFORMS: dict[str, Transform] = {
@@ -505,6 +611,9 @@ TRANSFORMS: dict[str, Transform] = {
         Transform("attach", _attach, check=_check_lookup, description="parents a note/task/file hangs off"),
         Transform("owner", _owner, ("assigned_user_name",), description="staff member → destination user"),
         Transform("related", _related, check=_check_related, description="a value from another staged object"),
+        Transform("refs", _refs, check=_check_refs,
+                  description="several parents for a field that takes a list (a deal's contacts)"),
+        Transform("choose", _choose, check=_check_choose, description="the value of the first case whose 'when' holds"),
         Transform("related_rows", _related_rows, check=_check_related_rows,
                   description="rows of another staged object pointing here, each with its own column transforms"),
     )

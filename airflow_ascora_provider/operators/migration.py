@@ -180,7 +180,8 @@ class ProposeMappingOperator(MigrationStepOperator):
                 # Only the destination's own fields are off limits: custom fields an earlier run created
                 # for this mapping keep their names, so re-proposing gives the same map (and hash).
                 existing = {n: {f for f, d in obj.fields.items() if not d.custom} for n, obj in described.items()}
-                proposal = Proposal(complete_mapping(base, audit, ctx.destination.custom_field_name, existing),
+                proposal = Proposal(complete_mapping(base, audit, ctx.destination.custom_field_name, existing,
+                                                     described),
                                     [], [])
             mapping = proposal.mapping
             caps = ctx.destination.capabilities

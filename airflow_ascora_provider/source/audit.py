@@ -166,7 +166,7 @@ def audit_snapshot(snapshot: Snapshot) -> dict[str, Any]:
         issue_samples: dict[tuple[str, str], list] = defaultdict(list)
         orphan_counts: Counter[str] = Counter()
         orphan_samples: dict[str, list] = defaultdict(list)
-        picks: dict[str, Counter[str]] = {f.name: Counter() for f in schema.fields if f.choices}
+        picks: dict[str, Counter[str]] = {f.name: Counter() for f in schema.fields if f.choices or f.open_choices}
         custom = _CustomFieldStats()
         json_fields = [f.name for f in schema.fields if f.type is FieldType.JSON]
         for batch in snapshot.iter_batches(name):
@@ -226,7 +226,8 @@ def audit_snapshot(snapshot: Snapshot) -> dict[str, Any]:
             choices = set(schema.field(field_name).choices)
             result["picklists"].setdefault(name, {})[field_name] = {
                 "in_use": dict(counter.most_common()),
-                "not_in_ascora_list": sorted(v for v in counter if v not in choices),
+                # An open list (labour roles) has nothing to be outside of.
+                "not_in_ascora_list": sorted(v for v in counter if v not in choices) if choices else [],
             }
         summary = custom.summary()
         if summary:

@@ -64,6 +64,9 @@ class Field:
     required: bool = False
     description: str = ""
     choices: tuple[str, ...] = ()  # pick-list values the source may hold (after synonym folding)
+    # A list the tenant defines for itself (labour roles, kinds of equipment): no fixed values to check
+    # against, but the audit counts the values in use so a destination pick-list can be made of them.
+    open_choices: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,7 @@ OBJECTS: tuple[ObjectSchema, ...] = (
             *_PERSON,
             Field("is_active", B),
             Field("user_type", S, choices=("Office", "Mobile", "Admin")),
-            Field("labour_role", S),
+            Field("labour_role", S, open_choices=True),
             Field("team", S),
         ),
         natural_key=("full_name",),
@@ -486,7 +489,8 @@ OBJECTS: tuple[ObjectSchema, ...] = (
             _id(),
             Field("customer_id", S, required=True),
             Field("site_id", S),
-            Field("name", S, required=True),
+            Field("name", S, required=True, open_choices=True,
+                  description="what it is (\"Hot water system\"): Ascora names equipment by its kind"),
             Field("make", S),
             Field("model", S),
             Field("serial_number", S),

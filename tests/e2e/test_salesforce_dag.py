@@ -91,8 +91,10 @@ def _assert_reconciled_once(org, run) -> None:
 @pytest.mark.parametrize("ledger_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
                          indirect=True)
 def test_full_rerun_delta_and_rollback_to_the_exact_org(sandbox):
+    from tests.integration.test_salesforce_engine import _users
+
     org = sandbox["org"]
-    before = _data(org)
+    before, users_before = _data(org), _users(org)
 
     first = _run("ascora_to_salesforce", CONF)
     ledger = _ledger()
@@ -103,6 +105,7 @@ def test_full_rerun_delta_and_rollback_to_the_exact_org(sandbox):
     data = _data(org)
     assert data["Account"] and data["Opportunity"] and data["Invoice__c"] and data["ContentVersion"]
     assert all(o["OwnerId"] for o in data["Opportunity"] + data["Task"])
+    assert any(u.get("Staff_Role__c") for u in org.app.state.salesforce.users()), "staff roles on their Users"
 
     second = _run("ascora_to_salesforce", CONF)
     assert ledger.audit_ops_count(second.run_id) == {}
@@ -131,6 +134,7 @@ def test_full_rerun_delta_and_rollback_to_the_exact_org(sandbox):
     _run("ascora_rollback", {"destination": "salesforce", "run_id": delta.run_id, "confirm": True})
     _run("ascora_rollback", {"destination": "salesforce", "run_id": first.run_id, "confirm": True})
     assert _data(org) == before
+    assert _users(org, like=users_before) == users_before
     assert ledger.get_run(first.run_id)["status"] == "rolled_back"
     _run("ascora_rollback", {"destination": "salesforce", "run_id": first.run_id, "confirm": True})
     assert _data(org) == before

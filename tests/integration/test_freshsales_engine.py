@@ -74,7 +74,8 @@ class Rig:
         described = self.dest.describe_schema()
         self.mapping = complete_mapping(load_mapping(FreshsalesDestination.default_mapping), extracted["audit"],
                                         self.dest.custom_field_name,
-                                        {n: {f for f, d in o.fields.items() if not d.custom} for n, o in described.items()})
+                                        {n: {f for f, d in o.fields.items() if not d.custom} for n, o in described.items()},
+                                        described)
 
     def destination(self, **overrides):
         from airflow_ascora_provider.destinations.freshsales.plugin import FreshsalesDestination
@@ -171,6 +172,94 @@ def test_schema_is_listed_for_the_admin_and_checked_against_the_plan(rig):
                if s["action"] == "create_field")
     # The custom fields of the Pro plan are enough for this tenant.
     assert rig.dest.check_plan(plan.changes) == []
+
+
+def _by_key(rows) -> dict[str, dict]:
+    return {(r.get("custom_field") or {}).get("cf_ascora_id"): r for r in rows
+            if (r.get("custom_field") or {}).get("cf_ascora_id")}
+
+
+def _converted_and_equipment_rows(rig, ctx):
+    """Staged enquiries converted into a quote or job, and staged equipment, as the seed rows read them."""
+    enquiries = [e for e in ctx.snapshot.iter_records("enquiry")
+                 if e["converted_to_quote_number"] or e["converted_to_job_number"]]
+    return enquiries, list(ctx.snapshot.iter_records("equipment"))
+
+
+@pytest.mark.parametrize("leads_module", [False, True], ids=["contacts-as-leads", "leads-module"])
+def test_converted_enquiries_link_to_their_deals_and_equipment_has_type_and_status(extracted, tmp_path, leads_module):
+    """Seed rows: "if the enquiry converted to a job, the resulting Deal links back to the original Lead via
+    the Deal's Contact", and "equipment type and status become custom pick-list fields"."""
+    import datetime as dt
+
+    from airflow_ascora_provider.engine.reconcile import reconcile
+    from airflow_ascora_provider.engine.rollback import rollback_run
+    from airflow_ascora_provider.engine.runner import load_everything
+
+    rig = Rig(extracted, tmp_path, leads_module=leads_module)
+    try:
+        dropped = rig.mapping.document.get("dropped_links") or {}
+        if leads_module:  # a deal cannot list a lead: completion says so instead of a load refusing it
+            assert set(dropped) == {"deal.contacts_added_list: enquiry via enquiry",
+                                    "quote_deal.contacts_added_list: enquiry via enquiry"}
+        else:
+            assert not dropped
+        rig.prepare_schema()
+        before = rig.state.snapshot()
+        ctx = rig.context()
+        load_everything(ctx)
+        records = rig.records()
+        enquiries, equipment = _converted_and_equipment_rows(rig, ctx)
+        assert enquiries and equipment
+        deals = list(records["deal"])
+        by_number = {}
+        for deal in deals:
+            fields = deal.get("custom_field") or {}
+            by_number[fields.get("cf_quote_number") or fields.get("cf_job_number")] = deal
+        leads = _by_key(records["lead" if leads_module else "contact"])
+        for enquiry in enquiries:
+            deal = by_number[enquiry["converted_to_quote_number"] or enquiry["converted_to_job_number"]]
+            assert deal["custom_field"]["cf_source_enquiry"] == enquiry["enquiry_number"]
+            if leads_module:  # the lead is its own record, found by the enquiry number both carry
+                assert leads[enquiry["id"]]["custom_field"]["cf_enquiry_number"] == enquiry["enquiry_number"]
+                continue
+            # Without the Leads module the enquirer is a contact, and that contact is on the deal: the
+            # enquiry's own contact, or (one e-mail, one contact) the customer's person it became.
+            holder = [c["id"] for c in records["contact"] if c.get("email") and
+                      c["email"].casefold() == (enquiry["email"] or "").casefold()]
+            assert len(holder) == 1 and holder[0] in deal["contacts_added_list"], (enquiry["enquiry_number"], deal)
+            if enquiry["id"] in leads:
+                assert leads[enquiry["id"]]["id"] == holder[0]
+        if not leads_module:
+            assert any(e["id"] in leads for e in enquiries), "an enquiry contact of its own is linked too"
+
+        modules = _by_key(records["cm_equipment"])
+        as_of = ctx.as_of.date()
+        states = set()
+        for item in equipment:
+            fields = modules[item["id"]]["custom_field"]
+            assert fields["cf_equipment_type"] == item["name"]
+            expiry = item["warranty_expiry"]
+            expected = "No warranty date" if expiry is None else \
+                "Under warranty" if expiry >= as_of else "Warranty expired"
+            assert fields["cf_equipment_status"] == expected, item["id"]
+            states.add(expected)
+        assert {"Under warranty", "Warranty expired"} <= states
+        # Both are dropdowns whose choices are exactly the kinds in use and the three states.
+        settings = {f["name"]: f for f in rig.state.fields["cm_equipment"]}
+        assert settings["cf_equipment_type"]["type"] == "dropdown"
+        assert {c["value"] for c in settings["cf_equipment_type"]["choices"]} == {i["name"] for i in equipment}
+        assert {c["value"] for c in settings["cf_equipment_status"]["choices"]} == {
+            "Under warranty", "Warranty expired", "No warranty date"}
+
+        result = reconcile(ctx, verify="all")
+        assert result["ok"], ({m: c for m, c in result["content"].items() if c["mismatch"] or c["missing"]},
+                              result["totals"])
+        summary = rollback_run(rig.ledger, rig.dest, "freshsales", "run-1", "run-1__rollback")
+        assert summary["complete"], summary["failures"]
+        assert rig.state.snapshot()["records"] == before["records"]
+    finally:
+        rig.close()
 
 
 def test_a_tenant_over_the_plans_custom_field_caps_gets_a_plan_error_before_any_write(extracted, tmp_path):

@@ -283,3 +283,87 @@ def test_maintenance_history_is_a_task_on_each_asset_at_a_site(small_tenant, tmp
         ctx.close()
         ascora.stop()
         org.stop()
+
+
+USER_STAMPS = ("LastModifiedDate", "SystemModstamp", "LastModifiedById")
+
+
+def _users(org, like: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Every User as the migration could change it (the modification stamps of a restored User move on).
+
+    With ``like`` (an earlier reading), fields created since then are left out where they are empty: the
+    schema step adds Staff_Role__c to every User, and rollback empties it again.
+    """
+    users = {u["Id"]: {k: v for k, v in u.items() if k not in USER_STAMPS} for u in org.app.state.salesforce.users()}
+    if like is not None:
+        users = {i: {k: v for k, v in u.items() if k in like.get(i, {}) or v is not None} for i, u in users.items()}
+    return users
+
+
+def test_staff_roles_go_on_matched_users_only_and_roll_back_to_their_old_values(small_tenant, tmp_path, monkeypatch):
+    """The seed's "staff roles migrate as a custom pick-list field on the User record": matched Users get
+    their labour role, nobody else is touched, and rollback restores what each User held (here, a role
+    an admin had already typed in for one of them). Files keep their uploader as owner."""
+    from airflow_ascora_provider.engine.reconcile import reconcile
+    from airflow_ascora_provider.engine.rollback import rollback_run
+    from airflow_ascora_provider.engine.runner import load_everything
+
+    ctx, ascora, org = _setup(small_tenant, tmp_path, monkeypatch)
+    state = org.app.state.salesforce
+    try:
+        staff = _rows(small_tenant, "users")
+        roles = {s["emailAddress"].lower(): (s.get("labourRole") or {}).get("name") for s in staff}
+        users = {u["Email"].lower(): u for u in state.users() if u.get("Email")}
+        matched = [email for email in roles if email in users]
+        unmatched = [email for email in roles if email not in users]
+        assert unmatched and len(matched) >= 3 and any(roles[e] for e in matched) and any(not roles[e] for e in matched)
+        picklist = {v["value"] for v in org_field(state, "User", "Staff_Role__c")["picklistValues"]}
+        assert picklist == {r for r in roles.values() if r}, "the pick-list holds the roles in use"
+        by_hand = users[matched[0]]["Id"]  # the admin set a role on one User before the migration
+        state.update("User", by_hand, {"Staff_Role__c": "Apprentice"})
+        before_users = _users(org)
+
+        stats = load_everything(ctx)
+        after = {u["Email"].lower(): u for u in state.users() if u.get("Email")}
+        for email in matched:
+            assert after[email]["Staff_Role__c"] == roles[email], email
+        untouched = [u for email, u in after.items() if email not in matched]
+        assert untouched and all(_users(org)[u["Id"]] == before_users[u["Id"]] for u in untouched), \
+            "the fallback owner and the integration user are not staff: never written"
+        assert stats["staff_role"].created == 0 and stats["staff_role"].not_for_this_map == len(unmatched)
+
+        result = reconcile(ctx, verify="all")
+        row = result["objects"]["staff_user"]
+        assert result["ok"] and row["missing"] == 0 and row["loaded"] == len(matched), row
+        assert sum(v for k, v in row["skip_rules"].items() if "e-mail" in k) == len(unmatched), row
+        assert result["content"]["staff_role"]["mismatch"] == 0
+
+        # Each File is owned by the staff member who uploaded it in Ascora (the fallback owner otherwise).
+        uploaders = {a["attachmentId"].lower(): (a.get("createdByName") or "") for a in _rows(small_tenant, "attachments")}
+        user_by_name = {u["Name"].casefold(): u["Id"] for u in after.values()}
+        by_staff_name = {s["fullName"].casefold(): user_by_name.get(f"{s['firstName']} {s['lastName']}".casefold())
+                         if s["emailAddress"].lower() in users else None for s in staff}
+        fallback = after["owner@example.com"]["Id"]
+        files = [v for v in _data(org)["ContentVersion"] if v.get("Ascora_Id__c")]
+        assert files
+        owners_seen = set()
+        for version in files:
+            expected = by_staff_name.get(uploaders[version["Ascora_Id__c"].lower()].casefold()) or fallback
+            assert version["OwnerId"] == expected, version["Ascora_Id__c"]
+            owners_seen.add(expected)
+        assert len(owners_seen) > 1
+
+        summary = rollback_run(ctx.ledger, ctx.destination, "salesforce", "run-1", "run-1__rollback")
+        assert summary["complete"], summary["failures"]
+        restored = _users(org)
+        assert restored[by_hand]["Staff_Role__c"] == "Apprentice"
+        for user_id, values in before_users.items():
+            assert restored[user_id] == values, user_id
+    finally:
+        ctx.close()
+        ascora.stop()
+        org.stop()
+
+
+def org_field(state, sobject: str, name: str) -> dict:
+    return next(f for f in state.describe(sobject)["fields"] if f["name"] == name)

@@ -240,7 +240,8 @@ class FreshsalesDestination(Destination):
                     unique=bool(raw.get("unique")), options=options, lookup_target=lookup)
             fields.update(_virtual_fields(target))
             label = target.name.replace("_", " ").title()
-            schema[name] = DestObject(name=name, label=label, custom=target.custom_module, fields=fields)
+            schema[name] = DestObject(name=name, label=label, custom=target.custom_module, fields=fields,
+                                      stored_as="contact" if target.as_contact_lead else None)
         return schema
 
     def apply_schema_change(self, change: SchemaChange) -> None:
@@ -392,6 +393,8 @@ class FreshsalesDestination(Destination):
                 body[name] = None if value is None else self._selector_id(SELECTOR_FIELDS[name], value, name)
             elif name.startswith("cf_"):
                 custom[name] = _wire(target.fields.get(name, {}), value, name)
+            elif name in MANY_LOOKUPS:
+                body[name] = self._contact_ids(value)
             else:
                 wire = _wire(target.fields.get(name, {}), value, name)
                 body[name] = ([wire] if wire is not None else []) if name in MANY_LOOKUPS else wire
@@ -403,6 +406,20 @@ class FreshsalesDestination(Destination):
         if target.as_contact_lead:
             body["lifecycle_stage_id"] = self._selector_id("lifecycle_stages", LEAD_STAGE, "lifecycle_stage_id")
         return body
+
+    def _contact_ids(self, value: Any) -> list[int]:
+        """A deal's contacts: contact references, and leads where leads are contacts (accounts without
+        the Leads module). A real lead cannot be on a deal: completion leaves such references out of
+        the mapping (``dropped_links``), so one arriving here is a mapping error, refused by name."""
+        refs = [value] if isinstance(value, DestRef) else list(value or ())
+        ids: list[int] = []
+        for ref in refs:
+            if ref.target_object == "lead" and not self._target("lead").as_contact_lead:
+                raise _Refused("contacts_added_list: a deal lists contacts, and this account's leads are not "
+                               "contacts (it has the Leads module); complete the mapping again", "contacts_added_list")
+            if int(ref.dest_id) not in ids:
+                ids.append(int(ref.dest_id))
+        return ids
 
     def _targetable(self, value: Any) -> dict[str, Any]:
         refs = value.refs if isinstance(value, AttachTo) else ()
@@ -439,8 +456,9 @@ class FreshsalesDestination(Destination):
             elif name in SELECTOR_FIELDS:
                 out[name] = self._selector_label(SELECTOR_FIELDS[name], record.get(name))
             elif name == "contacts_added_list":
-                ids = record.get("contact_ids") or []
-                out[name] = DestRef("contact", str(ids[0])) if ids else None
+                ids = [str(i) for i in record.get("contact_ids") or []]
+                refs = tuple(DestRef("contact", i) for i in ids)
+                out[name] = refs[0] if len(refs) == 1 else refs or None
             elif name.startswith("cf_"):
                 out[name] = _unwire(target.fields.get(name, {}), custom.get(name), name)
             elif name in record or name in target.fields:

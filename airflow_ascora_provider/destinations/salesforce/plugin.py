@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 #: Standard objects a mapping may target; custom objects (…__c) are added from the org's describe.
 STANDARD_OBJECTS = ("Account", "Contact", "Lead", "Opportunity", "OpportunityLineItem", "Order", "Asset", "Task",
-                    "ContentVersion", "Product2", "Pricebook2", "PricebookEntry")
+                    "ContentVersion", "Product2", "Pricebook2", "PricebookEntry", "User")
 AUDIT_FIELDS = frozenset({"CreatedDate", "CreatedById", "LastModifiedDate", "LastModifiedById"})
 PERSON_OBJECTS = ("Contact", "Lead")
 FILE_OBJECT = "ContentVersion"
