@@ -22,6 +22,7 @@ from airflow_ascora_provider.mapping.transforms import (
     TRANSFORMS,
     TransformError,
     _maps_for,
+    parent_key,
     refs_related_ids,
     related_row_lookups,
     template_fields,
@@ -82,7 +83,10 @@ def _related_columns(object_map: ObjectMap) -> dict[str, set[str]]:
             key = "id" if "via" in opts else opts.get("by")
             read = template_fields(opts["template"]) if "template" in opts else {opts.get("field")}
             columns.setdefault(opts["object"], set()).update(f for f in (key, *read) if f)
-        elif fm.transform == "refs":  # only the rows' ids are resolved
+        elif fm.transform in ("lookup", "attach", "refs") and fm.options.get("through"):
+            through = fm.options["through"]
+            columns.setdefault(through["object"], set()).update({"id", through["field"]})
+        if fm.transform == "refs":  # only the rows' ids are resolved
             for part in fm.options.get("related") or ():
                 columns.setdefault(part["object"], set()).update({part["by"], "id"})
         elif fm.transform == "related_rows":  # column templates may read any field: keep whole rows
@@ -163,7 +167,7 @@ class BatchTransformer:
         wanted: dict[str, set[str]] = defaultdict(set)
         for source_field, sub in self.lookup_sources:
             for record in records:
-                value = record.get(source_field)
+                value = parent_key(record, sub, source_field, self.related.rows)
                 if value is None:
                     continue
                 for map_name in _maps_for(record, sub):

@@ -258,8 +258,21 @@ def _check_json_key(fm, schema) -> list[str]:
     return [] if fm.options.get("key") else ["json_key needs 'key' (the custom field or form field name)"]
 
 
+def parent_key(record: dict[str, Any], fm, source: str,
+               related: Callable[[str, str, Any], list[dict[str, Any]]]) -> Any:
+    """The id a ``lookup``/``attach`` source resolves: the field's value, or with ``through: {object,
+    field}`` that field of the ``object`` row the value names (a supplier bill names its job; the
+    job names the customer whose account the bill's note goes on)."""
+    value = record.get(source)
+    through = fm.options.get("through")
+    if through is None or value is None or value == "":
+        return value
+    rows = related(through["object"], "id", value)
+    return rows[0].get(through["field"]) if rows else None
+
+
 def _lookup(record, fm, ctx):
-    source_id = _first(record, fm)
+    source_id = parent_key(record, fm, fm.sources[0], ctx.related) if fm.options.get("through") else _first(record, fm)
     if source_id is None:
         if fm.required:
             raise TransformError(fm.sources[0], None, f"{fm.dest_field} needs a parent but the record has none")
@@ -282,8 +295,16 @@ def _maps_for(record, fm) -> list[str]:
 
 
 def _check_lookup(fm, schema) -> list[str]:
+    from airflow_ascora_provider.source.model import MODEL
+
     if not fm.options.get("map") and not fm.options.get("by_type"):
         return ["lookup needs 'map' (the map that wrote the parent) or 'by_type'"]
+    through = fm.options.get("through")
+    if through is not None:
+        if not isinstance(through, dict) or through.get("object") not in MODEL:
+            return [f"through needs 'object', one of {sorted(MODEL)}, and 'field'"]
+        if not MODEL[through["object"]].has_field(through.get("field", "")):
+            return [f"through: {through['object']} has no field {through.get('field')!r}"]
     if len(fm.sources) != 1:
         return ["lookup takes exactly one source field"]
     return []
@@ -292,7 +313,7 @@ def _check_lookup(fm, schema) -> list[str]:
 def _attach(record, fm, ctx):
     refs = []
     for name in fm.sources:
-        source_id = record.get(name)
+        source_id = parent_key(record, fm, name, ctx.related)
         if source_id is None:
             continue
         sub = type(fm)(fm.dest_field, "lookup", (name,), fm.options, False)

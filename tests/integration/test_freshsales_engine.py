@@ -555,3 +555,25 @@ def test_schema_report_shows_the_load_estimate_for_the_staged_records(rig):
     assert plan.as_dict()["load_estimate"]["facts"]["API calls"] == expected.calls
     # Without a snapshot (the pre-flight check the load runs) nothing is estimated.
     assert plan_for(rig.mapping, rig.dest).forecast is None
+
+
+def test_supplier_bills_are_notes_on_the_account_of_their_jobs_customer(rig):
+    """Seed and issue: "supplier bills → notes on the account". A bill names its job; the job names the
+    customer, whose account (or, for an individual, contact) holds the note, historical jobs included."""
+    from airflow_ascora_provider.engine.runner import load_everything
+
+    rig.prepare_schema()
+    ctx = rig.context()
+    stats = load_everything(ctx)
+    jobs = {j["id"]: j for j in ctx.snapshot.iter_records("job", ["id", "customer_id"])}
+    bills = list(ctx.snapshot.iter_records("supplier_bill", ["id", "job_id", "tracking_number"]))
+    accounts = {e.source_id: int(e.dest_id) for m, obj in (("account", "customer"), ("person", "customer"))
+                for e in ctx.ledger.iter_crosswalk("freshsales", obj, rig.mapping.maps[m].target)}
+    notes = {n["description"].rsplit("Ascora ID: ", 1)[-1].strip(): n for n in rig.records()["note"]
+             if "Ascora ID: " in (n.get("description") or "")}
+    on_jobs = [b for b in bills if b["job_id"]]
+    assert on_jobs and stats["bill_note"].created == len(on_jobs)
+    for bill in on_jobs:
+        note = notes[bill["id"]]
+        assert note["targetable_type"] in ("SalesAccount", "Contact")
+        assert note["targetable_id"] == accounts[jobs[bill["job_id"]]["customer_id"]], bill["id"]
