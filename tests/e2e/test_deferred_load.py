@@ -18,7 +18,9 @@ import pytest
 
 from airflow_ascora_provider.destinations.spec import BulkJobStatus, QuotaExhausted, WriteResult
 from airflow_ascora_provider.destinations.twenty.plugin import TwentyDestination
-from tests.e2e.test_twenty_dag import _ledger, _records, sandbox  # noqa: F401  (fixture)
+from tests.e2e.scenario import ledger as _ledger
+from tests.e2e.scenario import run
+from tests.e2e.test_twenty_dag import _records, sandbox  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -59,14 +61,8 @@ def _results(self, job, records):
 
 
 def _test_run():
-    from tests.e2e.test_twenty_dag import _dag
-
-    run = _dag("ascora_to_twenty").test(run_conf={"auto_approve": True, "fallback_owner": "owner@example.com", "sample_size": 30,
-                             "verify": "all"})
-    failed = [(ti.task_id, ti.map_index, ti.state) for ti in run.get_task_instances()
-              if ti.state not in ("success", "skipped")]
-    assert run.state == "success", failed
-    return run
+    return run("ascora_to_twenty", {"auto_approve": True, "fallback_owner": "owner@example.com", "sample_size": 30,
+                                    "verify": "all"})
 
 
 def _assert_each_record_once(twenty, ledger, run):

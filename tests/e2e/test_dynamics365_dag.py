@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import shutil
 
-import httpx
 import pytest
 
-from tests.e2e.test_twenty_dag import _ledger, _run
+from tests.e2e.scenario import DELTA_WRITES, NEW_PHONE, change_ascora_for_delta, roll_back
+from tests.e2e.scenario import ledger as _ledger
+from tests.e2e.scenario import run as _run
 from tests.integration.dataverse_support import airflow_connection, dataverse_users, serve
 
 pytestmark = pytest.mark.e2e
@@ -77,26 +78,16 @@ def test_full_rerun_delta_and_rollback(sandbox):
     assert ledger.audit_ops_count(second.run_id) == {}
 
     # Change two customers and one job in Ascora, add a new customer: the delta writes exactly those.
-    ascora = httpx.Client(base_url=sandbox["ascora"].url, headers={"Auth": "ascora-sandbox-key"})
-    billing = ascora.get("/Customers/Customers", params={"SiteBillingType": "Billing", "PageSize": 5}).json()["results"]
-    for customer in billing[:2]:
-        assert ascora.post("/Customers/Customer", json={**customer, "phoneNumber": "08 9999 0000"}).json()["success"]
-    job = ascora.get("/Jobs/Jobs", params={"JobStatus": "ALL", "PageSize": 1}).json()["results"][0]
-    assert ascora.post(f"/__ascora__/jobs/{job['jobNumber']}", json={"jobName": "Replace hot water unit (delta)"}
-                       ).json()["success"]
-    assert ascora.post("/Customers/Customer", json={"customerName": "Delta Test Plumbing Pty Ltd",
-                                                    "companyName": "Delta Test Plumbing Pty Ltd",
-                                                    "emailAddress": "office@deltatest.example"}).json()["success"]
+    change_ascora_for_delta(sandbox["ascora"].url)
     delta = _run("ascora_dynamics365_delta", {})
-    assert ledger.audit_ops_count(delta.run_id) == {"create": 1, "update": 3}
-    assert any(r["telephone1"] == "08 9999 0000" for r in _rows(dataverse)["account"])
+    assert ledger.audit_ops_count(delta.run_id) == DELTA_WRITES
+    assert any(r["telephone1"] == NEW_PHONE for r in _rows(dataverse)["account"])
 
     # Roll back the delta, then the migration (with its sample): Dataverse is back to where it was.
-    _run("ascora_rollback", {"destination": "dynamics365", "run_id": delta.run_id, "confirm": True})
-    _run("ascora_rollback", {"destination": "dynamics365", "run_id": first.run_id, "confirm": True})
+    roll_back("dynamics365", delta.run_id, first.run_id)
     after = _rows(dataverse)
     assert {k: v for k, v in after.items() if k in before} == before
     assert all(not rows for name, rows in after.items() if name not in before)  # the new tables are empty
     assert ledger.get_run(first.run_id)["status"] == "rolled_back"
-    _run("ascora_rollback", {"destination": "dynamics365", "run_id": first.run_id, "confirm": True})
+    roll_back("dynamics365", first.run_id)
     assert _rows(dataverse) == after

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import shutil
 
 import httpx
 import pytest
 
 from tests.conftest import tenant_members
+from tests.e2e.scenario import DELTA_WRITES, change_ascora_for_delta, roll_back
+from tests.e2e.scenario import ledger as _ledger
+from tests.e2e.scenario import run as _run
 
 pytestmark = pytest.mark.e2e
 
@@ -71,28 +73,6 @@ def sandbox(small_tenant, ledger_url, tmp_path, airflow_db, monkeypatch):
     ascora.stop()
     freshsales.stop()
     dispose_engines()
-
-
-def _dag(dag_id):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag(dag_id)
-
-
-def _run(dag_id, conf, *, expect="success"):
-    run = _dag(dag_id).test(run_conf=conf)
-    failed = [(ti.task_id, ti.map_index, ti.state) for ti in run.get_task_instances()
-              if ti.state not in ("success", "skipped")]
-    assert run.state == expect, failed
-    return run
-
-
-def _ledger():
-    from airflow_ascora_provider.hooks.ledger import LedgerHook
-
-    return LedgerHook().get_ledger()
 
 
 def _records(freshsales) -> dict[str, list[dict]]:
@@ -167,22 +147,12 @@ def test_schema_gate_full_rerun_delta_and_rollback(sandbox):
     assert ledger.audit_ops_count(again.run_id) == {}
 
     # Change two customers and one job in Ascora, add a new customer: the delta writes exactly those.
-    ascora = httpx.Client(base_url=sandbox["ascora"].url, headers={"Auth": "ascora-sandbox-key"})
-    billing = ascora.get("/Customers/Customers", params={"SiteBillingType": "Billing", "PageSize": 5}).json()["results"]
-    for customer in billing[:2]:
-        assert ascora.post("/Customers/Customer", json={**customer, "phoneNumber": "08 9999 0000"}).json()["success"]
-    job = ascora.get("/Jobs/Jobs", params={"JobStatus": "ALL", "PageSize": 1}).json()["results"][0]
-    assert ascora.post(f"/__ascora__/jobs/{job['jobNumber']}", json={"jobName": "Replace hot water unit (delta)"}
-                       ).json()["success"]
-    assert ascora.post("/Customers/Customer", json={"customerName": "Delta Test Plumbing Pty Ltd",
-                                                    "companyName": "Delta Test Plumbing Pty Ltd",
-                                                    "emailAddress": "office@deltatest.example"}).json()["success"]
+    change_ascora_for_delta(sandbox["ascora"].url)
     delta = _run("ascora_freshsales_delta", {})
-    assert ledger.audit_ops_count(delta.run_id) == {"create": 1, "update": 3}
+    assert ledger.audit_ops_count(delta.run_id) == DELTA_WRITES
 
     # Roll back the delta, then the migration (with its sample): the records are back to where they were.
-    _run("ascora_rollback", {"destination": "freshsales", "run_id": delta.run_id, "confirm": True})
-    _run("ascora_rollback", {"destination": "freshsales", "run_id": full.run_id, "confirm": True})
+    roll_back("freshsales", delta.run_id, full.run_id)
     after = _records(freshsales)
     assert {k: v for k, v in after.items() if k in before} == before
     assert all(not rows for name, rows in after.items() if name not in before)

@@ -17,10 +17,12 @@ import threading
 import time
 from urllib.parse import unquote_plus
 
-import httpx
 import pytest
 
 from tests.conftest import tenant_members
+from tests.e2e.scenario import DELTA_WRITES, NEW_PHONE, change_ascora_for_delta, roll_back
+from tests.e2e.scenario import ledger as _ledger
+from tests.e2e.scenario import run as _run
 
 pytestmark = pytest.mark.e2e
 
@@ -60,22 +62,6 @@ def sandbox(small_tenant, ledger_url, tmp_path, airflow_db, monkeypatch, request
     dispose_engines()
 
 
-def _run(dag_id, conf):
-    from tests.e2e.test_twenty_dag import _dag
-
-    run = _dag(dag_id).test(run_conf=conf)
-    failed = [(ti.task_id, ti.map_index, ti.state) for ti in run.get_task_instances()
-              if ti.state not in ("success", "skipped")]
-    assert run.state == "success", failed
-    return run
-
-
-def _ledger():
-    from airflow_ascora_provider.hooks.ledger import LedgerHook
-
-    return LedgerHook().get_ledger()
-
-
 def _data(org) -> dict[str, list[dict]]:
     return org.app.state.salesforce.snapshot()["records"]
 
@@ -111,32 +97,22 @@ def test_full_rerun_delta_and_rollback_to_the_exact_org(sandbox):
     assert ledger.audit_ops_count(second.run_id) == {}
 
     # Two company customers and one job change in Ascora, one customer is new: exactly those are written.
-    ascora = httpx.Client(base_url=sandbox["ascora"].url, headers={"Auth": "ascora-sandbox-key"})
-    billing = ascora.get("/Customers/Customers", params={"SiteBillingType": "Billing", "PageSize": 50}).json()
-    companies = [c for c in billing["results"] if (c.get("companyName") or "").strip()][:2]
-    for customer in companies:
-        assert ascora.post("/Customers/Customer", json={**customer, "phoneNumber": "08 9999 0000"}).json()["success"]
-    job = ascora.get("/Jobs/Jobs", params={"JobStatus": "ALL", "PageSize": 1}).json()["results"][0]
-    assert ascora.post(f"/__ascora__/jobs/{job['jobNumber']}", json={"jobName": "Replace hot water unit (delta)"}
-                       ).json()["success"]
-    assert ascora.post("/Customers/Customer", json={"customerName": "Delta Test Plumbing Pty Ltd",
-                                                    "companyName": "Delta Test Plumbing Pty Ltd",
-                                                    "emailAddress": "office@deltatest.example"}).json()["success"]
+    changed = change_ascora_for_delta(sandbox["ascora"].url, companies_only=True)
+    companies, job = changed["customers"], changed["job"]
     delta = _run("ascora_salesforce_delta", {})
     # The renamed job is also a line of the maintenance history Task of each piece of equipment at its site.
     site = (job.get("siteCustomer") or {}).get("id")
     lines = (sandbox["tenant"] / "api" / "equipment.jsonl").read_text().splitlines()
     histories = sum(1 for line in lines if line and site and json.loads(line).get("siteCustomerId") == site)
-    assert ledger.audit_ops_count(delta.run_id) == {"create": 1, "update": 3 + histories}
+    assert ledger.audit_ops_count(delta.run_id) == {"create": 1, "update": DELTA_WRITES["update"] + histories}
     phones = {a["Phone"] for a in _data(org)["Account"] if a["Ascora_Id__c"] in {c["customerId"] for c in companies}}
-    assert phones == {"08 9999 0000"}
+    assert phones == {NEW_PHONE}
 
-    _run("ascora_rollback", {"destination": "salesforce", "run_id": delta.run_id, "confirm": True})
-    _run("ascora_rollback", {"destination": "salesforce", "run_id": first.run_id, "confirm": True})
+    roll_back("salesforce", delta.run_id, first.run_id)
     assert _data(org) == before
     assert _users(org, like=users_before) == users_before
     assert ledger.get_run(first.run_id)["status"] == "rolled_back"
-    _run("ascora_rollback", {"destination": "salesforce", "run_id": first.run_id, "confirm": True})
+    roll_back("salesforce", first.run_id)
     assert _data(org) == before
 
 

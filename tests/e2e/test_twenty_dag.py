@@ -8,12 +8,13 @@ the migration → the Twenty workspace holds exactly the records it held before.
 from __future__ import annotations
 
 import json
-import os
 
-import httpx
 import pytest
 
 from tests.conftest import tenant_members
+from tests.e2e.scenario import DELTA_WRITES, change_ascora_for_delta, roll_back
+from tests.e2e.scenario import ledger as _ledger
+from tests.e2e.scenario import run as _run
 
 pytestmark = pytest.mark.e2e
 
@@ -50,27 +51,6 @@ def sandbox(small_tenant, ledger_url, tmp_path, airflow_db, monkeypatch):
     dispose_engines()
 
 
-def _dag(dag_id):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
-    assert not bag.import_errors, bag.import_errors
-    return bag.get_dag(dag_id)
-
-
-def _run(dag_id, conf):
-    run = _dag(dag_id).test(run_conf=conf)
-    failed = [(ti.task_id, ti.state) for ti in run.get_task_instances() if ti.state not in ("success", "skipped")]
-    assert run.state == "success", failed
-    return run
-
-
-def _ledger():
-    from airflow_ascora_provider.hooks.ledger import LedgerHook
-
-    return LedgerHook().get_ledger()
-
-
 def _records(twenty) -> dict[str, list[dict]]:
     return twenty.app.state.twenty.snapshot()["records"]
 
@@ -102,33 +82,21 @@ def test_full_rerun_delta_and_rollback(sandbox):
     assert _writes(ledger, second.run_id) == {}
 
     # Change two customers and one job in Ascora, add a new customer: the delta writes exactly those.
-    ascora = httpx.Client(base_url=sandbox["ascora"].url, headers={"Auth": "ascora-sandbox-key"})
-    billing = ascora.get("/Customers/Customers", params={"SiteBillingType": "Billing", "PageSize": 5}).json()["results"]
-    for customer in billing[:2]:
-        changed = {**customer, "phoneNumber": "08 9999 0000"}
-        assert ascora.post("/Customers/Customer", json=changed).json()["success"]
-    job = ascora.get("/Jobs/Jobs", params={"JobStatus": "ALL", "PageSize": 1}).json()["results"][0]
-    assert ascora.post(f"/__ascora__/jobs/{job['jobNumber']}", json={"jobName": "Replace hot water unit (delta)"}
-                       ).json()["success"]
-    created = ascora.post("/Customers/Customer", json={"customerName": "Delta Test Plumbing Pty Ltd",
-                                                       "companyName": "Delta Test Plumbing Pty Ltd",
-                                                       "emailAddress": "office@deltatest.example"}).json()
-    assert created["success"]
+    change_ascora_for_delta(sandbox["ascora"].url)
     # Scheduled deltas run with default params: the fallback owner chosen for the migration stays.
     delta = _run("ascora_twenty_delta", {})
     ops = _writes(ledger, delta.run_id)
-    assert ops == {"create": 1, "update": 3}, ops
+    assert ops == DELTA_WRITES, ops
 
     # Roll back the delta, then the migration (with its sample): Twenty is back to where it was.
-    _run("ascora_rollback", {"destination": "twenty", "run_id": delta.run_id, "confirm": True})
-    _run("ascora_rollback", {"destination": "twenty", "run_id": first.run_id, "confirm": True})
+    roll_back("twenty", delta.run_id, first.run_id)
     after = _records(twenty)
     assert {k: v for k, v in after.items() if k in before} == before
     assert all(not rows for name, rows in after.items() if name not in before)
     assert ledger.get_run(first.run_id)["status"] == "rolled_back"
 
     # Rollback is idempotent: a second one finds nothing to undo and leaves everything as it is.
-    _run("ascora_rollback", {"destination": "twenty", "run_id": first.run_id, "confirm": True})
+    roll_back("twenty", first.run_id)
     assert _records(twenty) == after
 
 

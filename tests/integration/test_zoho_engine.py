@@ -61,6 +61,20 @@ def _setup(tenant, tmp_path, *, emulator=None, options=None, apply=True):
     return ctx, ascora, zoho, plan
 
 
+def roll_back_to(before: dict[str, list[dict]], ledger, ctx, zoho) -> dict:
+    """Roll back run-1 and check the org holds exactly ``before`` again: every module that existed has
+    its records as they were, modules the migration created are empty, and no attachment is left."""
+    from airflow_ascora_provider.engine.rollback import rollback_run
+
+    summary = rollback_run(ledger, ctx.destination, "zoho", "run-1", "run-1__rollback")
+    assert summary["complete"], summary["failures"]
+    after = zoho.app.state.zoho.snapshot()
+    assert {k: v for k, v in after["records"].items() if k in before} == before
+    assert all(not rows for k, rows in after["records"].items() if k not in before)
+    assert not after["attachments"]
+    return after
+
+
 def _keys(zoho) -> dict[str, list[str]]:
     from airflow_ascora_provider.destinations.zoho.plugin import split_note_key
 
@@ -75,7 +89,6 @@ def _keys(zoho) -> dict[str, list[str]]:
 
 def test_killed_mid_load_then_retried_has_no_duplicates_and_rolls_back(small_tenant, tmp_path):
     from airflow_ascora_provider.engine.reconcile import reconcile
-    from airflow_ascora_provider.engine.rollback import rollback_run
     from airflow_ascora_provider.engine.runner import load_everything
 
     ctx, ascora, zoho, _ = _setup(small_tenant, tmp_path)
@@ -94,12 +107,7 @@ def test_killed_mid_load_then_retried_has_no_duplicates_and_rolls_back(small_ten
             assert len(keys) == len(set(keys)), f"duplicate {module} after the retry"
         result = reconcile(ctx, verify="all")
         assert result["ok"] and result["totals"]["missing"] == 0, result["totals"]
-        summary = rollback_run(real_ledger, ctx.destination, "zoho", "run-1", "run-1__rollback")
-        assert summary["complete"], summary["failures"]
-        after = zoho.app.state.zoho.snapshot()
-        assert {k: v for k, v in after["records"].items() if k in before} == before
-        assert all(not rows for k, rows in after["records"].items() if k not in before)
-        assert not after["attachments"]
+        roll_back_to(before, real_ledger, ctx, zoho)
     finally:
         ctx.close()
         ascora.stop()

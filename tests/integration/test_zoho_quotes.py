@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from tests.integration.test_zoho_engine import _setup
+from tests.integration.test_zoho_engine import _setup, roll_back_to
 
 
 def _staged(ctx, name: str) -> list[dict]:
@@ -25,7 +25,6 @@ def _writes(zoho) -> list[tuple[str, str]]:
 
 def test_professional_edition_gets_native_quotes_with_their_lines_and_rolls_back(small_tenant, tmp_path):
     from airflow_ascora_provider.engine.reconcile import reconcile
-    from airflow_ascora_provider.engine.rollback import rollback_run
     from airflow_ascora_provider.engine.runner import load_everything
 
     ctx, ascora, zoho, _ = _setup(small_tenant, tmp_path, emulator={"edition": "professional"},
@@ -79,10 +78,7 @@ def test_professional_edition_gets_native_quotes_with_their_lines_and_rolls_back
         load_everything(ctx)  # the same snapshot again: every payload hash is unchanged
         assert not _writes(zoho), _writes(zoho)
 
-        summary = rollback_run(ctx.ledger, ctx.destination, "zoho", "run-1", "run-1__rollback")
-        assert summary["complete"], summary["failures"]
-        after = state.snapshot()
-        assert {k: v for k, v in after["records"].items() if k in before} == before
+        after = roll_back_to(before, ctx.ledger, ctx, zoho)
         assert not after["records"]["Quotes"] and not after["records"]["Products"]
     finally:
         ctx.close()
