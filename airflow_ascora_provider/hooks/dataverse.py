@@ -248,6 +248,7 @@ class DataverseHook(BaseHook):
         self._token_lock = threading.Lock()
         self._throttled_seen = 0
         self._calm_calls = 0
+        self._halved_from: float | None = None  # the pace before the last halving after a 429
         self.rate_headers: dict[str, str] = {}
 
     # ---- Airflow connection plumbing -----------------------------------------------------------
@@ -384,26 +385,35 @@ class DataverseHook(BaseHook):
         for _ in range(max(0, weight - 1)):
             self.client.pacer.acquire(self.client.retry.sleep)
 
-    def _adapt(self) -> None:
-        """Halve the pace after a 429; creep back up (x1.25 per 50 calm calls) to the configured rate."""
+    def _adapt(self, weight: int = 1) -> None:
+        """Halve the pace after a 429; creep back up (x1.25 per 50 calm requests) to the configured rate.
+
+        Calm is counted in requests as the limit counts them (a ``$batch`` of 100 is 101), not in
+        calls. And a 429 that comes while the pace has not yet climbed back from the last halving
+        is waited out (``Retry-After``) without halving again: compounded, a few 429s in a row left
+        the pace at 1/64 for the rest of a run (fault soak: 28x slower than without faults).
+        """
         stats, pacer = self.client.stats, self.client.pacer
         if stats.throttled > self._throttled_seen:
             self._throttled_seen = stats.throttled
             s = self.settings
             known = (s["requests_per_window"] or DEFAULT_REQUESTS_PER_WINDOW) * PACE_SHARE
-            pacer.rate = max(known / 64, (pacer.rate or known) / 2)
+            if self._halved_from is not None and (pacer.rate or known) < self._halved_from:
+                return  # still recovering from the last halving
+            self._halved_from = pacer.rate or known
+            pacer.rate = max(known / 64, self._halved_from / 2)
             pacer.per = s["window_seconds"]
             self._calm_calls = 0
             log.warning("dataverse: throttled by the service; pacing down to %.0f requests per %.0f s",
                         pacer.rate, pacer.per)
             return
         if pacer.rate and self._max_rate and pacer.rate < self._max_rate:
-            self._calm_calls += 1
+            self._calm_calls += weight
             if self._calm_calls >= 50:
-                pacer.rate = min(self._max_rate, pacer.rate * 1.25)
-                self._calm_calls = 0
+                steps, self._calm_calls = divmod(self._calm_calls, 50)
+                pacer.rate = min(self._max_rate, pacer.rate * 1.25 ** steps)
         elif pacer.rate and not self._max_rate:
-            self._calm_calls += 1
+            self._calm_calls += weight
             if self._calm_calls >= 200:  # pacing was off: switch it off again after a long calm spell
                 pacer.rate = None
                 self._calm_calls = 0
@@ -424,7 +434,7 @@ class DataverseHook(BaseHook):
             elif content is not None:
                 kwargs["content"] = content
             response = self.client.request(method, path, **kwargs)
-            self._adapt()
+            self._adapt(weight)
             for name in ("x-ms-ratelimit-burst-remaining-xrm-requests", "x-ms-ratelimit-time-remaining-xrm-requests"):
                 if name in response.headers:
                     self.rate_headers[name] = response.headers[name]
@@ -569,15 +579,20 @@ class DataverseHook(BaseHook):
 
     def choice_options(self, logical_name: str) -> dict[str, dict[int, str]]:
         """Choice columns of a table: attribute → {option value: label} (single and multi-select)."""
-        out: dict[str, dict[int, str]] = {}
-        for cast in ("PicklistAttributeMetadata", "MultiSelectPicklistAttributeMetadata"):
-            rows = self.get_json(f"EntityDefinitions(LogicalName='{logical_name}')/Attributes/"
-                                 f"Microsoft.Dynamics.CRM.{cast}",
-                                 params={"$select": "LogicalName", "$expand": "OptionSet"}).get("value") or []
-            for row in rows:
-                options = (row.get("OptionSet") or {}).get("Options") or []
-                out[row["LogicalName"]] = {int(o["Value"]): _label_text(o.get("Label")) for o in options}
-        return out
+        return choice_options_from([self.get_json(path) for path in choice_paths(logical_name)])
+
+    def get_many(self, paths: Sequence[str]) -> list[Any]:
+        """Several GETs (paths relative to the API root, query included) in ``$batch`` calls: one round
+        trip per ``batch_size`` reads instead of one each. Their JSON bodies, in order; raises on a
+        refusal."""
+        answers = self.execute_batch([BatchOperation("GET", path) for path in paths])
+        for path, answer in zip(paths, answers):
+            if not answer.ok:
+                raise DataverseApiError(f"Dataverse GET {path} (in $batch) answered HTTP {answer.status} "
+                                        f"{answer.error_code}: {answer.error_message}", status=answer.status,
+                                        body=answer.body, url=path, code=answer.error_code,
+                                        detail=answer.error_message)
+        return [answer.body for answer in answers]
 
     def create_table(self, schema_name: str, label: str, plural_label: str, primary_column: str, *,
                      primary_label: str = "Name", description: str = "", has_notes: bool = True,
@@ -689,6 +704,28 @@ def _label_text(value: Any) -> str:
                 return str(item["Label"])
         return str((value.get("UserLocalizedLabel") or {}).get("Label") or "")
     return ""
+
+
+def table_definition_path(logical_name: str) -> str:
+    """A table's definition with what a client writing it needs: columns, keys and lookups."""
+    return f"EntityDefinitions(LogicalName='{logical_name}')?$expand=Attributes,Keys,ManyToOneRelationships"
+
+
+def choice_paths(logical_name: str) -> list[str]:
+    """The reads that list a table's choice columns with their options (single, then multi-select)."""
+    return [f"EntityDefinitions(LogicalName='{logical_name}')/Attributes/Microsoft.Dynamics.CRM.{cast}"
+            "?$select=LogicalName&$expand=OptionSet"
+            for cast in ("PicklistAttributeMetadata", "MultiSelectPicklistAttributeMetadata")]
+
+
+def choice_options_from(bodies: Sequence[Any]) -> dict[str, dict[int, str]]:
+    """attribute → {option value: label} from the answers to :func:`choice_paths`."""
+    out: dict[str, dict[int, str]] = {}
+    for body in bodies:
+        for row in (body or {}).get("value") or []:
+            options = (row.get("OptionSet") or {}).get("Options") or []
+            out[row["LogicalName"]] = {int(o["Value"]): _label_text(o.get("Label")) for o in options}
+    return out
 
 
 def parse_batch_response(content_type: str, body: bytes) -> list[BatchResult]:

@@ -98,6 +98,13 @@ class ServiceProtection:
         self._inflight: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def set_limit(self, requests: int | None, window: float) -> None:
+        """A new request limit and a fresh window (``POST /__sandbox__/rate-limit`` lands here)."""
+        with self._lock:
+            self.requests, self.window = requests, window
+            self._hits.clear()
+            self._time.clear()
+
     def _trim(self, key: str, now: float) -> tuple[deque, deque]:
         hits = self._hits.setdefault(key, deque())
         spent = self._time.setdefault(key, deque())
@@ -1027,7 +1034,12 @@ def create_app(*, api_key: str | None = None, rate_limit: int | None = 6000, win
         try:
             protection.enter(user, weight)
         except DataverseError as exc:
+            if exc.status == 429:
+                app.state.sandbox.counters["429"] += 1
             return respond(_error(exc), {})
+        # What the limit counted, so a benchmark can compare it with what the limit allows.
+        counters = app.state.sandbox.counters
+        counters["counted_requests"] = counters.get("counted_requests", 0) + weight
         started = time.monotonic()
         raw: tuple[int, str, bytes] | None = None
         try:
@@ -1058,7 +1070,30 @@ def create_app(*, api_key: str | None = None, rate_limit: int | None = 6000, win
     app = Starlette(routes=routes)
     app.state.dataverse = state
     app.state.dataverse_emulator = emulator
-    return instrument(app, rate_limit=None)
+    instrumented = instrument(app, rate_limit=None)
+    # The limit is service protection's (a $batch weighs 1 + its requests), so the generic per-call
+    # limiter stays off and the rate-limit switch and the 429 counter are service protection's.
+    instrumented.control.own_limit = protection.set_limit
+    instrumented.control.batch_cutter = cut_batch
+    return instrumented
+
+
+def cut_batch(body: bytes, content_type: str, draw_prefix) -> bytes | None:
+    """A multipart ``$batch`` with only its first ``draw_prefix(parts)`` parts, for a ``partial`` fault.
+
+    Each part is one record's change set, so the leading records are written and the rest never
+    arrive, as when a server fails part way through; None when the body is not a batch of 2+ parts.
+    """
+    match = re.search(r'boundary="?([^";]+)"?', content_type or "", re.IGNORECASE)
+    if not match or not content_type.lower().startswith("multipart/mixed"):
+        return None
+    delimiter = b"--" + match.group(1).encode("latin-1")
+    segments = body.split(delimiter)  # preamble, parts..., closing "--"
+    parts = len(segments) - 2
+    if parts < 2:
+        return None
+    keep = draw_prefix(parts)
+    return delimiter.join(segments[:keep + 1]) + delimiter + b"--\r\n"
 
 
 def self_signed_certificate(folder: str | Path) -> tuple[Path, Path]:
@@ -1100,14 +1135,17 @@ class TlsServedApp(ServedApp):
     """:class:`ServedApp` over https with a fresh self-signed certificate (``ca_file`` is its path).
 
     msal accepts only https authorities, so the emulator's token endpoint must be served over TLS.
+    ``certificate`` (``(cert, key)`` from :func:`self_signed_certificate`) reuses one made earlier, so
+    a client can be given its CA file before the emulator exists (a plugin's options in a table).
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, cert_dir: str | Path | None = None):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, cert_dir: str | Path | None = None,
+                 certificate: tuple[Path, Path] | None = None):
         import uvicorn
 
         super().__init__(app, host, port)
-        self._tmp = None if cert_dir else tempfile.TemporaryDirectory(prefix="dataverse-tls-")
-        self.ca_file, key_file = self_signed_certificate(cert_dir or self._tmp.name)
+        self._tmp = None if cert_dir or certificate else tempfile.TemporaryDirectory(prefix="dataverse-tls-")
+        self.ca_file, key_file = certificate or self_signed_certificate(cert_dir or self._tmp.name)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=30,
                                 timeout_graceful_shutdown=1, ssl_certfile=str(self.ca_file),
                                 ssl_keyfile=str(key_file))

@@ -21,6 +21,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -117,12 +118,21 @@ class SandboxControl:
         self._rng = random.Random(0)
         self.keep_bodies = keep_bodies
         self.counters: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
+        # An emulator whose API has a limit of its own shape (Dataverse weighs a $batch by the
+        # requests inside it) takes the rate-limit switch instead of the generic per-call limiter.
+        self.own_limit: Callable[[int | None, float], None] | None = None
+        # An emulator whose batches are not JSON (Dataverse's multipart $batch) says how to keep a
+        # leading part of one for a ``partial`` fault: (body, content type, draw_prefix) -> body or None.
+        self.batch_cutter: Callable[[bytes, str, Callable[[int], int]], bytes | None] | None = None
 
     def set_faults(self, plan: FaultPlan) -> None:
         self.faults = plan
         self._rng = random.Random(plan.seed)
 
     def set_rate_limit(self, limit: int | None, window: float = 60.0) -> None:
+        if self.own_limit is not None:
+            self.own_limit(limit, window)
+            return
         self.limiter = RateLimiter(limit, window)
 
     def reset_log(self) -> None:
@@ -225,7 +235,7 @@ class _Instrumented:
             await _cut_connection(send)
         if fault == "partial":
             body = await _read_body(receive)
-            shortened = self._shorten_batch(body)
+            shortened = self._shorten_batch(body, scope)
             if shortened is None:
                 record.body = body if self.control.keep_bodies else b""
                 return await self.app(scope, _replay(body), _recording_send(send, record))
@@ -246,8 +256,14 @@ class _Instrumented:
         await self.app(scope, recording_receive, _recording_send(send, record))
         record.body = b"".join(body_chunks)
 
-    def _shorten_batch(self, body: bytes) -> bytes | None:
+    def _shorten_batch(self, body: bytes, scope: dict) -> bytes | None:
         """The body with only a leading part of its batch, or None when it carries no batch of 2+."""
+        if self.control.batch_cutter is not None:
+            content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
+            shortened = self.control.batch_cutter(body, content_type, self.control.draw_prefix)
+            if shortened is not None:
+                self.control.counters["partial"] += 1
+            return shortened
         try:
             document = json.loads(body) if body else None
         except ValueError:

@@ -7,6 +7,8 @@ runs for every row whose plugin is installed.
 
 Emulators run in a child process (uvicorn on a socket this process bound), so their CPU and memory
 are not the engine's: timings and peak RSS measure the migration side only, as against a real CRM.
+A row with ``tls`` is served over https (msal, which the Dynamics 365 plugin authenticates with,
+accepts only https authorities) with one self-signed certificate per run, see :func:`bench_certificate`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,6 +64,13 @@ class BenchTarget:
     :param fallback_owner: e-mail of a user the emulator seeds, for records whose staff has no account.
     :param throughput_maps: the maps the rate-limit benchmark loads: those whose records go out in
         batches and nothing else (no file uploads, no link records), so records per call is the cap.
+    :param limit_cost: ``(target object, records written) -> fewest requests the rate limit counts for
+        them``, when that is not one per call (Dataverse counts every request inside a ``$batch``);
+        None: ``minimum_calls``.
+    :param pace_share: ``() -> share of the published limit the plugin is built to use`` (Dataverse's
+        hook leaves 10% to other clients of the same application user); the throughput ceiling is that
+        share. A callable, so the plugin is imported only when a benchmark asks.
+    :param tls: serve the emulator over https with :func:`bench_certificate`.
     """
 
     name: str
@@ -72,6 +82,9 @@ class BenchTarget:
     minimum_calls: Callable[[str, list[Any]], int]
     throughput_maps: tuple[str, ...] = ()
     fallback_owner: str = "owner@example.com"
+    limit_cost: Callable[[str, list[Any]], int] | None = None
+    pace_share: Callable[[], float] = lambda: 1.0
+    tls: bool = False
 
     @property
     def installed(self) -> bool:
@@ -120,9 +133,108 @@ TWENTY = BenchTarget(
     throughput_maps=("company", "person", "site", "quote", "opportunity", "equipment", "quote_line_item", "invoice"),
 )
 
+def bench_certificate() -> tuple[Path, Path]:
+    """``(certificate, key)``: one self-signed certificate (its own CA) for every https emulator of a run.
+
+    Made once and found again through ``ASCORA_BENCH_TLS``, which child processes inherit, so a stage
+    run in a process of its own (``test_scale``) builds a plugin that trusts the emulator the parent
+    started, and a row's ``options`` can name the CA file before any emulator exists.
+    """
+    from airflow_ascora_provider.sandbox.dataverse import self_signed_certificate
+
+    folder = os.environ.get("ASCORA_BENCH_TLS")
+    if folder and (Path(folder) / "dataverse-sandbox.key").exists():
+        return Path(folder) / "dataverse-sandbox.pem", Path(folder) / "dataverse-sandbox.key"
+    folder = tempfile.mkdtemp(prefix="ascora-bench-tls-")
+    certificate = self_signed_certificate(folder)
+    os.environ["ASCORA_BENCH_TLS"] = folder
+    return certificate
+
+
+# Dataverse's documented $batch cap: "up to 1000 individual requests" (shared/reference/
+# salesforce-and-dataverse-api.md, B.5).
+DATAVERSE_BATCH_REQUESTS = 1000
+
+
+def _dataverse_minimum_calls(target: str, records: list[Any]) -> int:
+    """Dataverse: every record is one request (POST, or PATCH by id) inside a ``$batch`` of at most 1000.
+
+    A note's file travels inside its request as base64 ``documentbody`` and lookups (a task's or a
+    note's "regarding" record included) as ``@odata.bind``, so nothing needs a call of its own.
+    ``CreateMultiple`` would also take one call per batch of one table, with no documented cap of
+    its own in the reference, so it does not lower the floor. (An *update* that clears a lookup adds
+    a ``DELETE …/$ref`` request; the benchmarks' loads are first loads, which have none.)
+    """
+    return math.ceil(len(records) / DATAVERSE_BATCH_REQUESTS)
+
+
+def _dataverse_limit_cost(target: str, records: list[Any]) -> int:
+    """What service protection counts for those records sent in the fewest calls: each request inside
+    a ``$batch`` counts, and the emulator (like the hook, which paces for it) counts the batch too."""
+    return len(records) + _dataverse_minimum_calls(target, records)
+
+
+def _dataverse_users(tenant: Path) -> list[dict[str, str]]:
+    from tests.integration.dataverse_support import dataverse_users
+
+    return dataverse_users(tenant)
+
+
+def _dataverse_options(url: str, limit: Limit | None) -> dict[str, Any]:
+    """The emulator's own Entra ID tenant and app registration; batches of the ``$batch`` cap when unpaced.
+
+    Paced, a batch must fit in what the pace leaves free of the window: the hook takes a batch's
+    ``n + 1`` tokens one by one and then sends them at once, so a sliding window of ``L`` requests
+    can hold ``share x L`` paced tokens, one spare token and a whole batch. The largest batch that
+    never earns a 429 is therefore ``(1 - share) x L - 2`` (598 at the published 6,000).
+    """
+    from airflow_ascora_provider.hooks.dataverse import PACE_SHARE
+    from airflow_ascora_provider.sandbox.dataverse import (
+        DEFAULT_CLIENT_ID,
+        DEFAULT_CLIENT_SECRET,
+        DEFAULT_PREFIX,
+        DEFAULT_TENANT,
+    )
+
+    return {"base_url": url, "tenant_id": DEFAULT_TENANT, "client_id": DEFAULT_CLIENT_ID,
+            "client_secret": DEFAULT_CLIENT_SECRET, "authority_host": url,
+            "ca_bundle": str(bench_certificate()[0]),
+            "publisher_prefix": DEFAULT_PREFIX, "key_wait_seconds": 30,
+            "requests_per_window": limit.requests if limit else 0,
+            "window_seconds": limit.per_seconds if limit else 300.0,
+            "batch_size": (min(DATAVERSE_BATCH_REQUESTS, round((1 - PACE_SHARE) * limit.requests) - 2)
+                           if limit else DATAVERSE_BATCH_REQUESTS)}
+
+
+def _dataverse_pace_share() -> float:
+    from airflow_ascora_provider.hooks.dataverse import PACE_SHARE
+
+    return PACE_SHARE
+
+
+DYNAMICS = BenchTarget(
+    name="dynamics365",
+    emulator="airflow_ascora_provider.sandbox.dataverse",
+    published_limit=Limit(6000, 300.0, "6,000 requests/5 minutes per user"),
+    # The published rate (20 requests/s) with limit and window scaled down alike (the same spacing,
+    # see docs/performance.md), so that the window turns over inside the short CI run and the limit
+    # binds: a 5-minute window would never fill in a run of under a minute.
+    ci_limit=Limit(600, 30.0, "600 requests/30 s per user (6,000/5 minutes, scaled by 1/10)"),
+    options=_dataverse_options,
+    emulator_kwargs=lambda tenant, limit: {"users": _dataverse_users(tenant),
+                                           "rate_limit": limit.requests if limit else None,
+                                           "window": limit.per_seconds if limit else 300.0,
+                                           "key_activation_seconds": 0.05},
+    minimum_calls=_dataverse_minimum_calls,
+    throughput_maps=("account", "site"),
+    limit_cost=_dataverse_limit_cost,
+    pace_share=_dataverse_pace_share,
+    tls=True,
+)
+
 #: Destination name → row. A new destination is one more row; rows whose plugin is not installed
 #: are skipped by every benchmark.
-TARGETS: dict[str, BenchTarget] = {row.name: row for row in (TWENTY,)}
+TARGETS: dict[str, BenchTarget] = {row.name: row for row in (TWENTY, DYNAMICS)}
 
 
 def installed_targets() -> list[BenchTarget]:
@@ -145,19 +257,25 @@ import importlib, json, sys
 import uvicorn
 spec = json.loads(sys.argv[1])
 app = importlib.import_module(spec["module"]).create_app(**spec["kwargs"])
-uvicorn.run(app, fd=spec["fd"], log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=60)
+uvicorn.run(app, fd=spec["fd"], log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=60,
+            **spec["ssl"])
 """
 
 
 class EmulatorProcess:
-    """An emulator served by uvicorn in its own process, on a socket bound here (no port race)."""
+    """An emulator served by uvicorn in its own process, on a socket bound here (no port race).
 
-    def __init__(self, module: str, **kwargs: Any):
+    ``tls`` serves it over https with :func:`bench_certificate` (``kwargs`` go to ``create_app``).
+    """
+
+    def __init__(self, module: str, tls: bool = False, **kwargs: Any):
         self.module = module
         self.kwargs = kwargs
+        self.tls = tls
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen | None = None
         self.url = ""
+        self._verify: str | bool = True
 
     def start(self) -> EmulatorProcess:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -166,8 +284,12 @@ class EmulatorProcess:
         sock.listen(128)
         sock.set_inheritable(True)
         self._sock = sock
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        spec = json.dumps({"module": self.module, "kwargs": self.kwargs, "fd": sock.fileno()})
+        ssl: dict[str, str] = {}
+        if self.tls:
+            cert, key = bench_certificate()
+            ssl, self._verify = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}, str(cert)
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{sock.getsockname()[1]}"
+        spec = json.dumps({"module": self.module, "kwargs": self.kwargs, "fd": sock.fileno(), "ssl": ssl})
         self._proc = subprocess.Popen([sys.executable, "-c", _SERVE, spec], pass_fds=(sock.fileno(),),
                                       cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
@@ -175,7 +297,8 @@ class EmulatorProcess:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"emulator {self.module} exited: {self._proc.stderr.read().decode()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/__sandbox__/counters", timeout=2).status_code == 200:
+                answer = httpx.get(f"{self.url}/__sandbox__/counters", timeout=2, verify=self._verify)
+                if answer.status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -187,13 +310,14 @@ class EmulatorProcess:
     def set_rate_limit(self, limit: Limit | None) -> None:
         """Switch the emulator's limiter (a fresh window), e.g. after an unpaced schema step."""
         body = {"limit": limit.requests if limit else None, "window": limit.per_seconds if limit else 60.0}
-        httpx.post(f"{self.url}/__sandbox__/rate-limit", json=body, timeout=30).raise_for_status()
+        httpx.post(f"{self.url}/__sandbox__/rate-limit", json=body, timeout=30,
+                   verify=self._verify).raise_for_status()
 
     def counters(self) -> dict[str, int]:
-        return httpx.get(f"{self.url}/__sandbox__/counters", timeout=30).json()
+        return httpx.get(f"{self.url}/__sandbox__/counters", timeout=30, verify=self._verify).json()
 
     def requests(self) -> list[dict[str, Any]]:
-        return httpx.get(f"{self.url}/__sandbox__/requests", timeout=120).json()
+        return httpx.get(f"{self.url}/__sandbox__/requests", timeout=120, verify=self._verify).json()
 
     def peak_rss_mb(self) -> float | None:
         """The emulator's own high-water mark (VmHWM), for the record: it is not the engine's."""
@@ -227,7 +351,7 @@ class EmulatorProcess:
 
 
 def emulator_for(row: BenchTarget, tenant: Path, limit: Limit | None) -> EmulatorProcess:
-    return EmulatorProcess(row.emulator, **row.emulator_kwargs(tenant, limit))
+    return EmulatorProcess(row.emulator, tls=row.tls, **row.emulator_kwargs(tenant, limit))
 
 
 # --------------------------------------------------------------------------- tenants and snapshots
@@ -288,7 +412,8 @@ def prepare_migration(row: BenchTarget, staging: Path, snapshot_id: str, ledger_
     audit = audit_snapshot(Snapshot(staging, snapshot_id))
     described = dest.describe_schema()
     existing = {name: {f for f, d in obj.fields.items() if not d.custom} for name, obj in described.items()}
-    mapping = complete_mapping(load_mapping(type(dest).default_mapping), audit, dest.custom_field_name, existing)
+    mapping = complete_mapping(load_mapping(type(dest).default_mapping), audit, dest.custom_field_name, existing,
+                               described)
     apply_schema(dest, plan_for(mapping, dest))
     ledger = Ledger(ledger_url, schema=ledger_schema)
     ledger.migrate()

@@ -9,8 +9,13 @@ from tests.resilience.destinations import DESTINATIONS
 
 @pytest.fixture(params=sorted(DESTINATIONS), ids=str)
 def destination(request):
-    """Each destination of the table in turn (only Twenty today)."""
-    return DESTINATIONS[request.param]
+    """Each destination of the table in turn (Twenty, Dynamics 365); a test the row lists among its
+    known failures is marked xfail(strict=True) with the row's reason."""
+    spec = DESTINATIONS[request.param]
+    reason = spec.known_failures.get(request.node.originalname)
+    if reason:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+    return spec
 
 
 @pytest.fixture(scope="session")

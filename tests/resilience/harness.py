@@ -93,7 +93,7 @@ def prepare_migration(
     from airflow_ascora_provider.source.staging import Snapshot
 
     ascora = ServedApp(ascora_app(tenant, api_key=ASCORA_KEY)).start()
-    crm = ServedApp(spec.create_emulator(tenant, spec.api_key)).start()
+    crm = spec.serve(spec.create_emulator(tenant, spec.api_key)).start()
     if faults is not None:
         ascora.control.set_faults(faults)
         crm.control.set_faults(faults)
@@ -108,7 +108,8 @@ def prepare_migration(
     dest = spec.connect(crm.url, **options)
     described = dest.describe_schema()
     mapping = complete_mapping(load_mapping(type(dest).default_mapping), audit, dest.custom_field_name,
-                               {n: {f for f, d in o.fields.items() if not d.custom} for n, o in described.items()})
+                               {n: {f for f, d in o.fields.items() if not d.custom} for n, o in described.items()},
+                               described)
     apply_schema(dest, plan_for(mapping, dest))
     ledger.approve_mapping(spec.name, mapping_hash=mapping.hash, mapping_text=mapping.to_yaml(),
                            approved_by="resilience-test", source="cli")

@@ -29,8 +29,6 @@ from tests.resilience.harness import ledger_disagreements, prepare_migration, qu
 
 FULL = os.environ.get("ASCORA_FULL_BENCH") == "1"
 ROUNDS = int(os.environ.get("ASCORA_CRASH_ROUNDS", "40")) if FULL else 8
-# Paced so the load lasts long enough (about 0.2 s a call) for every kill to land inside it.
-PACING = {"requests_per_minute": 300}
 KILL_AFTER = (0.1, 1.5)  # seconds after the worker announced the load
 STARTUP_TIMEOUT = 180
 
@@ -130,7 +128,8 @@ def _kill_and_resume(destination, soak_tenant, tmp_path, ledger_url, child_env, 
     url, schema = ledger_url
     migration = prepare_migration(destination, soak_tenant, tmp_path, url, schema)
     worker_config = migration.worker_config()
-    worker_config["plugin_options"] |= PACING  # only the load is paced
+    # Only the load is paced, slow enough (about 0.2 s a call) for every kill to land inside it.
+    worker_config["plugin_options"] |= destination.crash_pacing
     config = tmp_path / "worker.json"
     config.write_text(json.dumps(worker_config))
     rng = random.Random(seed)

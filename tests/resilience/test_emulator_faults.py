@@ -109,3 +109,41 @@ def test_new_kinds_are_steered_over_http_and_replay_from_a_seed(server):
     assert counters["lost_reply"] > 0 and counters["partial"] > 0 and counters["5xx"] > 0
     httpx.post(f"{server.url}/__sandbox__/faults", json=plan)  # same seed: the same faults again
     assert run() == first
+
+
+def test_partial_cuts_a_dataverse_batch_after_its_leading_change_sets():
+    """Dataverse's ``$batch`` is multipart, not JSON: its emulator keeps a leading part of the change
+    sets (those records are written) and the client hears 500, as for a JSON batch; and the
+    rate-limit switch reaches Dataverse's own service protection, which weighs a batch by its requests."""
+    from airflow_ascora_provider.hooks.dataverse import BatchOperation, DataverseApiError, DataverseHook
+    from airflow_ascora_provider.hooks.http_client import RetryPolicy
+    from airflow_ascora_provider.sandbox.dataverse import (
+        DEFAULT_CLIENT_ID,
+        DEFAULT_CLIENT_SECRET,
+        DEFAULT_TENANT,
+    )
+    from tests.integration.dataverse_support import serve
+
+    server = serve()
+    hook = DataverseHook(base_url=server.url, tenant_id=DEFAULT_TENANT, client_id=DEFAULT_CLIENT_ID,
+                         client_secret=DEFAULT_CLIENT_SECRET, authority_host=server.url,
+                         ca_bundle=str(server.ca_file), requests_per_window=0,
+                         retry=RetryPolicy(max_attempts=1))
+    accounts = [BatchOperation("POST", "accounts", {"name": f"a{i}"}) for i in range(6)]
+    try:
+        server.control.set_faults(FaultPlan(rate_partial=1.0, seed=5, paths=["/api/data/v9.2/$batch"]))
+        with pytest.raises(DataverseApiError, match="HTTP 500"):
+            hook.execute_batch(accounts)
+        written = [r["name"] for r in server.app.state.dataverse.snapshot()["records"]["account"]]
+        assert 1 <= len(written) < 6 and written == [f"a{i}" for i in range(len(written))]
+        assert server.control.counters["partial"] == 1
+
+        server.control.set_faults(FaultPlan())
+        httpx.post(f"{server.url}/__sandbox__/rate-limit", json={"limit": 10, "window": 60},
+                   verify=str(server.ca_file)).raise_for_status()
+        with pytest.raises(DataverseApiError, match="HTTP 429"):
+            hook.execute_batch(accounts + accounts)  # 13 requests against a limit of 10
+        assert server.control.counters["429"] == 1
+    finally:
+        hook.close()
+        server.stop()

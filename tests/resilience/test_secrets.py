@@ -62,7 +62,7 @@ def test_full_run_leaves_no_api_key_behind(destination, small_tenant, tmp_path, 
     staging, ledger = tmp_path / "staging", tmp_path / "ledger.sqlite"
     conf = {"auto_approve": True, "fallback_owner": FALLBACK_OWNER, "sample_size": 60, "verify": "sample"}
     with ServedApp(ascora_app(tenant, api_key=ASCORA_SECRET)) as ascora, \
-            ServedApp(destination.create_emulator(tenant, CRM_SECRET)) as crm:
+            destination.serve(destination.create_emulator(tenant, CRM_SECRET)) as crm:
         env = os.environ | dict([destination.conn_env(crm.url, CRM_SECRET)]) | {
             "AIRFLOW_CONN_ASCORA_DEFAULT": json.dumps({"conn_type": "ascora", "host": ascora.url,
                                                        "password": ASCORA_SECRET,
