@@ -178,24 +178,49 @@ def _drop_unholdable_links(mapping: Mapping, document: dict[str, Any], described
 def _drop_maps_for_objects(mapping: Mapping, document: dict[str, Any], objects: set[str]) -> Mapping:
     """Maps whose ``requires_object`` the destination lacks (or whose ``unless_object`` it has) leave
     the document; each is listed under ``dropped_maps`` with the reason, so the file a person approves
-    shows both which maps apply to this destination and which do not (and why).
+    shows both which maps apply to this destination and which do not (and why). A dropped map also
+    leaves the lists of maps other maps look up through (a File's parent is ``[invoice,
+    invoice_order]``: whichever applies); a lookup naming only a dropped map stays, and loading the
+    file says so.
 
     ``objects`` are the objects the destination described. Called only with a described destination:
     without one there is nothing to decide, and every map stays.
     """
     dropped: dict[str, str] = dict(document.get("dropped_maps") or {})
+    removed: set[str] = set()
     for name, om in mapping.maps.items():
-        if om.requires_object and om.requires_object not in objects:
-            dropped[name] = f"{om.source} → {om.target}: the destination has no {om.requires_object}"
-        elif om.unless_object and om.unless_object in objects:
-            dropped[name] = f"{om.source} → {om.target}: the destination has {om.unless_object}, another map is used"
+        if om.requires_object and not objects & set(om.requires_object):
+            dropped[name] = f"{om.source} → {om.target}: the destination has no {' or '.join(om.requires_object)}"
+        elif om.unless_object and objects & set(om.unless_object):
+            present = sorted(objects & set(om.unless_object))
+            dropped[name] = f"{om.source} → {om.target}: the destination has {', '.join(present)}, another map is used"
         else:
             continue
         document["maps"].pop(name, None)
+        removed.add(name)
     if not dropped:
         return mapping
+    for raw in document["maps"].values():
+        for entry in (raw.get("fields") or {}).values():
+            if isinstance(entry, dict):
+                _forget_maps(entry, removed)
     document["dropped_maps"] = dropped
     return load_mapping(document)
+
+
+def _forget_maps(entry: dict[str, Any], removed: set[str]) -> None:
+    """Take ``removed`` out of a field's ``map`` list and ``by_type`` lists where others remain."""
+    def keep(value: Any) -> Any:
+        if isinstance(value, list):
+            left = [m for m in value if m not in removed]
+            return left if left else value
+        return value
+
+    if "map" in entry:
+        entry["map"] = keep(entry["map"])
+    by_type = entry.get("by_type")
+    if isinstance(by_type, dict) and isinstance(by_type.get("maps"), dict):
+        by_type["maps"] = {k: keep(v) for k, v in by_type["maps"].items()}
 
 
 def mapping_summary(mapping: Mapping, low_confidence: list[str] | None = None) -> dict[str, Any]:

@@ -179,8 +179,8 @@ class ObjectMap:
     skip: dict[str, str] = field(default_factory=dict)
     key_field: str | None = None
     expand: tuple[str, ...] = ()  # "custom_fields" and/or "form_fields": filled in by completion
-    requires_object: str | None = None  # kept by completion only if the destination has this object
-    unless_object: str | None = None  # dropped by completion if the destination has this object
+    requires_object: tuple[str, ...] = ()  # kept by completion only if the destination has one of these
+    unless_object: tuple[str, ...] = ()  # dropped by completion if the destination has one of these
     # "users": the map only updates records the destination already holds, its users matched to Ascora
     # staff by e-mail at user resolution. Nothing is created or deleted, and every write keeps the
     # user's values from before it, so rollback puts them back.
@@ -379,12 +379,17 @@ def _parse_field(dest_field: str, raw: Any, where: str, schema: ObjectSchema, pr
     return fm
 
 
-def _object_name(raw: dict[str, Any], key: str, where: str, problems: list[str]) -> str | None:
+def _object_names(raw: dict[str, Any], key: str, where: str, problems: list[str]) -> tuple[str, ...]:
+    """One destination object, or a list of them meaning "any of these" (Salesforce CPQ *or* Financial
+    Services Cloud)."""
     value = raw.get(key)
-    if value is not None and (not isinstance(value, str) or not value):
-        problems.append(f"{where}.{key}: must name one destination object, got {value!r}")
-        return None
-    return value
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        problems.append(f"{where}.{key}: must name a destination object or a list of them, got {value!r}")
+        return ()
+    return tuple(names)
 
 
 def parse_mapping(document: dict[str, Any]) -> Mapping:
@@ -459,8 +464,8 @@ def parse_mapping(document: dict[str, Any]) -> Mapping:
             key_field=None if existing else raw.get("key_field", document.get("key_field")),
             expand=expand,
             existing=existing,
-            requires_object=_object_name(raw, "requires_object", where, problems),
-            unless_object=_object_name(raw, "unless_object", where, problems),
+            requires_object=_object_names(raw, "requires_object", where, problems),
+            unless_object=_object_names(raw, "unless_object", where, problems),
         )
     pairs: dict[tuple[str, str], str] = {}
     for name, om in maps.items():

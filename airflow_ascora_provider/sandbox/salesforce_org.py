@@ -50,6 +50,8 @@ _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _FIELD_NAME = re.compile(r"^[A-Za-z](?:[A-Za-z0-9]|_(?!_))*(?<!_)__c$")
+# An installed managed package's objects carry its namespace: SBQQ__Quote__c (Salesforce CPQ).
+_OBJECT_NAME = re.compile(r"^(?:[A-Za-z][A-Za-z0-9]{0,14}__)?[A-Za-z](?:[A-Za-z0-9]|_(?!_))*(?<!_)__c$")
 CASCADE = {"Account": ("Contact", "Opportunity", "Asset", "Order"), "Opportunity": ("OpportunityLineItem",)}
 ACTIVITY_PARENTS = ("WhatId", "WhoId")
 FILE_TYPES = {"pdf": "PDF", "png": "PNG", "jpg": "JPG", "jpeg": "JPG", "gif": "GIF", "txt": "TEXT",
@@ -932,8 +934,9 @@ class Org:
     # -- admin (what a person does in Setup; reachable through the control routes) -----------------
     def add_custom_object(self, api_name: str, label: str, plural: str) -> None:
         with self.lock:
-            if not api_name.endswith("__c") or not _FIELD_NAME.match(api_name):
-                raise ValueError(f"{api_name!r} is not a custom object API name (Name__c)")
+            if not _OBJECT_NAME.match(api_name):
+                raise ValueError(f"{api_name!r} is not a custom object API name (Name__c, or ns__Name__c "
+                                 "for an installed package's)")
             if api_name in self.objects:
                 return
             prefix = f"a{next(self._prefixes):02d}"

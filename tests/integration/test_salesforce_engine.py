@@ -169,20 +169,10 @@ def _alternative_mapping(tenant, entry_id: str) -> dict:
     """The default map with every alternative of docs/destinations/salesforce.md switched on."""
     doc = copy.deepcopy(_default_mapping())
     maps = doc["maps"]
-    # Invoices → Order (orgs that use Orders): a draft order per invoice, figures in custom fields.
-    maps["invoice"] = {
-        "source": "invoice", "target": "Order", "unmapped": "skip", "fields": {
-            "AccountId": {"transform": "lookup", "from": "customer_id", "map": "account", "required": True},
-            "OpportunityId": {"transform": "lookup", "from": "job_id", "map": "opportunity"},
-            "EffectiveDate": {"transform": "date", "from": ["invoice_date", "due_date"], "required": True},
-            "Status": {"transform": "constant", "value": "Draft"},
-            "OrderReferenceNumber": {"from": "invoice_number"},
-            "Invoice_Total__c": {"transform": "currency", "from": "total_inc_tax",
-                                 "create": {"type": "currency", "label": "Invoice Total (inc tax)"}},
-            "Payment_Status__c": {"transform": "value_map", "from": "status", "create": {
-                "type": "picklist", "label": "Payment Status"}, "values": {
-                v: v for v in ("Unpaid", "Part Paid", "Paid", "Overdue", "Void")}},
-            "Ascora_Id__c": {"from": "id", "create": {"type": "text", "label": "Ascora ID", "unique": True}}}}
+    # Invoices → Order in an org that uses Orders without CPQ or FSC: the invoice_order map is chosen
+    # whenever the org has Order (completion drops the Invoice__c map and its place in lookups).
+    maps["invoice"]["unless_object"] = "Order"
+    maps["invoice_order"]["requires_object"] = "Order"
     # Quote lines → Opportunity Products under one price book entry the admin chose.
     maps["quote_line_item"] = {
         "source": "quote_line_item", "target": "OpportunityLineItem", "unmapped": "skip", "fields": {
@@ -367,3 +357,67 @@ def test_staff_roles_go_on_matched_users_only_and_roll_back_to_their_old_values(
 
 def org_field(state, sobject: str, name: str) -> dict:
     return next(f for f in state.describe(sobject)["fields"] if f["name"] == name)
+
+
+def _with_invoice_pdfs(small_tenant, tmp_path, count: int = 3):
+    """A copy of the tenant where the first ``count`` invoices carry their PDF, as Ascora keeps a tax
+    invoice: an attachment on the invoice (the small tenant has none)."""
+    import shutil
+    import uuid
+
+    from airflow_ascora_provider.sandbox.generate import _pdf
+
+    tenant = tmp_path / "tenant"
+    shutil.copytree(small_tenant, tenant)
+    added = {}
+    with (tenant / "api" / "attachments.jsonl").open("a") as out:
+        for invoice in _rows(tenant, "invoices")[:count]:
+            ident = str(uuid.uuid4())
+            name = f"Tax Invoice {invoice['invoiceNumber']}.pdf"
+            data = _pdf(f"Tax Invoice {invoice['invoiceNumber']}", ("Ascora sandbox",))
+            (tenant / "files" / ident).mkdir(parents=True)
+            (tenant / "files" / ident / name).write_bytes(data)
+            out.write(json.dumps({"attachmentId": ident, "entityType": "Invoice", "entityId": invoice["invoiceId"],
+                                  "fileName": name, "contentType": "application/pdf", "sizeBytes": len(data),
+                                  "dateCreated": invoice["invoiceDate"], "category": "Document",
+                                  "createdByName": None}) + "\n")
+            added[ident] = invoice["invoiceId"]
+    return tenant, added
+
+
+@pytest.mark.parametrize("package, target", [(None, "Invoice__c"), ("SBQQ__Quote__c", "Order"),
+                                             ("FinServ__FinancialAccount__c", "Order")],
+                         ids=["sales-cloud", "cpq", "financial-services-cloud"])
+def test_invoices_are_orders_with_cpq_or_fsc_else_invoice_records_with_their_pdfs(small_tenant, tmp_path, monkeypatch,
+                                                                                  package, target):
+    """Seed: "Invoices map to Salesforce Orders when Salesforce CPQ or Financial Services Cloud is in use;
+    without those products, a custom Invoice__c object ... Original invoice PDF files are re-uploaded to
+    Salesforce Files attached to the Invoice record". Completion tells the orgs apart by the package's
+    objects, keeps the map that applies and lists the other as dropped."""
+    tenant, pdfs = _with_invoice_pdfs(small_tenant, tmp_path)
+    objects = [{"name": "Quote_Line_Item__c", "label": "Quote Line Item"},
+               {"name": package, "label": "Package object"} if package else {"name": "Invoice__c", "label": "Invoice"}]
+    ctx, ascora, org = _setup(tenant, tmp_path, monkeypatch, custom_objects=objects)
+    try:
+        kept, dropped = ("invoice_order", "invoice") if package else ("invoice", "invoice_order")
+        assert kept in ctx.mapping.maps and dropped not in ctx.mapping.maps
+        assert (package or "SBQQ__Quote__c or FinServ__FinancialAccount__c") in ctx.mapping.document["dropped_maps"][dropped]
+        invoices = list(ctx.snapshot.iter_records("invoice", ["id", "invoice_number"]))
+        number = "OrderReferenceNumber" if package else "Name"
+
+        def check(records):
+            written = {o["Ascora_Id__c"].lower(): o for o in records[target]}
+            assert len(written) == len(invoices) and {o[number] for o in written.values()} == {
+                i["invoice_number"] for i in invoices}
+            assert not records.get("Invoice__c" if package else "Order")
+            links = {(link["ContentDocumentId"], link["LinkedEntityId"]) for link in records["ContentDocumentLink"]}
+            files = {v["Ascora_Id__c"].lower(): v for v in records["ContentVersion"] if v.get("Ascora_Id__c")}
+            for pdf, invoice in pdfs.items():
+                assert (files[pdf]["ContentDocumentId"], written[invoice.lower()]["Id"]) in links, invoice
+
+        result = _load_reconcile_rollback(ctx, org, _data(org), while_loaded=check)
+        assert result["objects"]["invoice"]["loaded"] == result["objects"]["invoice"]["read"]
+    finally:
+        ctx.close()
+        ascora.stop()
+        org.stop()

@@ -68,11 +68,37 @@ def test_the_zoho_default_mapping_by_edition():
     assert "quote_line" in standard.maps and not {"native_quote", "quote_product"} & set(standard.maps)
 
 
+def test_any_of_several_objects_decides_and_a_dropped_map_leaves_the_lookup_lists():
+    document = {"destination": "x", "maps": {
+        "account": {"source": "customer", "target": "Account", "fields": {"Name": "name"}},
+        "invoice": {"source": "invoice", "target": "Invoice__c", "unless_object": ["SBQQ__Quote__c", "FinServ__X__c"],
+                    "fields": {"Name": "invoice_number"}},
+        "invoice_order": {"source": "invoice", "target": "Order", "requires_object": ["SBQQ__Quote__c", "FinServ__X__c"],
+                          "fields": {"OrderReferenceNumber": "invoice_number"}},
+        "note": {"source": "note", "target": "Task", "fields": {"WhatId": {
+            "transform": "attach", "from": ["entity_id"], "by_type": {"field": "entity_type", "maps": {
+                "Customer": "account", "Invoice": ["invoice", "invoice_order"]}}}}},
+    }}
+    fsc = complete_mapping(load_mapping(document), NO_AUDIT, existing_fields={"Account": set(), "FinServ__X__c": set()})
+    assert "invoice" not in fsc.maps and "invoice_order" in fsc.maps
+    assert fsc.document["dropped_maps"]["invoice"] == "invoice → Invoice__c: the destination has FinServ__X__c, another map is used"
+    assert fsc.maps["note"].fields[0].options["by_type"]["maps"]["Invoice"] == ["invoice_order"]
+    plain = complete_mapping(load_mapping(document), NO_AUDIT, existing_fields={"Account": set(), "Invoice__c": set()})
+    assert plain.document["dropped_maps"]["invoice_order"] == (
+        "invoice → Order: the destination has no SBQQ__Quote__c or FinServ__X__c")
+    assert plain.maps["note"].fields[0].options["by_type"]["maps"]["Invoice"] == ["invoice"]
+    # A lookup naming only a dropped map is a mapping error, not a silently unlinked record.
+    document["maps"]["note"]["fields"]["WhatId"]["by_type"]["maps"]["Invoice"] = "invoice_order"
+    with pytest.raises(MappingError, match="unknown map 'invoice_order'"):
+        complete_mapping(load_mapping(document), NO_AUDIT, existing_fields={"Account": set()})
+
+
 @pytest.mark.parametrize("change, problem", [
-    ({"requires_object": ["Quotes"]}, "requires_object: must name one destination object"),
-    ({"unless_object": ""}, "unless_object: must name one destination object"),
+    ({"requires_object": []}, "requires_object: must name a destination object or a list of them"),
+    ({"requires_object": ["Quotes", 3]}, "requires_object: must name a destination object or a list of them"),
+    ({"unless_object": ""}, "unless_object: must name a destination object or a list of them"),
 ])
-def test_object_keys_must_name_one_object(change, problem):
+def test_object_keys_must_name_objects(change, problem):
     document = _base()
     document["maps"]["quote"].update(change)
     with pytest.raises(MappingError, match=problem):
