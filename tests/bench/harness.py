@@ -8,7 +8,8 @@ runs for every row whose plugin is installed.
 Emulators run in a child process (uvicorn on a socket this process bound), so their CPU and memory
 are not the engine's: timings and peak RSS measure the migration side only, as against a real CRM.
 A row with ``tls`` is served over https (msal, which the Dynamics 365 plugin authenticates with,
-accepts only https authorities) with one self-signed certificate per run, see :func:`bench_certificate`.
+accepts only https authorities; simple-salesforce builds every URL as ``https://``) with one
+self-signed certificate per run, see :func:`bench_certificate`.
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ class BenchTarget:
         hook leaves 10% to other clients of the same application user); the throughput ceiling is that
         share. A callable, so the plugin is imported only when a benchmark asks.
     :param tls: serve the emulator over https with :func:`bench_certificate`.
+    :param daily_quota: for a destination whose limit is a daily request *quota* rather than a rate
+        (Salesforce): ``limit -> (control path, JSON body)`` that gives the emulator a quota of
+        ``limit.requests`` with nothing used yet. Such a plugin does not pace; it stops before its
+        reserve, so the rate-limit benchmark skips the row and ``test_quota_bound_load_stops_at_the_reserve``
+        measures it instead. None: the limit is a rate.
+    :param full_only: benchmarks (module names, ``test_scale`` …) this row runs only with
+        ASCORA_FULL_BENCH=1 (marked ``slow``), because their short CI run would cost the suite more
+        than the row's share; the reason is given where the row is defined.
     """
 
     name: str
@@ -85,6 +94,8 @@ class BenchTarget:
     limit_cost: Callable[[str, list[Any]], int] | None = None
     pace_share: Callable[[], float] = lambda: 1.0
     tls: bool = False
+    daily_quota: Callable[[Limit], tuple[str, dict[str, Any]]] | None = None
+    full_only: frozenset[str] = frozenset()
 
     @property
     def installed(self) -> bool:
@@ -232,22 +243,102 @@ DYNAMICS = BenchTarget(
     tls=True,
 )
 
+# sObject Collections' documented cap: "up to 200 records" per call (shared/reference/
+# salesforce-and-dataverse-api.md, A.5). Files (ContentVersion) have no batch upload in REST: one
+# call per file, base64 ``VersionData`` in JSON (A.12).
+SALESFORCE_COLLECTION_RECORDS = 200
+SALESFORCE_FILE_OBJECT = "ContentVersion"
+# Collections only: Bulk API 2.0 takes over above the plugin's ``bulk_threshold`` (2,000 pending
+# records by default), and a bulk job's calls (create, upload, close, polls, results) are not
+# comparable with a floor of records / 200. A threshold above the largest benchmark tenant
+# (``make bench`` loads 1,000,000 records) keeps every batch on Collections, so the minimum is well defined.
+SALESFORCE_BENCH_BULK_THRESHOLD = 10_000_000
+# The emulator's quota when a benchmark does not measure it: far above what any load spends, so that
+# the daily quota never binds where throughput or call counts are measured.
+UNBOUND_QUOTA = 1_000_000_000
+SALESFORCE_CUSTOM_OBJECTS = ({"name": "Invoice__c", "label": "Invoice"},
+                             {"name": "Quote_Line_Item__c", "label": "Quote Line Item"})
+
+
+def _salesforce_minimum_calls(target: str, records: list[Any]) -> int:
+    """Salesforce: one Collections call per 200 records of an object; a File is one call of its own.
+
+    Owners, parents and a Task's ``WhatId``/``WhoId`` are fields of the record, and a File is shared
+    with its record through ``FirstPublishLocationId``, so nothing else needs a call.
+    """
+    if target == SALESFORCE_FILE_OBJECT:
+        return len(records)
+    return math.ceil(len(records) / SALESFORCE_COLLECTION_RECORDS)
+
+
+def _salesforce_options(url: str, limit: Limit | None) -> dict[str, Any]:
+    """The emulator's session id and CA, Collections only (see ``SALESFORCE_BENCH_BULK_THRESHOLD``).
+
+    SalesforceHook reads ``instance_url`` from the Airflow connection and nowhere else, so the row
+    defines ``salesforce_default`` for this emulator in the environment (as a deployment's
+    connection would), here and in every child process that builds the plugin (``test_scale``'s
+    stages call this function themselves). ``limit`` is not an option: the plugin does not pace, it
+    reads the quota from ``Sforce-Limit-Info``.
+    """
+    from airflow_ascora_provider.sandbox.salesforce import DEFAULT_SESSION_ID
+
+    os.environ["AIRFLOW_CONN_SALESFORCE_DEFAULT"] = json.dumps(
+        {"conn_type": "salesforce", "extra": {"instance_url": url, "version": "62.0"}})
+    return {"access_token": DEFAULT_SESSION_ID, "ca_bundle": str(bench_certificate()[0]),
+            "bulk_threshold": SALESFORCE_BENCH_BULK_THRESHOLD}
+
+
+def _salesforce_emulator_kwargs(tenant: Path, limit: Limit | None) -> dict[str, Any]:
+    """Users for the tenant's staff and the custom objects an admin creates before the schema step."""
+    return {"users": _members(tenant), "custom_objects": list(SALESFORCE_CUSTOM_OBJECTS),
+            "daily_api_limit": limit.requests if limit else UNBOUND_QUOTA}
+
+
+def _salesforce_quota(limit: Limit) -> tuple[str, dict[str, Any]]:
+    """The org's settings: a daily quota of ``limit.requests`` with none of it used yet."""
+    return "/__salesforce__/settings", {"api_max": limit.requests, "api_used": 0}
+
+
+SALESFORCE = BenchTarget(
+    name="salesforce",
+    emulator="airflow_ascora_provider.sandbox.salesforce",
+    # A daily quota, not a rate (Enterprise Edition: 100,000 + 1,000 per licence a day, rolling 24 h).
+    published_limit=Limit(100_000, 86_400.0, "100,000 requests/24 h per org (daily quota; no rate)"),
+    # Scaled down so that a CI load runs into it: the load must stop at the plugin's 10% reserve.
+    ci_limit=Limit(30, 86_400.0, "a daily quota of 30 requests (scaled down so a CI load reaches it)"),
+    options=_salesforce_options,
+    emulator_kwargs=_salesforce_emulator_kwargs,
+    minimum_calls=_salesforce_minimum_calls,
+    throughput_maps=("account", "site", "contact", "opportunity", "quote", "quote_line_item", "invoice",
+                     "equipment"),
+    tls=True,
+    daily_quota=_salesforce_quota,
+    # The schema step alone (about 380 calls: a describe, a Tooling create and a field permission per
+    # custom field) takes some 20 s against the emulator, and the scale benchmark runs it once per
+    # tenant size, in processes that each import Airflow: about two minutes, beyond the row's share
+    # of CI. ``make bench`` runs it.
+    full_only=frozenset({"test_scale"}),
+)
+
 #: Destination name → row. A new destination is one more row; rows whose plugin is not installed
 #: are skipped by every benchmark.
-TARGETS: dict[str, BenchTarget] = {row.name: row for row in (TWENTY, DYNAMICS)}
+TARGETS: dict[str, BenchTarget] = {row.name: row for row in (TWENTY, DYNAMICS, SALESFORCE)}
 
 
 def installed_targets() -> list[BenchTarget]:
     return [row for row in TARGETS.values() if row.installed]
 
 
-def target_params() -> list[Any]:
-    """``pytest.mark.parametrize`` values: one per row, skipped when the plugin is not installed."""
+def target_params(where: Callable[[BenchTarget], bool] = lambda row: True, bench: str = "") -> list[Any]:
+    """``pytest.mark.parametrize`` values: one per row (``where`` chooses), skipped when the plugin is
+    not installed, and marked ``slow`` where the row lists ``bench`` (the calling module) in ``full_only``."""
     import pytest
 
-    return [pytest.param(row, id=row.name,
-                         marks=pytest.mark.skipif(not row.installed, reason=f"no {row.name} plugin installed"))
-            for row in TARGETS.values()]
+    def marks(row: BenchTarget) -> list[Any]:
+        out = [pytest.mark.skipif(not row.installed, reason=f"no {row.name} plugin installed")]
+        return out + [pytest.mark.slow] if bench and bench.rsplit(".", 1)[-1] in row.full_only else out
+
+    return [pytest.param(row, id=row.name, marks=marks(row)) for row in TARGETS.values() if where(row)]
 
 
 # --------------------------------------------------------------------------- emulators in a child process
@@ -312,6 +403,15 @@ class EmulatorProcess:
         body = {"limit": limit.requests if limit else None, "window": limit.per_seconds if limit else 60.0}
         httpx.post(f"{self.url}/__sandbox__/rate-limit", json=body, timeout=30,
                    verify=self._verify).raise_for_status()
+
+    def control(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """POST ``body`` to one of the emulator's own control endpoints (GET without a body)."""
+        if body is None:
+            answer = httpx.get(f"{self.url}{path}", timeout=30, verify=self._verify)
+        else:
+            answer = httpx.post(f"{self.url}{path}", json=body, timeout=30, verify=self._verify)
+        answer.raise_for_status()
+        return answer.json()
 
     def counters(self) -> dict[str, int]:
         return httpx.get(f"{self.url}/__sandbox__/counters", timeout=30, verify=self._verify).json()

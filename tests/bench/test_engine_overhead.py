@@ -49,8 +49,10 @@ def _bare_loop(dest, sent, users: dict[str, str]) -> tuple[float, int]:
     ids: dict[str, str] = {}
     seconds, written = 0.0, 0
     for batch in sent:
+        # A map that updates existing users (Salesforce's staff roles) sends the first org's User ids.
         records = [OutgoingRecord(r.source_id, {k: _remap(v, ids, users) for k, v in r.payload.items()},
-                                  ids.get(r.dest_id) if r.dest_id else None) for r in batch.records]
+                                  (ids.get(r.dest_id) or users.get(r.dest_id)) if r.dest_id else None)
+                   for r in batch.records]
         started = time.perf_counter()
         results = dest.write_batch(batch.target, records, batch.key_field)
         seconds += time.perf_counter() - started

@@ -112,7 +112,7 @@ def _stage(name: str, **args) -> dict:
 
 
 @pytest.mark.timeout(4 * 3600 if FULL else 900)
-@pytest.mark.parametrize("row", target_params())
+@pytest.mark.parametrize("row", target_params(bench=__name__))
 def test_stage_throughput_and_flat_memory(row, tmp_path_factory, tmp_path):
     root = bench_root(tmp_path_factory)
     figures: dict[int, dict[str, dict]] = {}

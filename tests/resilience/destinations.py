@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_ascora_provider.sandbox.emulator import ServedApp
+from airflow_ascora_provider.sandbox.emulator import FaultPlan, ServedApp
 from tests.conftest import tenant_members
 
 FALLBACK_OWNER = "owner@example.com"
@@ -49,6 +49,9 @@ class DestinationUnderTest:
     crash_pacing: dict[str, Any]
     # (emulator app) -> a ServedApp to start (an emulator may need https, as Dataverse's does).
     serve: Callable[[Any], ServedApp] = ServedApp
+    # For a plugin with no pacing to slow down (Salesforce): faults switched on in the CRM emulator for
+    # the crash test's load, e.g. every answer ``slow`` by a real org's latency.
+    crash_faults: FaultPlan | None = None
     # Test function -> why it fails for this destination today: marked xfail(strict=True) by the
     # ``destination`` fixture, so the day it passes the suite says so.
     known_failures: dict[str, str] = field(default_factory=dict)
@@ -96,12 +99,13 @@ TWENTY = DestinationUnderTest(
 # ---- Dynamics 365 (Dataverse) ------------------------------------------------------------------
 
 @functools.cache
-def _dataverse_certificate() -> tuple[Path, Path]:
-    """One self-signed certificate for every Dataverse emulator of the session (msal needs https), made
-    before any emulator, so the plugin options (handed to child processes too) can name its CA file."""
+def _tls_certificate() -> tuple[Path, Path]:
+    """One self-signed certificate for every https emulator of the session (msal and simple-salesforce
+    need https), made before any emulator, so the plugin options (handed to child processes too) can
+    name its CA file."""
     from airflow_ascora_provider.sandbox.dataverse import self_signed_certificate
 
-    return self_signed_certificate(tempfile.mkdtemp(prefix="resilience-dataverse-tls-"))
+    return self_signed_certificate(tempfile.mkdtemp(prefix="resilience-tls-"))
 
 
 def _dataverse_emulator(tenant: Path, api_key: str):
@@ -115,13 +119,13 @@ def _dataverse_emulator(tenant: Path, api_key: str):
 def _dataverse_serve(app) -> ServedApp:
     from airflow_ascora_provider.sandbox.dataverse import TlsServedApp
 
-    return TlsServedApp(app, certificate=_dataverse_certificate())
+    return TlsServedApp(app, certificate=_tls_certificate())
 
 
 def _dataverse_extra() -> dict[str, Any]:
     from airflow_ascora_provider.sandbox.dataverse import DEFAULT_PREFIX, DEFAULT_TENANT
 
-    return {"tenant_id": DEFAULT_TENANT, "ca_bundle": str(_dataverse_certificate()[0]),
+    return {"tenant_id": DEFAULT_TENANT, "ca_bundle": str(_tls_certificate()[0]),
             "publisher_prefix": DEFAULT_PREFIX, "key_wait_seconds": 30, "requests_per_window": 0}
 
 
@@ -186,4 +190,85 @@ DYNAMICS = DestinationUnderTest(
         "retries. Every record, quarantine, ledger and reconciliation check passes.")},
 )
 
-DESTINATIONS: dict[str, DestinationUnderTest] = {d.name: d for d in (TWENTY, DYNAMICS)}
+
+# ---- Salesforce ----------------------------------------------------------------------------------
+
+SALESFORCE_CUSTOM_OBJECTS = ({"name": "Invoice__c", "label": "Invoice"},
+                             {"name": "Quote_Line_Item__c", "label": "Quote Line Item"})
+# Bulk API 2.0 jobs (above ``bulk_threshold`` pending records) are the DAG's deferrable path; the
+# resilience loads run batch by batch through Collections, whatever the tenant's size.
+SALESFORCE_BULK_THRESHOLD = 10_000_000
+
+
+def _salesforce_emulator(tenant: Path, api_key: str):
+    """An org with the tenant's staff as Users and the custom objects an admin creates in Setup."""
+    from airflow_ascora_provider.sandbox.salesforce import create_app
+
+    return create_app(api_key=api_key, users=tenant_members(tenant), custom_objects=list(SALESFORCE_CUSTOM_OBJECTS))
+
+
+def _salesforce_serve(app) -> ServedApp:
+    from airflow_ascora_provider.sandbox.salesforce import TlsServedApp
+
+    return TlsServedApp(app, certificate=_tls_certificate())
+
+
+def _salesforce_connection(url: str, key: str) -> dict[str, Any]:
+    """Direct-session auth (``access_token`` + ``instance_url``), as the emulator's docs describe."""
+    return {"conn_type": "salesforce", "extra": {
+        "instance_url": url, "version": "62.0", "access_token": key, "ca_bundle": str(_tls_certificate()[0]),
+        "bulk_threshold": SALESFORCE_BULK_THRESHOLD}}
+
+
+def _salesforce_options(url: str, key: str) -> dict[str, Any]:
+    """The plugin's options; ``instance_url`` only exists on the Airflow connection.
+
+    SalesforceHook reads the org's address from its connection and nowhere else, so this defines
+    ``salesforce_default`` for ``url`` in this process's environment (a child process gets it through
+    :meth:`DestinationUnderTest.conn_env`, as an Airflow task reads its connection).
+    """
+    import os
+
+    os.environ.update([SALESFORCE.conn_env(url, key)])
+    return {"access_token": key, "ca_bundle": str(_tls_certificate()[0]),
+            "bulk_threshold": SALESFORCE_BULK_THRESHOLD}
+
+
+def _salesforce_stored(app, target: str) -> list[StoredRecord]:
+    """Live records of the target, read from the org itself rather than ``Org.snapshot()``: the
+    snapshot leaves setup objects out, and the ``staff_role`` map writes Users (existing ones, which
+    keep no Ascora id), whose crosswalk entries must still be found in the org."""
+    org = app.state.salesforce
+    with org.lock:
+        rows = list(org.records.get(target, {}).values())
+        return [StoredRecord(r["Id"], r.get("Ascora_Id__c")) for r in rows if not r.get("IsDeleted")]
+
+
+SALESFORCE = DestinationUnderTest(
+    name="salesforce",
+    dag_id="ascora_to_salesforce",
+    conn_id="salesforce_default",
+    api_key="salesforce-resilience-session",  # the session id (access token) the org accepts
+    create_emulator=_salesforce_emulator,
+    plugin_options=_salesforce_options,
+    connection=_salesforce_connection,
+    stored=_salesforce_stored,
+    # Salesforce publishes a daily request quota, not a rate: the plugin does not pace (nothing to
+    # compress), and simple-salesforce sets no client timeout. Its retries (urllib3) honour
+    # ``Retry-After``, which the soak sets to 1 s.
+    published_limits=lambda speedup: {},
+    # No pacing to slow down with: batches of 5, and every answer 0.1 s late (a real org's latency;
+    # the emulator answers in a few ms), so that about 0.15 s a call every kill lands inside the load.
+    crash_pacing={"batch_size": 5},
+    crash_faults=FaultPlan(rate_slow=1.0, slow_seconds=0.1),
+    serve=_salesforce_serve,
+    known_failures={"test_fault_soak_loads_every_valid_record_once": (
+        "correct but far over the 1.5x time bound (33x: 27.2 s against 0.8 s fault-free), because time "
+        "is not compressed for this plugin: simple-salesforce's session retries through urllib3 "
+        "(Retry-After 1 s, back-off 0.5 s x 2^n) and the plugin's cut-off-reply re-send sleep in real "
+        "time (compressed_time only patches ApiClient), and simple-salesforce sets no client timeout, "
+        "so an injected 5 s stall is waited out in full. Every record, quarantine, ledger and "
+        "reconciliation check before the time bound passes.")},
+)
+
+DESTINATIONS: dict[str, DestinationUnderTest] = {d.name: d for d in (TWENTY, DYNAMICS, SALESFORCE)}

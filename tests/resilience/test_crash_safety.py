@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import random
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -78,11 +79,26 @@ class LoadServer:
                 cwd=REPO, env=env | {"ASCORA_LOAD_DESTINATIONS": destination},
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
         self.output: list[str] = []
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
         self._expect("ready", STARTUP_TIMEOUT)
 
+    def _read(self) -> None:
+        """Every line the worker prints, in a queue (then "" at its end).
+
+        Not ``select`` on the pipe: ``readline`` buffers whatever arrived, so when two lines come in
+        one read (``done`` and ``exit 0`` of a load that finished on its own) the second sits in the
+        buffer while ``select`` sees an empty pipe, and the test waited for a line it already had.
+        """
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")
+
     def _line(self, timeout: float) -> str:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else None
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            line = None
         if not line:
             raise AssertionError(f"the load worker went quiet; it said {self.output[-20:]}, and on stderr:\n"
                                  + self.log.read_text()[-3000:])
@@ -112,8 +128,7 @@ class LoadServer:
 
     def finished_on_its_own(self) -> bool:
         """Whether the current load already ended (read without waiting)."""
-        ready, _, _ = select.select([self.proc.stdout], [], [], 0)
-        return bool(ready)
+        return not self._lines.empty()
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -127,13 +142,17 @@ def _kill_and_resume(destination, soak_tenant, tmp_path, ledger_url, child_env, 
 
     url, schema = ledger_url
     migration = prepare_migration(destination, soak_tenant, tmp_path, url, schema)
+    if destination.crash_faults is not None:
+        migration.crm.control.set_faults(destination.crash_faults)
     worker_config = migration.worker_config()
     # Only the load is paced, slow enough (about 0.2 s a call) for every kill to land inside it.
     worker_config["plugin_options"] |= destination.crash_pacing
     config = tmp_path / "worker.json"
     config.write_text(json.dumps(worker_config))
     rng = random.Random(seed)
-    server = LoadServer(config, child_env, destination.name)
+    # The worker reads the DAG's connection from its environment, as a task does (Salesforce's hook
+    # finds the org's address there and only there).
+    server = LoadServer(config, child_env | dict([destination.conn_env(migration.crm.url)]), destination.name)
     try:
         kills = 0
         for round_no in range(ROUNDS):

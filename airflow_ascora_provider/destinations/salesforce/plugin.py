@@ -632,7 +632,8 @@ class SalesforceDestination(Destination):
         self.conn.close()
 
     def api_stats(self) -> dict[str, Any]:
-        return {"calls": self.conn.calls, "api_usage": self.conn.guard.used, "api_max": self.conn.guard.max}
+        return {"calls": self.conn.calls, "api_usage": self.conn.guard.used, "api_max": self.conn.guard.max,
+                "api_reserve": self.conn.guard.reserve}
 
 
 def _quote(value: Any) -> str:
