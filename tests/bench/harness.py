@@ -34,6 +34,25 @@ FULL = os.environ.get("ASCORA_FULL_BENCH") == "1"
 REPO = Path(__file__).resolve().parents[2]
 
 
+def own_peak_rss_mb() -> float:
+    """This process's own peak resident memory since it started (``VmHWM``), in MB.
+
+    Not ``ru_maxrss``: Linux carries a parent's peak over ``fork`` and ``exec`` into the child's
+    ``ru_maxrss``, so a stage run as ``python -c`` from pytest would report at least the size of the
+    pytest process that started it (300 MB and more), whatever the stage itself used.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 # --------------------------------------------------------------------------- the destinations table
 
 

@@ -18,19 +18,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench.harness import REPO
+
 FULL = os.environ.get("ASCORA_FULL_BENCH") == "1"
 SIZES = [5_000, 20_000] + ([100_000, 1_000_000] if FULL else [])
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from airflow_ascora_provider.source.export_reader import ExportReader
+from tests.bench.harness import own_peak_rss_mb
 from airflow_ascora_provider.source.extract import extract
 from airflow_ascora_provider.source.staging import Snapshot
 start = time.perf_counter()
 manifest = extract(ExportReader(sys.argv[1]), Snapshot(sys.argv[2], "bench"))
 seconds = time.perf_counter() - start
-peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": seconds, "peak_mb": peak_kb / 1024, "totals": manifest["totals"]}))
+print(json.dumps({"seconds": seconds, "peak_mb": own_peak_rss_mb(), "totals": manifest["totals"]}))
 """
 
 
@@ -55,7 +57,7 @@ def test_extract_exports_throughput_and_flat_memory(bench_root):
         tenant = _tenant(bench_root, size)
         staging = bench_root / f"staging-{size}-{time.time_ns()}"
         out = subprocess.run([sys.executable, "-c", _CHILD, str(tenant / "exports"), str(staging)],
-                             check=True, capture_output=True, text=True)
+                             check=True, capture_output=True, text=True, cwd=REPO)
         figures = json.loads(out.stdout.strip().splitlines()[-1])
         totals = figures["totals"]
         assert totals["read"] == totals["staged"] + totals["quarantined"] + totals["skipped"]

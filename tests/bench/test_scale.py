@@ -1,7 +1,7 @@
 """Benchmark: a generated tenant through extract → load (transform inside) → transform re-run, at growing sizes.
 
 Each stage runs in its own process, as it would in its own Airflow task, so its peak RSS
-(``ru_maxrss``) is that stage's alone; the emulator runs in yet another process and is not counted.
+(``VmHWM``, see :func:`~tests.bench.harness.own_peak_rss_mb`) is that stage's alone; the emulator runs in yet another process and is not counted.
 
 * **extract**: the tenant's CSV exports → Parquet staging;
 * **setup**: audit, mapping approval, schema and owners (the steps before the load);
@@ -32,10 +32,11 @@ TRANSFORM_TARGET = 100_000  # records/second
 CI_TRANSFORM_FLOOR = 500  # records/second; CI measures 2,000 to 5,000 on a 10,000-record tenant
 
 _PREAMBLE = r"""
-import json, resource, sys, time
+import json, sys, time
+from tests.bench.harness import own_peak_rss_mb
 args = json.loads(sys.argv[1])
 def done(**figures):
-    figures["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["peak_mb"] = own_peak_rss_mb()
     print(json.dumps(figures))
 def context():
     from airflow_ascora_provider.destinations.manager import get_destination
