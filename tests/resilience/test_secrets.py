@@ -92,7 +92,7 @@ def test_full_run_leaves_no_api_key_behind(destination, small_tenant, tmp_path, 
 
     import sqlalchemy as sa
 
-    metadata = sa.create_engine(f"sqlite:///{airflow_db / 'airflow.db'}")
+    metadata = sa.create_engine(f"sqlite:///{_snapshot_db(airflow_db / 'airflow.db', tmp_path / 'metadata.db')}")
     hits, counts = _rows_holding(metadata, secrets)
     metadata.dispose()
     assert counts.get("xcom", 0) > 0, "the run pushed XComs, which are searched"
@@ -102,6 +102,30 @@ def test_full_run_leaves_no_api_key_behind(destination, small_tenant, tmp_path, 
     ledger_engine.dispose()
     assert counts.get("ascora_crosswalk", 0) > 0
     assert hits == []
+
+
+def _snapshot_db(source: Path, target: Path, attempts: int = 5) -> Path:
+    """A consistent copy of a SQLite file other processes of the session may still be writing.
+
+    The metadata DB is shared by the whole test session; reading it in place once failed with "database
+    disk image is malformed" in a full CI run (never alone), as a page changed under the reader. SQLite's
+    backup API copies a consistent snapshot and starts over when the source changes; a file that is
+    really damaged fails every attempt, and the test with it.
+    """
+    import sqlite3
+    import time
+
+    for attempt in range(attempts):
+        try:
+            target.unlink(missing_ok=True)
+            with sqlite3.connect(source, timeout=30) as src, sqlite3.connect(target) as dst:
+                src.backup(dst)
+            return target
+        except sqlite3.DatabaseError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(2)
+    raise AssertionError("unreachable")
 
 
 def _mask_request(line: str) -> bool:
