@@ -51,19 +51,25 @@ def _rows_holding(engine, secrets: tuple[str, ...]) -> tuple[list[str], dict[str
     return hits, counts
 
 
-def test_full_run_leaves_no_api_key_behind(destination, small_tenant, tmp_path, airflow_db):
+def test_full_run_leaves_no_api_key_behind(destination, small_tenant, tmp_path):
     from airflow_ascora_provider.sandbox.ascora import create_app as ascora_app
     from airflow_ascora_provider.sandbox.emulator import ServedApp
     from tests.resilience.destinations import FALLBACK_OWNER
 
     secrets = (ASCORA_SECRET, CRM_SECRET)
+    # An AIRFLOW_HOME of its own: every file in it is searched, and the session's shared one carries
+    # other tests' processes (a full CI run found its DB damaged by then).
+    airflow_db = tmp_path / "airflow-home"
+    airflow_db.mkdir()
+    home_env = os.environ | {"AIRFLOW_HOME": str(airflow_db)}
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=home_env, check=True, capture_output=True)
     tenant = tmp_path / "tenant"
     shutil.copytree(small_tenant, tenant)
     staging, ledger = tmp_path / "staging", tmp_path / "ledger.sqlite"
     conf = {"auto_approve": True, "fallback_owner": FALLBACK_OWNER, "sample_size": 60, "verify": "sample"}
     with ServedApp(ascora_app(tenant, api_key=ASCORA_SECRET)) as ascora, \
             destination.serve(destination.create_emulator(tenant, CRM_SECRET)) as crm:
-        env = os.environ | dict([destination.conn_env(crm.url, CRM_SECRET)]) | {
+        env = home_env | dict([destination.conn_env(crm.url, CRM_SECRET)]) | {
             "AIRFLOW_CONN_ASCORA_DEFAULT": json.dumps({"conn_type": "ascora", "host": ascora.url,
                                                        "password": ASCORA_SECRET,
                                                        "extra": {"enable_extensions": True}}),
