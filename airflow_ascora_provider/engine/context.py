@@ -98,8 +98,7 @@ def approved_mapping_or_default(ledger: Ledger, destination: str, default_text: 
 
 def payload_hash(payload: dict[str, Any]) -> str:
     """Hash of what we send: an unchanged payload on a re-run or delta means no write at all."""
-    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_plain)
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+    return hashlib.blake2b(_encode(payload).encode("utf-8"), digest_size=16).hexdigest()
 
 
 def _plain(value: Any) -> Any:
@@ -134,3 +133,7 @@ def _converter_for(kind: type) -> Callable[[Any], Any]:
 
 
 _CONVERTERS: dict[type, Callable[[Any], Any]] = {}
+
+# One encoder for every payload: ``json.dumps`` with options builds a new JSONEncoder per call, which
+# cost about a fifth of the hash. The text (and so the digest existing ledgers hold) is the same.
+_encode = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_plain).encode

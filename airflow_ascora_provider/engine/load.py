@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_ascora_provider.destinations.spec import OutgoingRecord, WriteResult
+from airflow_ascora_provider.engine.batching import chunked
 from airflow_ascora_provider.engine.context import MigrationContext, payload_hash
 from airflow_ascora_provider.engine.transform import BatchTransformer
 from airflow_ascora_provider.ledger import Intent, QuarantineEntry, Write
@@ -55,17 +56,6 @@ class LoadStats:
         out.pop("written")
         out["seconds"] = round(self.seconds, 3)
         return out
-
-
-def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def batch_size_for(ctx: MigrationContext) -> int:
@@ -116,7 +106,7 @@ class MapLoader:
                     else:
                         elsewhere += 1
             mine = applicable()
-        for batch in chunked(mine, batch_size_for(self.ctx)):
+        for batch in self.transformer.batches(mine, batch_size_for(self.ctx)):
             stats.add(self.load_batch(batch))
             progress.tick(len(batch))
         stats.considered += elsewhere

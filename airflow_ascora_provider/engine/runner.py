@@ -13,7 +13,7 @@ from graphlib import TopologicalSorter
 from typing import Any
 
 from airflow_ascora_provider.engine.context import MigrationContext
-from airflow_ascora_provider.engine.load import LoadStats, MapLoader, PendingBatch, batch_size_for, chunked
+from airflow_ascora_provider.engine.load import LoadStats, MapLoader, PendingBatch, batch_size_for
 from airflow_ascora_provider.mapping.spec import Mapping
 
 MAX_UNITS_PER_WAVE = 1000
@@ -79,7 +79,8 @@ def prepare_unit(ctx: MigrationContext, unit: dict[str, Any], *, resuming: bool 
     om = ctx.mapping.maps[unit["map"]]
     loader = MapLoader(ctx, om)
     records = ctx.snapshot.iter_range(om.source, unit["start"], unit["stop"])
-    return loader, [loader.prepare(batch, resuming=resuming) for batch in chunked(records, batch_size_for(ctx))]
+    return loader, [loader.prepare(batch, resuming=resuming)
+                    for batch in loader.transformer.batches(records, batch_size_for(ctx))]
 
 
 def start_unit(ctx: MigrationContext, unit: dict[str, Any]) -> tuple[LoadStats | None, dict[str, Any] | None]:

@@ -14,6 +14,7 @@ import json
 import re
 import string
 from collections.abc import Callable
+from functools import lru_cache
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -247,11 +248,21 @@ def _as_type(value, fm):
         raise TransformError(fm.dest_field, value, f"{key!r} is not a {kind}: {exc}") from None
 
 
+@lru_cache(maxsize=1024)
+def json_answers(text: str) -> dict[str, Any]:
+    """A JSON field (custom fields, form answers) parsed once for all the keys read from it.
+
+    A job's form answers feed a dozen mapped fields; parsing the text once per field was the largest
+    single cost of the job map. Callers read the dict and never change it.
+    """
+    return json.loads(text)
+
+
 def _json_key(record, fm, ctx):
     text = _first(record, fm)
     if not text:
         return None
-    return _as_type(json.loads(text).get(fm.options["key"]), fm)
+    return _as_type(json_answers(text).get(fm.options["key"]), fm)
 
 
 def _check_json_key(fm, schema) -> list[str]:
@@ -350,7 +361,7 @@ def _related(record, fm, ctx):
     else:
         values = [r.get(opts["field"]) for r in rows]
     if opts.get("key"):  # a key inside a JSON field (form answers, custom fields)
-        values = [json.loads(v).get(opts["key"]) if v else None for v in values]
+        values = [json_answers(v).get(opts["key"]) if v else None for v in values]
     values = [_as_type(v, fm) for v in values if v is not None]
     if not values:
         return None

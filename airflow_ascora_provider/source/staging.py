@@ -31,6 +31,7 @@ MANIFEST = "manifest.json"
 REJECTED = "_rejected"
 FILES = "files"
 PART_ROWS = 50_000
+RANGE_BATCH_ROWS = 2_000  # rows turned into dicts at a time by iter_range
 
 REJECTED_SCHEMA = pa.schema(
     [
@@ -176,7 +177,9 @@ class Snapshot:
                     return
                 table = parquet.read()
                 lo, hi = max(0, start - offset), min(rows, stop - offset)
-                yield from table.slice(lo, hi - lo).to_pylist()
+                # Row dicts a batch at a time: a whole part as dicts is ten times its Arrow size.
+                for batch in table.slice(lo, hi - lo).to_batches(max_chunksize=RANGE_BATCH_ROWS):
+                    yield from batch.to_pylist()
                 offset += rows
 
     def iter_rejected(self) -> Iterator[dict[str, Any]]:

@@ -82,7 +82,7 @@ done(seconds=seconds, records=sum(s.considered for s in stats.values()),
 """,
     "transform": r"""
 from airflow_ascora_provider.engine.context import payload_hash
-from airflow_ascora_provider.engine.load import batch_size_for, chunked
+from airflow_ascora_provider.engine.load import batch_size_for
 from airflow_ascora_provider.engine.transform import BatchTransformer
 ctx = context()
 size = batch_size_for(ctx)
@@ -90,7 +90,7 @@ records = outgoing = quarantined = 0
 started = time.perf_counter()
 for om in ctx.mapping.maps.values():
     transformer = BatchTransformer(ctx, om)
-    for batch in chunked(ctx.snapshot.iter_records(om.source), size):
+    for batch in transformer.batches(ctx.snapshot.iter_records(om.source), size):
         outcome = transformer.transform(batch)
         for record in outcome.records:
             payload_hash(record.payload)
