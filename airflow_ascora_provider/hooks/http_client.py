@@ -24,13 +24,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+R = TypeVar("R")
 
 
 class ApiError(Exception):
@@ -61,7 +62,8 @@ class RetryPolicy:
         delay = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
         return delay * (1 + random.uniform(0, self.jitter))
 
-    def wait_for(self, response: httpx.Response | None, attempt: int) -> float:
+    def wait_for(self, response: Any, attempt: int) -> float:
+        """Seconds before retrying ``response`` (an httpx or requests answer: only its headers are read)."""
         header = response.headers.get("Retry-After") if response is not None else None
         if header is not None:
             seconds = parse_retry_after(header)
@@ -190,50 +192,21 @@ class ApiClient:
                 "service's own quota is hit. Resume later or raise the budget on the connection."
             )
 
-    def _spend(self) -> None:
-        if self.budget is not None and self.stats.calls >= self.budget:
-            raise RequestBudgetExhausted(
-                f"{self.name}: request budget of {self.budget} calls is spent; stopping before the "
-                "service's own quota is hit. Resume later or raise the budget on the connection."
-            )
-        self.stats.calls += 1
-
     def request(self, method: str, path: str, **kwargs) -> httpx.Response:
         """Send with retries. Returns the final response (which may be a non-retryable 4xx)."""
-        attempt = 0
-        while True:
-            attempt += 1
-            self._check_budget()
-            self.pacer.acquire(self.retry.sleep)
-            self._spend()
-            route = f"{method} {_route_of(path)}"
-            self.stats.by_path[route] = self.stats.by_path.get(route, 0) + 1
-            try:
-                response = self._http.request(method, path, **kwargs)
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
-                self.stats.transport_errors += 1
-                if attempt >= self.retry.max_attempts:
-                    raise ApiError(f"{self.name}: {method} {path} failed after {attempt} attempts: {exc!r}",
-                                   url=path) from exc
-                delay = self.retry.backoff(attempt)
-                log.warning("%s: %s %s transport error (%s); retry %d in %.1fs",
-                            self.name, method, path, type(exc).__name__, attempt, delay)
-                self.stats.retries += 1
-                self.retry.sleep(delay)
-                continue
-            if response.status_code not in RETRYABLE_STATUS:
-                return response
-            if response.status_code == 429:
-                self.stats.throttled += 1
-            else:
-                self.stats.server_errors += 1
-            if attempt >= self.retry.max_attempts:
-                return response
-            delay = self.retry.wait_for(response, attempt)
-            log.warning("%s: %s %s answered %s; retry %d in %.1fs",
-                        self.name, method, path, response.status_code, attempt, delay)
-            self.stats.retries += 1
-            self.retry.sleep(delay)
+        try:
+            return send_with_retries(lambda: self._http.request(method, path, **kwargs), method, path,
+                                     retry=self.retry, stats=self.stats, name=self.name,
+                                     transport_errors=(httpx.TransportError, httpx.TimeoutException),
+                                     before_attempt=self._before_attempt)
+        except (httpx.TransportError, httpx.TimeoutException) as exc:
+            raise ApiError(f"{self.name}: {method} {path} failed after {self.retry.max_attempts} attempts: "
+                           f"{exc!r}", url=path) from exc
+
+    def _before_attempt(self) -> None:
+        self._check_budget()
+        self.pacer.acquire(self.retry.sleep)
+        self._check_budget()  # the pacer's wait may have been another thread's last call
 
     def json(self, method: str, path: str, **kwargs) -> Any:
         """Send and decode JSON, raising :class:`ApiError` on any non-2xx answer."""
@@ -248,6 +221,53 @@ class ApiClient:
         if not response.content:
             return None
         return response.json()
+
+
+def send_with_retries(send: Callable[[], R], method: str, path: str, *, retry: RetryPolicy, stats: CallStats,
+                      name: str, transport_errors: tuple[type[BaseException], ...],
+                      before_attempt: Callable[[], None] | None = None,
+                      fatal: Callable[[BaseException], bool] = lambda exc: False) -> R:
+    """The provider's one retry rule, for any HTTP library's ``send`` (httpx here, requests in the
+    Salesforce session): every attempt counted, 429 and 5xx retried after ``RetryPolicy.wait_for``
+    (``Retry-After``, else the back-off), transport errors after the back-off, every wait through
+    ``RetryPolicy.sleep``. Returns the last response (a non-retryable answer, or the last 429/5xx
+    once attempts run out); re-raises the last transport error, or one ``fatal`` says no retry fixes.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        if before_attempt is not None:
+            before_attempt()
+        stats.calls += 1
+        route = f"{method} {_route_of(path)}"
+        stats.by_path[route] = stats.by_path.get(route, 0) + 1
+        try:
+            response = send()
+        except transport_errors as exc:
+            if fatal(exc):
+                raise
+            stats.transport_errors += 1
+            if attempt >= retry.max_attempts:
+                raise
+            delay = retry.backoff(attempt)
+            log.warning("%s: %s %s transport error (%s); retry %d in %.1fs",
+                        name, method, path, type(exc).__name__, attempt, delay)
+            stats.retries += 1
+            retry.sleep(delay)
+            continue
+        if response.status_code not in RETRYABLE_STATUS:
+            return response
+        if response.status_code == 429:
+            stats.throttled += 1
+        else:
+            stats.server_errors += 1
+        if attempt >= retry.max_attempts:
+            return response
+        delay = retry.wait_for(response, attempt)
+        log.warning("%s: %s %s answered %s; retry %d in %.1fs", name, method, path, response.status_code, attempt, delay)
+        response.close()
+        stats.retries += 1
+        retry.sleep(delay)
 
 
 def _route_of(path: str) -> str:

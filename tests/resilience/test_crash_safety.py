@@ -43,6 +43,13 @@ def child_env(tmp_path_factory):
     """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(tmp_path_factory.mktemp("pycache"))
+    # An Airflow home of the workers' own. A load needs no metadata DB (its connection comes from the
+    # environment), but these processes fork and are SIGKILLed: had anything in them opened the
+    # session's shared SQLite metadata DB, a kill or a connection carried over a fork could damage
+    # it for every later test.
+    home = tmp_path_factory.mktemp("crash-airflow-home")
+    env["AIRFLOW_HOME"] = str(home)
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{home / 'airflow.db'}"
     return env
 
 

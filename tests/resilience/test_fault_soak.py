@@ -33,17 +33,34 @@ SOAK_FAULTS = FaultPlan(rate_429=0.03, rate_5xx=0.03, rate_slow=0.004, rate_drop
 
 @pytest.fixture
 def compressed_time(monkeypatch):
-    """Every ApiClient built from now on sleeps ``1/SPEEDUP`` of each back-off and ``Retry-After``."""
+    """Every ``RetryPolicy`` built from now on, and the one of every ``ApiClient``, sleeps ``1/SPEEDUP`` of
+    each back-off and ``Retry-After``: the policy is what every plugin's retries wait through, whether
+    its HTTP goes through ``ApiClient`` or through a session driven by the policy. Each policy is
+    compressed once, however often it is built or handed on."""
     from airflow_ascora_provider.hooks import http_client
 
-    original = http_client.ApiClient.__init__
+    def compress(retry):
+        if not getattr(retry.sleep, "compressed", False):
+            def sleep(seconds, _sleep=retry.sleep):
+                _sleep(seconds / SPEEDUP)
 
-    def init(self, *args, retry=None, **kwargs):
-        retry = retry or http_client.RetryPolicy()
-        retry.sleep = lambda seconds, _sleep=retry.sleep: _sleep(seconds / SPEEDUP)
-        original(self, *args, retry=retry, **kwargs)
+            sleep.compressed = True
+            retry.sleep = sleep
+        return retry
 
-    monkeypatch.setattr(http_client.ApiClient, "__init__", init)
+    policy_init = http_client.RetryPolicy.__init__
+
+    def init_policy(self, *args, **kwargs):
+        policy_init(self, *args, **kwargs)
+        compress(self)
+
+    client_init = http_client.ApiClient.__init__
+
+    def init_client(self, *args, retry=None, **kwargs):
+        client_init(self, *args, retry=compress(retry or http_client.RetryPolicy()), **kwargs)
+
+    monkeypatch.setattr(http_client.RetryPolicy, "__init__", init_policy)
+    monkeypatch.setattr(http_client.ApiClient, "__init__", init_client)
 
 
 @pytest.fixture

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_UPLOAD_BYTES = 100 * 1024 * 1024 - 1024 * 1024  # Bulk 2.0 accepts 100 MB per upload; keep 1 MB spare
+# (connect, read) seconds for the upload: Salesforce answers only once it has stored up to 100 MB, which
+# can take longer than the session's default ``timeout`` meant for single calls.
+UPLOAD_TIMEOUT = (10.0, 300.0)
 _FIELDS_TAIL = re.compile(r"^[A-Za-z0-9_, ]*$")
 
 
@@ -70,7 +73,7 @@ def upload(sf, job_id: str, data: str) -> None:
     headers = {"Authorization": f"Bearer {sf.session_id}", "Content-Type": "text/csv; charset=UTF-8",
                "Accept": "application/json"}
     response = call_salesforce(f"{sf.bulk2_url}ingest/{job_id}/batches", "PUT", session=sf.session,
-                               headers=headers, data=payload)
+                               headers=headers, data=payload, timeout=UPLOAD_TIMEOUT)
     if response.status_code != 201:
         raise RuntimeError(f"Bulk API 2.0 refused the data of job {job_id}: HTTP {response.status_code} "
                            f"{response.text[:200]}")

@@ -8,12 +8,19 @@ users already have; this module only adds what a migration needs around it:
   (or the operators' ``destination_options``): ``access_token`` (a session id for direct-session
   auth with ``instance_url``), ``ca_bundle``, ``bulk_threshold``, ``batch_size``,
   ``api_reserve_percent``/``api_reserve_calls``, ``quota_pause_minutes``, ``permission_set``,
-  ``set_audit_fields``, ``max_retries`` and ``bulk_poll_seconds`` (see docs/destinations/salesforce.md).
-* **Retries**: simple-salesforce retries nothing, so the session mounts urllib3's ``Retry`` for
-  connection errors, 429 and 5xx (honouring ``Retry-After``), and reads every reply in full inside the
-  adapter, so a reply cut off after its headers is retried too (urllib3 alone gives up there). Sending
-  a write twice cannot duplicate a record: ``Ascora_Id__c`` is unique, so a repeated insert is refused
-  and the plugin upserts instead, and upserts, deletes and restores are idempotent.
+  ``set_audit_fields``, ``max_retries``, ``timeout`` and ``bulk_poll_seconds`` (see
+  docs/destinations/salesforce.md).
+* **Retries and timeout**: simple-salesforce retries nothing and sets no timeout, so the session's
+  adapter sends every request under the provider's ``RetryPolicy`` (``hooks/http_client.py``), the
+  policy every ``ApiClient`` hook uses: 429 and 5xx wait ``Retry-After`` (else the back-off),
+  connection errors, timeouts and replies cut off mid-body (each reply is read in full inside the
+  adapter) wait the back-off, all through the policy's ``sleep``; ``max_retries`` retries at most, and
+  calls, retries, throttles and errors are counted in a ``CallStats`` (``api_stats``). urllib3 retries
+  nothing itself. A request without a timeout gets ``timeout`` (30 s; connect at most 10 s), so a
+  stalled answer costs one timeout and a retry, never a hung task. Sending a write twice cannot
+  duplicate a record: ``Ascora_Id__c`` is unique, so a repeated insert is refused and the plugin
+  upserts instead, and upserts, deletes and restores are idempotent. A certificate that fails
+  verification is not retried.
 * **Quota**: every response's ``Sforce-Limit-Info: api-usage=used/max`` is read by a session hook;
   :meth:`QuotaGuard.require` raises ``QuotaExhausted`` *before* a call that would eat into the
   reserve, so a load stops cleanly and resumes later instead of failing half-way.
@@ -25,11 +32,11 @@ import datetime as dt
 import logging
 import re
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_ascora_provider.destinations.spec import QuotaExhausted
+from airflow_ascora_provider.hooks.http_client import CallStats, RetryPolicy, send_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,7 @@ class Settings:
     permission_set: str = "Ascora_Migration"
     set_audit_fields: str = "auto"  # auto | true | false
     max_retries: int = 5
+    timeout: float = 30.0
     bulk_poll_seconds: float = 10.0
     describe_objects: tuple[str, ...] = ()
 
@@ -75,6 +83,9 @@ class Settings:
         audit = str(pick("set_audit_fields") or "auto").lower()
         if audit not in ("auto", "true", "false"):
             raise ValueError(f"salesforce connection: set_audit_fields must be auto, true or false, got {audit!r}")
+        timeout = number("timeout", float, 30.0)
+        if timeout <= 0:
+            raise ValueError(f"salesforce connection: timeout must be seconds above 0, got {timeout!r}")
         objects = pick("describe_objects") or ()
         if isinstance(objects, str):
             objects = tuple(o.strip() for o in objects.split(",") if o.strip())
@@ -89,7 +100,8 @@ class Settings:
             quota_pause_minutes=number("quota_pause_minutes", float, 60.0),
             permission_set=str(pick("permission_set") or "Ascora_Migration"),
             set_audit_fields=audit,
-            max_retries=number("max_retries", int, 5),
+            max_retries=max(0, number("max_retries", int, 5)),
+            timeout=timeout,
             bulk_poll_seconds=number("bulk_poll_seconds", float, 10.0),
             describe_objects=tuple(objects),
         )
@@ -141,42 +153,71 @@ class QuotaGuard:
                     f"pauses and resumes where it stopped", resume_at=self.resume_at())
 
 
-def _whole_reply_adapter(retry):
+def _is_certificate_error(exc: BaseException) -> bool:
+    """An untrusted or mismatched certificate: the same on every attempt, so never retried."""
+    import ssl
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return True
+        nested = [a for a in getattr(exc, "args", ()) if isinstance(a, BaseException)]
+        exc = exc.__cause__ or exc.__context__ or (nested[0] if nested else None)
+    return False
+
+
+def _policy_adapter(retry: RetryPolicy, timeout: float, stats: CallStats, name: str = "salesforce"):
     from requests.adapters import HTTPAdapter
-    from requests.exceptions import ChunkedEncodingError, ConnectionError
+    from requests.exceptions import ChunkedEncodingError, ConnectionError, SSLError, Timeout
 
-    class WholeReplyAdapter(HTTPAdapter):
-        """Reads each reply while a retry is still possible: a connection lost mid-reply is retried."""
+    def untrusted(exc: BaseException) -> bool:
+        return isinstance(exc, SSLError) and _is_certificate_error(exc)
 
-        def send(self, request, **kwargs):
-            attempt = 0
-            while True:
-                response = super().send(request, **kwargs)
-                try:
-                    response.content  # noqa: B018 - read the whole body now
-                    return response
-                except (ChunkedEncodingError, ConnectionError):
-                    attempt += 1
-                    if attempt > retry.total:
-                        raise
-                    log.warning("Salesforce reply to %s %s was cut off; sending it again (%d/%d)",
-                                request.method, request.path_url, attempt, retry.total)
-                    time.sleep(min(retry.backoff_max, retry.backoff_factor * 2 ** (attempt - 1)))
+    class PolicyAdapter(HTTPAdapter):
+        """Sends every request of the session under the provider's retry rule (``send_with_retries``,
+        the one every ``ApiClient`` uses).
 
-    return WholeReplyAdapter(max_retries=retry)
+        urllib3 itself retries nothing (``max_retries=0``). A reply is read in full inside the attempt,
+        so one cut off mid-body is a transport error that is retried like a dropped connection. A
+        request sent without a timeout (simple-salesforce never sets one) gets ``timeout``: connect at
+        most 10 s, read ``timeout``.
+        """
+
+        def __init__(self):
+            super().__init__(max_retries=0)
+
+        def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
+            if timeout is None:
+                timeout = (min(timeout_seconds, 10.0), timeout_seconds)
+
+            def attempt():
+                response = super(PolicyAdapter, self).send(request, stream=stream, timeout=timeout, verify=verify,
+                                                           cert=cert, proxies=proxies)
+                if not stream:
+                    response.content  # noqa: B018 - read the whole body now, while a retry is possible
+                return response
+
+            return send_with_retries(attempt, request.method, request.path_url, retry=retry, stats=stats, name=name,
+                                     transport_errors=(ConnectionError, ChunkedEncodingError, Timeout),
+                                     fatal=untrusted)
+
+    timeout_seconds = timeout
+    return PolicyAdapter()
 
 
-def build_session(settings: Settings, guard: QuotaGuard):
-    """A ``requests.Session`` for SalesforceHook: transport retries, optional pinned CA, quota hook."""
+def build_session(settings: Settings, guard: QuotaGuard, retry: RetryPolicy | None = None,
+                  stats: CallStats | None = None):
+    """A ``requests.Session`` for SalesforceHook: retries and timeout by ``RetryPolicy``, optional pinned CA,
+    quota hook."""
     import requests
-    from urllib3.util.retry import Retry
 
+    retry = retry or RetryPolicy(max_attempts=settings.max_retries + 1)
+    stats = stats if stats is not None else CallStats()
     session = requests.Session()
-    retry = Retry(total=settings.max_retries, connect=settings.max_retries, read=settings.max_retries,
-                  status=settings.max_retries, backoff_factor=0.5, backoff_max=60,
-                  status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None,
-                  respect_retry_after_header=True, raise_on_status=False)
-    session.mount("https://", _whole_reply_adapter(retry))
+    adapter = _policy_adapter(retry, settings.timeout, stats)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
     if settings.ca_bundle:
         # requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override Session.verify, so a pinned CA
         # (the sandbox's self-signed certificate, a corporate TLS proxy) needs trust_env off.
@@ -197,15 +238,16 @@ class SalesforceConnection:
         self.settings = Settings.from_sources(extras, options)
         self.guard = QuotaGuard(self.settings.api_reserve_percent, self.settings.api_reserve_calls,
                                 self.settings.quota_pause_minutes)
-        self.session = build_session(self.settings, self.guard)
+        self.retry = RetryPolicy(max_attempts=self.settings.max_retries + 1)
+        self.stats = CallStats()
+        self.session = build_session(self.settings, self.guard, self.retry, self.stats)
         self.hook = SalesforceHook(salesforce_conn_id=self.conn_id, session_id=self.settings.access_token,
                                    session=self.session)
-        self.calls = 0
-        self.session.hooks["response"].append(self._count)
 
-    def _count(self, response, *args, **kwargs):
-        self.calls += 1
-        return response
+    @property
+    def calls(self) -> int:
+        """Requests sent, every retry included (as ``ApiClient`` counts them)."""
+        return self.stats.calls
 
     @property
     def sf(self):

@@ -632,7 +632,7 @@ class SalesforceDestination(Destination):
         self.conn.close()
 
     def api_stats(self) -> dict[str, Any]:
-        return {"calls": self.conn.calls, "api_usage": self.conn.guard.used, "api_max": self.conn.guard.max,
+        return {**self.conn.stats.as_dict(), "api_usage": self.conn.guard.used, "api_max": self.conn.guard.max,
                 "api_reserve": self.conn.guard.reserve}
 
 
