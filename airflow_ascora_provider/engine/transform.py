@@ -237,7 +237,11 @@ class BatchTransformer:
                               or (fm.transform == "refs" and fm.sources)]
         # Resolved once per task, not per record: each field's transform, each lookup source as its
         # own one-source field (what _maps_for takes), the fields that can hold a file.
-        self.appliers = [(fm, TRANSFORMS[fm.transform].apply) for fm in object_map.fields]
+        # A plain one-source copy (most fields of every mapping) is read inline: ``copy`` is "the value,
+        # empty text as none", and two Python calls per field per record were a fifth of the transform.
+        self.appliers = [(fm, TRANSFORMS[fm.transform].apply,
+                          fm.sources[0] if fm.transform == "copy" and len(fm.sources) == 1 else None)
+                         for fm in object_map.fields]
         self.lookup_sources = [(source_field, type(fm)(fm.dest_field, fm.transform, (source_field,), fm.options))
                                for fm in self.lookup_fields for source_field in fm.sources]
         self.file_fields = [fm.dest_field for fm in object_map.fields if fm.transform == "file"]
@@ -335,8 +339,11 @@ class BatchTransformer:
                     continue
             payload: dict[str, Any] = {}
             try:
-                for fm, apply in self.appliers:
-                    value = apply(record, fm, bctx)
+                for fm, apply, copied in self.appliers:
+                    if copied is None:
+                        value = apply(record, fm, bctx)
+                    elif (value := record.get(copied)) == "":
+                        value = None
                     if value is None and fm.default is not None:
                         value = fm.default
                     if value is None and fm.required:
