@@ -32,7 +32,7 @@ from airflow_ascora_provider.mapping.transforms import (
     related_row_lookups,
     template_fields,
 )
-from airflow_ascora_provider.mapping.values import DestRef, FileRef, UserRef
+from airflow_ascora_provider.mapping.values import DestRef, FileRef, Link, UserRef
 from airflow_ascora_provider.source.model import ISSUES_COLUMN, get_object
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,18 @@ class RelatedIndex:
 def _order_field(object_name: str) -> str:
     """What a key's related rows are ordered by (oldest first), so ``last`` means the latest."""
     return "invoice_date" if object_name == "invoice" else "date_created"
+
+
+def unique_key(value: Any) -> str | None:
+    """What a destination compares a unique value by: an e-mail, a phone or a web address without case
+    or surrounding spaces (the primary one of a list)."""
+    if isinstance(value, Link):
+        value = value.url
+    elif hasattr(value, "primary"):  # Emails, Phones
+        value = value.primary
+    if value is None:
+        return None
+    return str(value).strip().casefold() or None
 
 
 def _isin(column: pa.ChunkedArray, values: set[Any]) -> pa.Array | pa.ChunkedArray:
@@ -249,6 +261,8 @@ class BatchTransformer:
         self.related_refs = [part for fm in object_map.fields if fm.transform == "refs"
                              for part in fm.options.get("related") or ()]
         self.used = object_map.used_source_fields()
+        self.unique_fields = [fm for fm in object_map.fields if fm.options.get("unique")]
+        self._first_holders: dict[str, dict[str, str]] | None = None  # see first_holders()
         self._warm: dict[tuple[str, str], DestRef] = {}  # the current chunk's crosswalk answers
         self._asked: set[tuple[str, str]] = set()  # what the chunk asked of other maps
 
@@ -361,12 +375,65 @@ class BatchTransformer:
                     source_object=om.source, source_id=source_id, field=too_big[0], value=too_big[1],
                     reason=f"[{om.name}] {too_big[2]}", stage="transform"))
                 continue
+            taken = self._held_by_another(source_id, payload) if self.unique_fields else None
+            if taken:
+                outcome.quarantined.append(QuarantineEntry(
+                    source_object=om.source, source_id=source_id, field=taken[0], value=taken[1],
+                    reason=f"[{om.name}] {taken[2]}", stage="transform"))
+                continue
             if om.key_field:
                 payload[om.key_field] = source_id
             outcome.records.append(OutgoingRecord(source_id=source_id, payload=payload,
                                                   dest_id=existing.get(source_id)))
             outcome.source_values[source_id] = {s: record.get(s) for s in used}
         return outcome
+
+    def first_holders(self) -> dict[str, dict[str, str]]:
+        """Per ``unique`` field, each value more than one of this map's records holds → the id of the
+        first of them in staging order, the one that keeps it.
+
+        The destination holds such a value once (Twenty and Freshsales refuse a second person with an
+        e-mail already taken). Left to the destination, the record written first would win, and when
+        a map's units run in parallel on several workers, which one that is depends on their timing.
+        Deciding by staging order instead gives every run, local or distributed, the same winner, and
+        spares the destination a refused batch. Read once per task: one pass over the map's source.
+        """
+        if self._first_holders is None:
+            om = self.map
+            staged = set(get_object(om.source).arrow_schema.names)
+            columns = sorted(({"id"} | {s for fm in self.unique_fields for s in fm.sources}
+                              | (om.when.fields() if om.when else set())) & staged)
+            bctx = _BatchContext(self.ctx, {}, self.users, self.related)
+            seen: dict[str, dict[str, str]] = {fm.dest_field: {} for fm in self.unique_fields}
+            shared: dict[str, dict[str, str]] = {fm.dest_field: {} for fm in self.unique_fields}
+            for record in self.ctx.snapshot.iter_records(om.source, columns):
+                if om.when is not None and not om.when.matches(record, self.ctx.as_of):
+                    continue
+                for fm in self.unique_fields:
+                    try:
+                        key = unique_key(TRANSFORMS[fm.transform].apply(record, fm, bctx))
+                    except TransformError:
+                        continue  # the record is quarantined for that value anyway
+                    if key is None:
+                        continue
+                    first = seen[fm.dest_field].setdefault(key, record["id"])
+                    if first != record["id"]:
+                        shared[fm.dest_field].setdefault(key, first)
+            self._first_holders = shared
+        return self._first_holders
+
+    def _held_by_another(self, source_id: str, payload: dict[str, Any]) -> tuple[str, Any, str] | None:
+        """``(field, value, reason)`` when a unique value of this record is kept by an earlier record."""
+        holders = self.first_holders()
+        for fm in self.unique_fields:
+            key = unique_key(payload.get(fm.dest_field))
+            first = holders[fm.dest_field].get(key) if key is not None else None
+            if first is not None and first != source_id:
+                source = fm.sources[0] if fm.sources else fm.dest_field
+                return (source, key, f"{fm.dest_field} {key!r} is also on {self.map.source} {first}, which comes "
+                        f"first and keeps it: {self.ctx.destination_name} holds each {fm.dest_field} once "
+                        "(unique in the mapping)")
+        return None
 
     def _oversized_file(self, payload: dict[str, Any]) -> tuple[str, str, str] | None:
         limit = self.ctx.destination.capabilities.max_file_bytes
