@@ -197,7 +197,17 @@ class Destination(ABC):
 
     @abstractmethod
     def apply_schema_change(self, change: SchemaChange) -> None:
-        """Create one custom object / field / pick-list option through the API."""
+        """Create one custom object / field / pick-list option through the API (or queue it: see
+        :meth:`finish_schema_changes`)."""
+
+    def finish_schema_changes(self) -> None:
+        """Send what :meth:`apply_schema_change` queued, raising if any of it failed.
+
+        An API that creates many fields in one call (Dataverse's ``$batch``) may queue changes; the
+        schema step calls this after the last one, so a failure shows in that step and nothing is
+        reported as applied before it was sent. Destinations that apply each change at once keep
+        this default.
+        """
 
     def check_plan(self, changes: Iterable[SchemaChange]) -> list[str]:
         """What the account's plan or edition cannot hold of these planned changes, one line each.

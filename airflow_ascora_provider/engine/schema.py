@@ -211,6 +211,7 @@ def apply_schema(destination, plan: SchemaPlan) -> list[str]:
             log.warning("schema: %s answered an error but is in place (an earlier attempt's reply was lost)",
                         change.describe())
         done.append(change.describe())
+    destination.finish_schema_changes()
     return done
 
 

@@ -6,9 +6,12 @@ service answers 401). Writes go through ``$batch`` with one change set per recor
 odata.continue-on-error``, so one bad record does not sink the other 99. Lookups are written with
 ``@odata.bind`` through navigation properties read from metadata, never guessed. Tables, columns,
 choices, lookups and alternate keys are created through the metadata API, keys are polled until their
-index is Active, and customisations are published. And the service-protection limits (6000 requests
-per 5 minutes per user, each request inside a batch counted) are respected by pacing *before* they
-bite, while a 429 is still honoured through ``Retry-After`` and slows the pace down for a while.
+index is Active, and customisations are published (columns, lookups and keys can go through
+``$batch`` too: :meth:`DataverseHook.create_metadata`). And the service-protection limits (6000
+requests per user in a sliding 5-minute window, each request inside a batch counted) are respected
+*before* they bite: the hook models the window (:class:`RequestWindow`) and a call waits until its
+whole weight fits in the hook's 90% share, so full batches go out without a 429; a 429 is still
+honoured through ``Retry-After`` and lowers the share for a while.
 
 All HTTP goes through :class:`~airflow_ascora_provider.hooks.http_client.ApiClient` (retries that
 honour ``Retry-After``, backoff, token-bucket pacing, request budget, call stats).
@@ -19,7 +22,8 @@ login = application (client) id, password = client secret. Extra: ``tenant_id`` 
 ``ca_bundle`` (a CA file to trust, e.g. the emulator's self-signed certificate), ``publisher_prefix``
 (default ``new``), ``solution`` (unique name that new components are added to), ``licence``
 (``enterprise`` or ``professional``), ``requests_per_window`` (default 6000; 0 disables pacing),
-``window_seconds`` (300), ``batch_size`` (records per ``$batch``, default 100, at most 1000),
+``window_seconds`` (300), ``batch_size`` (records per ``$batch``, default 100, at most 1000, and at most what the paced share
+of the window holds),
 ``timeout`` (30), ``request_budget``, ``key_wait_seconds`` (600), ``large_file_link``.
 
 msal and custom authorities: msal validates an authority against Microsoft's instance-discovery
@@ -37,6 +41,7 @@ import re
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +66,7 @@ DEFAULT_WINDOW_SECONDS = 300.0
 PACE_SHARE = 0.9  # pace at 90% of the published limit: other tools may share the application user
 DEFAULT_BATCH_SIZE = 100
 MAX_BATCH_REQUESTS = 1000
+METADATA_BATCH = 20  # metadata creates per $batch: each can take seconds server-side, the timeout is per call
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_KEY_WAIT = 600.0
 LANGUAGE = 1033
@@ -92,6 +98,9 @@ class BatchOperation:
     url: str
     body: Mapping[str, Any] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # A write goes into a change set of its own (atomic, rolled back on failure); False sends it as a
+    # plain part of the batch, as GETs always go (metadata creates: ExecuteMultiple, not a transaction).
+    changeset: bool = True
 
 
 @dataclass
@@ -196,6 +205,97 @@ def column_definition(kind: str, schema_name: str, label: str, *, description: s
     else:
         raise ValueError(f"unknown Dataverse column kind {kind!r}; known: {', '.join(sorted(specs) + sorted(formats))}")
     return {**spec, **base}
+
+
+class RequestWindow:
+    """The client's model of service protection's request count: a sliding window of ``window``
+    seconds in which at most ``budget`` requests may fall (each request inside a ``$batch`` counted,
+    and the batch too).
+
+    A call that weighs ``n`` requests *reserves* all ``n`` at once: it waits until the requests this
+    client sent in the last ``window`` seconds leave room for the whole call, then records them at
+    the moment it goes out. Whatever the sizes of the calls, no window of the service then ever
+    holds more than ``budget`` of this client's requests, so full ``$batch`` calls (up to 1,000
+    requests) go out without a 429. A token bucket cannot do that: it accrues a batch's tokens
+    *before* the batch, and the window that ends just after the batch holds the batch plus a window's
+    worth of accrual (with a 90% share, any batch over 10% of the limit earned a 429).
+
+    A call weighing more than the whole budget (the budget was lowered after a 429) waits until this
+    client's window is empty; it cannot be split here.
+    """
+
+    def __init__(self, budget: float, window: float):
+        self.budget = float(budget)
+        self.full_budget = float(budget)
+        self.window = float(window)
+        self._sent: deque[list] = deque()  # [time counted from, requests], oldest first
+        self._used = 0
+        self._lock = threading.Lock()
+        self._weight = threading.local()
+
+    @property
+    def rate(self) -> float:
+        """The long-run pace this budget allows (requests per ``window``), for logs and the adaptation."""
+        return self.budget
+
+    def used(self, now: float | None = None) -> int:
+        with self._lock:
+            self._expire(time.monotonic() if now is None else now)
+            return self._used
+
+    def _expire(self, now: float) -> None:
+        while self._sent and now - self._sent[0][0] >= self.window:
+            self._used -= self._sent.popleft()[1]
+
+    def wait_time(self, weight: int, now: float) -> float:
+        """Seconds until ``weight`` requests fit (0: they fit now). Caller holds the lock."""
+        self._expire(now)
+        room = self.budget - self._used
+        if weight <= room or not self._sent:
+            return 0.0
+        # The oldest sends leave the window first: find the one whose departure makes room.
+        needed = weight - room if weight <= self.budget else self._used
+        freed = 0
+        for at, n in self._sent:
+            freed += n
+            if freed >= needed:
+                return max(0.0, at + self.window - now)
+        return max(0.0, self._sent[-1][0] + self.window - now)
+
+    def reserve(self, weight: int, sleep=time.sleep) -> float:
+        """Wait until ``weight`` requests fit in the window, then count them as sent now; the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                wait = self.wait_time(weight, now)
+                if wait <= 0:
+                    entry = [now, weight]
+                    self._sent.append(entry)
+                    self._used += weight
+                    self._weight.entry = entry
+                    return waited
+            sleep(wait + 0.001)
+            waited += wait
+
+    # ApiClient's pacer interface: every attempt (a retry is a request the service counts) reserves
+    # the weight of the call being sent, which :meth:`DataverseHook.send` sets for its thread.
+    def acquire(self, sleep=time.sleep) -> None:
+        self.reserve(getattr(self._weight, "value", 1), sleep)
+
+    def weigh(self, weight: int) -> None:
+        self._weight.value = max(1, int(weight))
+
+    def settle(self) -> None:
+        """The call this thread sent last has been answered: count it from now. The service counted it
+        when it arrived, somewhere between the send and the answer; counting it from the answer makes
+        the model free its room no earlier than the service does (a large ``$batch`` takes a while to
+        upload and parse)."""
+        entry = getattr(self._weight, "entry", None)
+        if entry is not None:
+            with self._lock:
+                entry[0] = max(entry[0], time.monotonic())
+            self._weight.entry = None
 
 
 class _PinnedSession(requests.Session):
@@ -316,21 +416,30 @@ class DataverseHook(BaseHook):
 
     @property
     def batch_size(self) -> int:
-        return self.settings["batch_size"]
+        """Records per ``$batch``: the connection's, but never more than the paced window can hold (a
+        batch of ``n`` weighs ``n + 1`` requests against the hook's share of the limit)."""
+        s = self.settings
+        if s["requests_per_window"]:
+            return max(1, min(s["batch_size"], int(s["requests_per_window"] * PACE_SHARE) - 1))
+        return s["batch_size"]
 
     def get_conn(self) -> ApiClient:
         """The shared :class:`ApiClient`, paced under the service-protection request limit."""
         if self._client is None:
             s = self.settings
-            rate = s["requests_per_window"] * PACE_SHARE if s["requests_per_window"] else None
+            # A known limit: the service's sliding window, modelled (RequestWindow). None known: no
+            # pacing until the service answers 429, then a token bucket under the documented default.
+            pacer: Pacer | RequestWindow = (
+                RequestWindow(s["requests_per_window"] * PACE_SHARE, s["window_seconds"])
+                if s["requests_per_window"] else Pacer(None, per=s["window_seconds"]))
             self._client = ApiClient(
                 s["base_url"] + API_PATH,
                 headers={"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"},
-                timeout=s["timeout"], retry=self._retry, pacer=Pacer(rate, per=s["window_seconds"]),
+                timeout=s["timeout"], retry=self._retry, pacer=pacer,
                 budget=s["request_budget"], name="dataverse",
                 transport=httpx.HTTPTransport(verify=s["ca_bundle"] or True, retries=0),
             )
-            self._max_rate = rate
+            self._max_rate = None if isinstance(pacer, RequestWindow) else pacer.rate
         return self._client
 
     @property
@@ -381,22 +490,38 @@ class DataverseHook(BaseHook):
 
     # ---- request core --------------------------------------------------------------------------
     def _pace_extra(self, weight: int) -> None:
-        """Requests inside a ``$batch`` count against the limit too: take their tokens before sending."""
+        """Token-bucket pacing (limit unknown, switched on by a 429): a ``$batch``'s inner requests
+        count too, so their tokens are taken before it goes. (With a known limit the
+        :class:`RequestWindow` reserves a call's whole weight at once instead.)"""
         for _ in range(max(0, weight - 1)):
             self.client.pacer.acquire(self.client.retry.sleep)
 
     def _adapt(self, weight: int = 1) -> None:
-        """Halve the pace after a 429; creep back up (x1.25 per 50 calm requests) to the configured rate.
+        """Lower the pace after a 429 and bring it back after a calm spell, without compounding.
 
-        Calm is counted in requests as the limit counts them (a ``$batch`` of 100 is 101), not in
-        calls. And a 429 that comes while the pace has not yet climbed back from the last halving
-        is waited out (``Retry-After``) without halving again: compounded, a few 429s in a row left
-        the pace at 1/64 for the rest of a run (fault soak: 28x slower than without faults).
+        With a known limit the hook never exceeds its own share, so a 429 means someone else (another
+        tool on the same application user) or another limit (execution time) took room: the budget of
+        the modelled window is halved and creeps back (x1.25 per 50 calm requests) to the hook's share.
+        Without a known limit the token bucket starts at half the documented default and the same rule
+        applies. Calm is counted in requests as the limit counts them (a ``$batch`` of 100 is 101), and
+        a 429 that comes while the pace has not yet climbed back from the last halving is waited out
+        (``Retry-After``) without halving again: compounded, a few 429s in a row left the pace at 1/64
+        for the rest of a run (fault soak: 28x slower than without faults).
         """
         stats, pacer = self.client.stats, self.client.pacer
+        window = pacer if isinstance(pacer, RequestWindow) else None
         if stats.throttled > self._throttled_seen:
             self._throttled_seen = stats.throttled
             s = self.settings
+            if window is not None:
+                if self._halved_from is not None and window.budget < self._halved_from:
+                    return  # still recovering from the last halving
+                self._halved_from = window.budget
+                window.budget = max(window.full_budget / 64, window.budget / 2)
+                self._calm_calls = 0
+                log.warning("dataverse: throttled by the service; lowering this client's share of the window "
+                            "to %.0f requests per %.0f s", window.budget, window.window)
+                return
             known = (s["requests_per_window"] or DEFAULT_REQUESTS_PER_WINDOW) * PACE_SHARE
             if self._halved_from is not None and (pacer.rate or known) < self._halved_from:
                 return  # still recovering from the last halving
@@ -406,6 +531,13 @@ class DataverseHook(BaseHook):
             self._calm_calls = 0
             log.warning("dataverse: throttled by the service; pacing down to %.0f requests per %.0f s",
                         pacer.rate, pacer.per)
+            return
+        if window is not None:
+            if window.budget < window.full_budget:
+                self._calm_calls += weight
+                if self._calm_calls >= 50:
+                    steps, self._calm_calls = divmod(self._calm_calls, 50)
+                    window.budget = min(window.full_budget, window.budget * 1.25 ** steps)
             return
         if pacer.rate and self._max_rate and pacer.rate < self._max_rate:
             self._calm_calls += weight
@@ -421,8 +553,14 @@ class DataverseHook(BaseHook):
     def send(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
              content: bytes | None = None, headers: Mapping[str, str] | None = None, weight: int = 1,
              ok_statuses: Sequence[int] = ()) -> httpx.Response:
-        """One request with a fresh token (retried once after a 401); raises on a non-2xx answer."""
-        self._pace_extra(weight)
+        """One request with a fresh token (retried once after a 401); raises on a non-2xx answer.
+
+        ``weight`` is what service protection counts for it (a ``$batch`` of ``n``: ``n + 1``)."""
+        pacer = self.client.pacer
+        if isinstance(pacer, RequestWindow):
+            pacer.weigh(weight)  # every attempt reserves the whole weight in the modelled window
+        else:
+            self._pace_extra(weight)
         for attempt in (1, 2):
             request_headers = {"Authorization": f"Bearer {self.access_token()}", **(headers or {})}
             kwargs: dict[str, Any] = {"headers": request_headers}
@@ -434,6 +572,8 @@ class DataverseHook(BaseHook):
             elif content is not None:
                 kwargs["content"] = content
             response = self.client.request(method, path, **kwargs)
+            if isinstance(pacer, RequestWindow):
+                pacer.settle()
             self._adapt(weight)
             for name in ("x-ms-ratelimit-burst-remaining-xrm-requests", "x-ms-ratelimit-time-remaining-xrm-requests"):
                 if name in response.headers:
@@ -522,10 +662,15 @@ class DataverseHook(BaseHook):
 
         Every write goes into a change set of its own (atomic per record) and the batch carries
         ``Prefer: odata.continue-on-error``, so a refused record answers with its error and the rest are
-        still written. GETs go outside change sets (they are not allowed inside).
+        still written. GETs go outside change sets (they are not allowed inside), and so do operations
+        marked ``changeset=False``.
         """
+        return self.execute_batches(operations, self.batch_size)
+
+    def execute_batches(self, operations: Sequence[BatchOperation], size: int) -> list[BatchResult]:
+        """:meth:`execute_batch` with ``size`` operations per ``$batch`` (at most the documented 1,000)."""
         results: list[BatchResult] = []
-        size = self.batch_size
+        size = max(1, min(size, MAX_BATCH_REQUESTS))
         for start in range(0, len(operations), size):
             results.extend(self._one_batch(list(operations[start:start + size])))
         return results
@@ -541,7 +686,7 @@ class DataverseHook(BaseHook):
             request += [f"{k}: {v}" for k, v in op.headers.items()]
             request.append("")
             request.append(jsonlib.dumps(op.body, ensure_ascii=False) if op.body is not None else "")
-            if op.method == "GET":
+            if op.method == "GET" or not op.changeset:
                 lines += ["Content-Type: application/http", "Content-Transfer-Encoding: binary", "", *request]
                 continue
             changeset = f"changeset_{uuid.uuid4()}"
@@ -607,12 +752,34 @@ class DataverseHook(BaseHook):
         self.send("POST", "EntityDefinitions", json=body, headers=self._metadata_headers())
 
     def create_column(self, entity: str, definition: Mapping[str, Any]) -> None:
-        self.send("POST", f"EntityDefinitions(LogicalName='{entity}')/Attributes", json=dict(definition),
-                  headers=self._metadata_headers())
+        self._send_operation(self.column_operation(entity, definition))
+
+    def column_operation(self, entity: str, definition: Mapping[str, Any]) -> BatchOperation:
+        """The request that adds a column to ``entity`` (send it alone, or in :meth:`create_metadata`)."""
+        return BatchOperation("POST", f"EntityDefinitions(LogicalName='{entity}')/Attributes", dict(definition),
+                              self._metadata_headers(), changeset=False)
+
+    def _send_operation(self, op: BatchOperation) -> None:
+        self.send(op.method, op.url, json=op.body, headers=op.headers)
+
+    def create_metadata(self, operations: Sequence[BatchOperation]) -> list[BatchResult]:
+        """Several metadata creates (columns, lookups, keys) in ``$batch`` calls of
+        :data:`METADATA_BATCH` operations, as plain parts run in order (a key after its column), each
+        answering for itself (``continue-on-error``). One call per 20 creates instead of one each: the
+        schema step of a mapping with a couple of hundred columns makes a dozen calls, not 200.
+
+        A batch whose answer is lost is sent again; creates the first attempt already made then answer
+        "already exists", which the caller checks against the metadata rather than trusting codes."""
+        return self.execute_batches(operations, METADATA_BATCH)
 
     def create_lookup(self, relationship_schema: str, referencing: str, referenced: str, lookup_schema: str,
                       label: str) -> None:
         """A 1:N relationship whose lookup column ``lookup_schema`` sits on ``referencing``."""
+        self._send_operation(self.lookup_operation(relationship_schema, referencing, referenced, lookup_schema,
+                                                   label))
+
+    def lookup_operation(self, relationship_schema: str, referencing: str, referenced: str, lookup_schema: str,
+                         label: str) -> BatchOperation:
         body = {"@odata.type": "Microsoft.Dynamics.CRM.OneToManyRelationshipMetadata",
                 "SchemaName": relationship_schema, "ReferencedEntity": referenced,
                 "ReferencingEntity": referencing,
@@ -622,12 +789,15 @@ class DataverseHook(BaseHook):
                            "AttributeTypeName": {"Value": "LookupType"}, "SchemaName": lookup_schema,
                            "DisplayName": _label(label), "Description": _label(label),
                            "RequiredLevel": {"Value": "None", "CanBeChanged": True}}}
-        self.send("POST", "RelationshipDefinitions", json=body, headers=self._metadata_headers())
+        return BatchOperation("POST", "RelationshipDefinitions", body, self._metadata_headers(), changeset=False)
 
     def create_key(self, entity: str, schema_name: str, attributes: Sequence[str], label: str) -> None:
+        self._send_operation(self.key_operation(entity, schema_name, attributes, label))
+
+    def key_operation(self, entity: str, schema_name: str, attributes: Sequence[str], label: str) -> BatchOperation:
         body = {"SchemaName": schema_name, "DisplayName": _label(label), "KeyAttributes": list(attributes)}
-        self.send("POST", f"EntityDefinitions(LogicalName='{entity}')/Keys", json=body,
-                  headers=self._metadata_headers())
+        return BatchOperation("POST", f"EntityDefinitions(LogicalName='{entity}')/Keys", body,
+                              self._metadata_headers(), changeset=False)
 
     def key_status(self, entity: str, key_logical_name: str) -> str:
         row = self.get_json(f"EntityDefinitions(LogicalName='{entity}')/Keys(LogicalName='{key_logical_name}')",

@@ -66,15 +66,20 @@ def test_wrong_secret_is_a_clear_auth_error(server):
     hook.close()
 
 
-def test_pacing_spreads_requests_and_counts_batch_requests(server):
-    hook = _hook(server, requests_per_window=100, window_seconds=5.0)  # paced at 90 per 5 s = one per 55 ms
-    hook.get_json("WhoAmI")
+@pytest.mark.parametrize("server", [{"rate_limit": 20, "window": 1.0}], indirect=True)
+def test_a_known_limit_is_kept_by_a_window_that_counts_every_request_of_a_batch(server):
+    """At 20 requests a second the hook uses its 90% share, 18: two batches worth 10 and 8 requests go
+    out at once, the next request waits for the window to turn, and the service never answers 429."""
+    hook = _hook(server, requests_per_window=20, window_seconds=1.0)
+    assert hook.batch_size == 17  # a batch of n records counts n + 1 requests: at most the share
+    time.sleep(1.1)  # the token request and any earlier call have left the window
     started = time.monotonic()
-    for _ in range(6):
-        hook.get_json("WhoAmI")
     hook.execute_batch([BatchOperation("GET", "accounts") for _ in range(9)])  # 10 requests' worth
-    elapsed = time.monotonic() - started
-    assert elapsed >= 15 * (5.0 / 90) * 0.9, elapsed
+    hook.execute_batch([BatchOperation("GET", "accounts") for _ in range(7)])  # 8 more: the share is full
+    assert time.monotonic() - started < 0.5
+    hook.get_json("WhoAmI")
+    assert time.monotonic() - started >= 0.95
+    assert hook.client.stats.throttled == 0
     hook.close()
 
 

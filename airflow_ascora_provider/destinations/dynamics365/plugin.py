@@ -144,6 +144,9 @@ class DynamicsDestination(Destination):
         self._stale: set[str] = set()
         self._to_publish: set[str] = set()
         self._max_upload: int | None = None
+        self._publisher: dict[str, Any] | None = None
+        # Columns, lookups and keys queued by the schema step: (kind, table, logical name, request).
+        self._pending: list[tuple[str, str, str, Any]] = []
 
     @property
     def prefix(self) -> str:
@@ -168,6 +171,7 @@ class DynamicsDestination(Destination):
     # -- metadata -----------------------------------------------------------------------------
     def _load_tables(self) -> dict[str, TableMeta]:
         """Metadata of every exposed table; after a schema change only the touched tables are re-read."""
+        self._flush_metadata()
         if self._tables is None:
             definitions = self.hook.entity_definitions(select=("LogicalName", "EntitySetName", "IsCustomEntity"))
             self._sets = {d["LogicalName"]: d["EntitySetName"] for d in definitions}
@@ -321,8 +325,8 @@ class DynamicsDestination(Destination):
             column = f"{p}_{change.field}"
             if spec.type == "lookup":
                 target = self._logical_table(spec.lookup_target or "")
-                self.hook.create_lookup(f"{p}_{table.removeprefix(p + '_')}_{change.field}"[:100],
-                                        table, target, column, spec.label)
+                self._pending.append(("lookup", table, column, self.hook.lookup_operation(
+                    f"{p}_{table.removeprefix(p + '_')}_{change.field}"[:100], table, target, column, spec.label)))
             elif spec.type == "address":
                 raise ValueError(f"{table}.{change.field}: Dataverse has no address column type; map the "
                                  "address parts to text columns (or use address1/address2 on standard tables)")
@@ -331,12 +335,12 @@ class DynamicsDestination(Destination):
                 option_base = self._option_base() if kind in ("Picklist", "MultiPicklist") else 0
                 options = [(option_base + i, label) for i, label in enumerate(spec.options)]
                 length = KEY_COLUMN_LENGTH if spec.unique and kind == "String" else None
-                self.hook.create_column(table, column_definition(
-                    kind, column, spec.label, description=spec.help_text or "", max_length=length, options=options))
+                self._pending.append(("column", table, column, self.hook.column_operation(table, column_definition(
+                    kind, column, spec.label, description=spec.help_text or "", max_length=length, options=options))))
                 if spec.unique:
                     key = f"{column}_key"
-                    self.hook.create_key(table, key, [column], f"{spec.label} (key)")
-                    self.hook.wait_for_key(table, key)
+                    self._pending.append(("key", table, key, self.hook.key_operation(
+                        table, key, [column], f"{spec.label} (key)")))
             self._to_publish.add(table)
             self._touched(table)
         elif change.kind == "picklist_option":
@@ -349,23 +353,72 @@ class DynamicsDestination(Destination):
         else:
             raise ValueError(f"Dataverse cannot apply a {change.kind!r} change")
 
+    def finish_schema_changes(self) -> None:
+        """The schema step's last call: the queued columns, lookups and keys go out, then publish."""
+        self._flush_publish()
+
+    def _flush_metadata(self) -> None:
+        """Send the columns, lookups and keys queued by :meth:`apply_schema_change` in ``$batch`` calls.
+
+        The schema step adds a couple of hundred columns, lookups and keys; one call each was most of
+        the calls a migration made (and, under faults, most of its retries). They are queued and go
+        out together before anything reads metadata, publishes or writes (and at ``close``), in the
+        order the engine applied them (a key after its column, lookups after the tables they join).
+        An operation that answers an error is checked against the metadata: one that is in place (a
+        batch sent again after a lost answer finds its earlier creates done) is fine, any other
+        raises with Dataverse's message. Keys are then waited for until their index is Active.
+        """
+        if not self._pending:
+            return
+        from airflow_ascora_provider.hooks.dataverse import DataverseApiError, table_definition_path
+
+        pending, self._pending = self._pending, []
+        results = self.hook.create_metadata([op for *_, op in pending])
+        failed = [(item, result) for item, result in zip(pending, results) if not result.ok]
+        if failed:
+            tables = sorted({table for (_kind, table, _name, _op), _r in failed})
+            definitions = dict(zip(tables, self.hook.get_many([table_definition_path(t) for t in tables])))
+            missing = []
+            for (kind, table, name, _op), result in failed:
+                found = definitions[table] or {}
+                names = {a["LogicalName"] for a in found.get("Attributes") or ()} if kind != "key" else \
+                    {k["LogicalName"] for k in found.get("Keys") or ()}
+                if name.lower() not in names:
+                    missing.append(f"{kind} {table}.{name}: HTTP {result.status} {result.error_code} "
+                                   f"{result.error_message}")
+                else:
+                    log.info("dataverse: %s %s.%s answered HTTP %s but is in place (an earlier attempt made it)",
+                             kind, table, name, result.status)
+            if missing:
+                raise DataverseApiError(f"Dataverse refused {len(missing)} schema change(s): " + "; ".join(missing[:10]),
+                                        status=failed[0][1].status, code=failed[0][1].error_code,
+                                        detail=failed[0][1].error_message)
+        for kind, table, name, _op in pending:
+            if kind == "key":
+                self.hook.wait_for_key(table, name)
+
     def _ensure_publisher(self) -> dict[str, Any]:
+        if self._publisher is not None:
+            return self._publisher
         publisher = self.hook.publisher(self.prefix)
         if publisher is None:
             raise ValueError(f"no Dataverse publisher has the customization prefix {self.prefix!r}; create one "
                              "(or set publisher_prefix on the connection to an existing publisher's prefix)")
+        self._publisher = publisher  # read once per task: every new table and choice column needs it
         return publisher
 
     def _option_base(self) -> int:
         return int(self._ensure_publisher().get("customizationoptionvalueprefix") or 10000) * 10000
 
     def _flush_publish(self) -> None:
+        self._flush_metadata()
         if self._to_publish:
             pending, self._to_publish = sorted(self._to_publish), set()
             self.hook.publish(pending)
 
     # -- users --------------------------------------------------------------------------------
     def list_users(self) -> list[DestUser]:
+        self._flush_metadata()
         users = []
         for row in self.hook.users():
             interactive = row.get("accessmode") != 4  # 4 = non-interactive (application users)
