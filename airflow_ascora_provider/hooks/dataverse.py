@@ -55,7 +55,8 @@ try:  # Airflow 3
 except ImportError:  # pragma: no cover - Airflow 2 fallback
     from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
 
-from airflow_ascora_provider.hooks.http_client import ApiClient, ApiError, Pacer, RetryPolicy
+from airflow_ascora_provider.hooks.http_client import ApiClient, ApiError, CallStats, Pacer, RetryPolicy
+from airflow_ascora_provider.hooks.requests_retry import mount_policy
 
 log = logging.getLogger(__name__)
 
@@ -299,16 +300,19 @@ class RequestWindow:
 
 
 class _PinnedSession(requests.Session):
-    """msal's HTTP session with the CA and timeout pinned on every request.
+    """msal's HTTP session with the CA and timeout pinned on every request, retried by the provider's
+    rule (a 429 or 5xx from the sign-in endpoint, or a dropped connection, is waited and retried like
+    any Dataverse call instead of failing the task; msal itself retries nothing).
 
     requests lets ``REQUESTS_CA_BUNDLE`` override ``Session.verify`` (psf/requests#3829), which would
     silently drop the connection's ``ca_bundle``; a per-request ``verify`` always wins.
     """
 
-    def __init__(self, verify: str | bool, timeout: float):
+    def __init__(self, verify: str | bool, timeout: float, retry: RetryPolicy, stats: CallStats):
         super().__init__()
         self._pinned_verify = verify
         self._timeout = timeout
+        mount_policy(self, retry, timeout, stats, "dataverse sign-in")
 
     def request(self, method, url, **kwargs):
         kwargs["verify"] = self._pinned_verify
@@ -345,6 +349,7 @@ class DataverseHook(BaseHook):
         self._client: ApiClient | None = None
         self._msal = None
         self._token_session: _PinnedSession | None = None
+        self.token_stats = CallStats()  # the sign-in endpoint's calls, apart from Dataverse's
         self._token_lock = threading.Lock()
         self._throttled_seen = 0
         self._calm_calls = 0
@@ -462,7 +467,8 @@ class DataverseHook(BaseHook):
         if self._msal is None:
             s = self.settings
             if self._token_session is None:
-                self._token_session = _PinnedSession(s["ca_bundle"] or True, s["timeout"])
+                self._token_session = _PinnedSession(s["ca_bundle"] or True, s["timeout"],
+                                                     self._retry or RetryPolicy(), self.token_stats)
             authority = f"{s['authority_host']}/{s['tenant_id']}"
             custom = s["authority_host"] != MICROSOFT_AUTHORITY
             self._msal = msal.ConfidentialClientApplication(

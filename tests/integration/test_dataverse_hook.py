@@ -152,3 +152,32 @@ def test_a_key_whose_index_fails_is_reported(server):
     with pytest.raises(DataverseApiError, match="failed to build"):
         hook.wait_for_key("asc_gadget", "asc_code_key", timeout=5)
     hook.close()
+
+
+def test_the_sign_in_endpoint_is_retried_like_any_call(server):
+    """msal retries nothing: a 429 or 5xx from the authority (its OpenID configuration or the token
+    endpoint) used to fail the task at once. The hook's sign-in session retries them by the
+    provider's rule, through the same policy as Dataverse calls."""
+    from airflow_ascora_provider.sandbox.emulator import FaultPlan
+
+    waits: list[float] = []
+    server.control.set_faults(FaultPlan(rate_429=0.5, rate_5xx=0.2, retry_after="0", seed=3,
+                                        paths=["/sandbox-tenant/"]))
+    hook = _hook(server, retry=RetryPolicy(max_attempts=8, sleep=waits.append))
+    assert hook.get_json("WhoAmI")["UserId"]
+    stats = hook.token_stats
+    assert stats.retries >= 1 and stats.retries == len(waits), (stats, waits)
+    assert stats.calls == stats.retries + 2  # one discovery read and one token request got through
+    assert hook.client.stats.retries == 0  # Dataverse itself had no fault
+    hook.close()
+
+
+def test_a_sign_in_endpoint_that_keeps_failing_stops_after_the_policys_attempts(server):
+    from airflow_ascora_provider.sandbox.emulator import FaultPlan
+
+    server.control.set_faults(FaultPlan(rate_5xx=1.0, paths=["/sandbox-tenant/"]))
+    hook = _hook(server, retry=RetryPolicy(max_attempts=3, sleep=lambda s: None))
+    with pytest.raises(Exception, match="500|503|502|504|OIDC|authority"):
+        hook.get_json("WhoAmI")
+    assert hook.token_stats.calls == 3
+    hook.close()

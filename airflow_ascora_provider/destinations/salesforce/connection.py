@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_ascora_provider.destinations.spec import QuotaExhausted
-from airflow_ascora_provider.hooks.http_client import CallStats, RetryPolicy, send_with_retries
+from airflow_ascora_provider.hooks.http_client import CallStats, RetryPolicy
+from airflow_ascora_provider.hooks.requests_retry import mount_policy
 
 log = logging.getLogger(__name__)
 
@@ -153,59 +154,6 @@ class QuotaGuard:
                     f"pauses and resumes where it stopped", resume_at=self.resume_at())
 
 
-def _is_certificate_error(exc: BaseException) -> bool:
-    """An untrusted or mismatched certificate: the same on every attempt, so never retried."""
-    import ssl
-
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            return True
-        nested = [a for a in getattr(exc, "args", ()) if isinstance(a, BaseException)]
-        exc = exc.__cause__ or exc.__context__ or (nested[0] if nested else None)
-    return False
-
-
-def _policy_adapter(retry: RetryPolicy, timeout: float, stats: CallStats, name: str = "salesforce"):
-    from requests.adapters import HTTPAdapter
-    from requests.exceptions import ChunkedEncodingError, ConnectionError, SSLError, Timeout
-
-    def untrusted(exc: BaseException) -> bool:
-        return isinstance(exc, SSLError) and _is_certificate_error(exc)
-
-    class PolicyAdapter(HTTPAdapter):
-        """Sends every request of the session under the provider's retry rule (``send_with_retries``,
-        the one every ``ApiClient`` uses).
-
-        urllib3 itself retries nothing (``max_retries=0``). A reply is read in full inside the attempt,
-        so one cut off mid-body is a transport error that is retried like a dropped connection. A
-        request sent without a timeout (simple-salesforce never sets one) gets ``timeout``: connect at
-        most 10 s, read ``timeout``.
-        """
-
-        def __init__(self):
-            super().__init__(max_retries=0)
-
-        def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
-            if timeout is None:
-                timeout = (min(timeout_seconds, 10.0), timeout_seconds)
-
-            def attempt():
-                response = super(PolicyAdapter, self).send(request, stream=stream, timeout=timeout, verify=verify,
-                                                           cert=cert, proxies=proxies)
-                if not stream:
-                    response.content  # noqa: B018 - read the whole body now, while a retry is possible
-                return response
-
-            return send_with_retries(attempt, request.method, request.path_url, retry=retry, stats=stats, name=name,
-                                     transport_errors=(ConnectionError, ChunkedEncodingError, Timeout),
-                                     fatal=untrusted)
-
-    timeout_seconds = timeout
-    return PolicyAdapter()
-
-
 def build_session(settings: Settings, guard: QuotaGuard, retry: RetryPolicy | None = None,
                   stats: CallStats | None = None):
     """A ``requests.Session`` for SalesforceHook: retries and timeout by ``RetryPolicy``, optional pinned CA,
@@ -215,9 +163,7 @@ def build_session(settings: Settings, guard: QuotaGuard, retry: RetryPolicy | No
     retry = retry or RetryPolicy(max_attempts=settings.max_retries + 1)
     stats = stats if stats is not None else CallStats()
     session = requests.Session()
-    adapter = _policy_adapter(retry, settings.timeout, stats)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
+    mount_policy(session, retry, settings.timeout, stats, "salesforce")
     if settings.ca_bundle:
         # requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override Session.verify, so a pinned CA
         # (the sandbox's self-signed certificate, a corporate TLS proxy) needs trust_env off.
