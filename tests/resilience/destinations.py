@@ -177,8 +177,6 @@ DYNAMICS = DestinationUnderTest(
     # protection); the hook's default 30 s timeout.
     published_limits=lambda speedup: {"requests_per_window": 6000 * speedup, "window_seconds": 300.0,
                                       "timeout": 30 / speedup},
-    # Batches of 10 weigh 11 requests; at 90% of 6,000 a minute (the hook's share) one goes out
-    # every 0.12 s, and the metadata read that starts each load takes about 0.35 s.
     # The hook keeps a modelled window of 90% of the limit: 25 requests per 0.25 s (about 90 a second,
     # batches of 10 weighing 11) keeps every kill of the crash test inside the load.
     crash_pacing={"requests_per_window": 25, "window_seconds": 0.25, "batch_size": 10},
