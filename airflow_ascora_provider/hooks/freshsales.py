@@ -21,7 +21,7 @@ Connection (type ``freshsales``): host = the bundle alias (``acme.myfreshworks.c
 legacy ``acme.freshsales.io``), password = API key. Extra: ``plan`` (growth, pro, enterprise, free,
 or a legacy sprout/blossom/garden/estate/forest; default growth), ``requests_per_hour`` and
 ``requests_per_minute`` (default: the plan's), ``hourly_reserve`` (calls left for other integrations,
-default 0), ``batch_size`` (records per write call, default 50), ``bulk_threshold`` (records that make
+default 0), ``batch_size`` (records per write batch, default 100), ``bulk_threshold`` (records that make
 a load unit use the bulk upsert; default 200, 0 = never), ``timeout`` (seconds, default 30),
 ``request_budget`` (optional cap on calls per hook instance), ``quota_window_seconds`` (length of the
 hourly window; only for emulators that compress time).
@@ -46,10 +46,17 @@ except ImportError:  # pragma: no cover - Airflow 2 fallback
 
 from airflow_ascora_provider.destinations.freshsales.plans import Plan, get_plan
 from airflow_ascora_provider.destinations.spec import QuotaExhausted
-from airflow_ascora_provider.hooks.http_client import ApiClient, ApiError, Pacer, RetryPolicy, parse_retry_after
+from airflow_ascora_provider.hooks.http_client import (
+    ApiClient,
+    ApiError,
+    Pacer,
+    RetryPolicy,
+    combined_stats,
+    parse_retry_after,
+)
 
 DEFAULT_TIMEOUT = 30.0
-DEFAULT_BATCH_SIZE = 50
+DEFAULT_BATCH_SIZE = 100  # the bulk upsert's cap: a batch of new accounts, contacts or deals is one job
 DEFAULT_BULK_THRESHOLD = 200
 BULK_CAP = 100  # records per bulk_upsert request (3P: "100 records per request"; the stricter reading)
 PAGE_SIZE = 100  # per_page maximum (inferred; the emulator clamps to it)
@@ -389,11 +396,7 @@ class FreshsalesHook(BaseHook):
 
     def stats(self) -> dict[str, Any]:
         """Calls made, retried and throttled by both clients, and what is left of the hourly budget."""
-        out: dict[str, Any] = {}
-        for client in (self._client, self._once):
-            if client is not None:
-                for key, value in client.stats.as_dict().items():
-                    out[key] = out.get(key, 0) + value
+        out: dict[str, Any] = combined_stats(self._client, self._once)
         out["hourly_remaining"] = self.quota.remaining
         return out
 

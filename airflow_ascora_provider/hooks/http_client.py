@@ -144,6 +144,17 @@ class CallStats:
         }
 
 
+def combined_stats(*clients: ApiClient | None) -> dict[str, int]:
+    """The counters of a hook's clients summed (its retrying client and its send-once client share
+    one budget and one pace, so a report of the hook's calls counts both)."""
+    out: dict[str, int] = {}
+    for client in clients:
+        if client is not None:
+            for key, value in client.stats.as_dict().items():
+                out[key] = out.get(key, 0) + value
+    return out
+
+
 class ApiClient:
     """httpx client with the provider's retry, pacing and budget rules."""
 

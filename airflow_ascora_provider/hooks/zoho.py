@@ -16,8 +16,10 @@ Connection (type ``zoho``): login = client id, password = client secret, host = 
 (``https://accounts.zoho.com.au``; empty = from ``data_centre``). Extra: ``refresh_token``
 (required), ``data_centre`` (``com``, ``eu``, ``in``, ``com.au``, ``com.cn``, ``jp``, ``ca``, ``sa``;
 default ``com``), ``edition`` (``free`` … ``ultimate``; default ``enterprise``), ``users`` (licensed
-users, for the credit allowance), ``add_on_credits``, ``credit_budget`` (credits this provider may
-spend per window; default 90 % of the edition's allowance), ``credit_window_seconds`` (default
+users, for the credit allowance), ``add_on_credits``, ``credits_per_day`` (the org's allowance as its
+API dashboard shows it, when that is not the edition's formula), ``credit_budget`` (credits this
+provider may spend per window; default 90 % of the allowance; the rest is the reserve kept for people
+and other integrations), ``credit_window_seconds`` (default
 86400), ``credit_state_path`` (a file shared by workers that keeps the spend; default: per process),
 ``bulk_threshold``, ``upload_url``, ``max_custom_fields``, ``max_custom_modules``, ``timeout``.
 """
@@ -43,7 +45,7 @@ import httpx
 from airflow_ascora_provider.compat import BaseHook
 from airflow_ascora_provider.destinations.spec import QuotaExhausted
 from airflow_ascora_provider.destinations.zoho.limits import call_cost, daily_credits, edition_spec
-from airflow_ascora_provider.hooks.http_client import ApiClient, ApiError, Pacer, RetryPolicy
+from airflow_ascora_provider.hooks.http_client import ApiClient, ApiError, Pacer, RetryPolicy, combined_stats
 
 API_VERSION = "v8"
 MAX_RECORDS_PER_CALL = 100
@@ -92,14 +94,17 @@ class CreditBudget:
     when the call would overrun the budget, so a load stops between batches and resumes later.
     Spends are kept per process (one budget per org and client) or, with ``state_path``, in a file
     every worker on a shared disk updates under a lock. The server's ``X-API-CREDITS-REMAINING``
-    header (sent from 50 % use) is honoured too: it also counts what other integrations spent.
+    header (sent from 50 % use) is honoured too: it also counts what other integrations and other
+    workers spent, and the load stops before that count reaches ``reserve`` (the allowance's share
+    outside the budget), so the reserve is kept however many processes spend.
     """
 
     _shared: ClassVar[dict[str, CreditBudget]] = {}
     _shared_lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, budget: int | None, window: float, state_path: str | None = None):
+    def __init__(self, budget: int | None, window: float, state_path: str | None = None, reserve: int = 0):
         self.budget = budget
+        self.reserve_credits = max(0, reserve)
         self.window = window
         self.state_path = Path(state_path) if state_path else None
         self._spent: deque[tuple[float, int]] = deque()
@@ -108,12 +113,13 @@ class CreditBudget:
         self.server_seen_at = 0.0
 
     @classmethod
-    def shared(cls, key: str, budget: int | None, window: float, state_path: str | None) -> CreditBudget:
+    def shared(cls, key: str, budget: int | None, window: float, state_path: str | None,
+               reserve: int = 0) -> CreditBudget:
         with cls._shared_lock:
             found = cls._shared.get(key)
-            if found is None or (found.budget, found.window, found.state_path) != (
-                    budget, window, Path(state_path) if state_path else None):
-                found = cls._shared[key] = cls(budget, window, state_path)
+            if found is None or (found.budget, found.window, found.state_path, found.reserve_credits) != (
+                    budget, window, Path(state_path) if state_path else None, max(0, reserve)):
+                found = cls._shared[key] = cls(budget, window, state_path, reserve)
             return found
 
     # wall-clock times: a file shared by processes needs a common clock
@@ -165,12 +171,13 @@ class CreditBudget:
                     f"spent in the current {self.window:.0f}s window; stopping before the allowance runs out",
                     resume_at=self._resume_at(spent, cost, now))
             if self.server_remaining is not None and now - self.server_seen_at < self.window \
-                    and self.server_remaining - cost < 0:
+                    and self.server_remaining - cost < self.reserve_credits:
                 # The org's count was read at server_seen_at; by one window later it has renewed at the
                 # latest (the budget's own window is what the reader set to the org's), so that is when to
                 # try again, rather than leaving the task to guess.
                 raise QuotaExhausted(
-                    f"Zoho CRM reports {self.server_remaining} credits left for the org; {what} costs {cost}",
+                    f"Zoho CRM reports {self.server_remaining} credits left for the org; {what} costs {cost} "
+                    f"and {self.reserve_credits} are kept in reserve",
                     resume_at=dt.datetime.fromtimestamp(self.server_seen_at + self.window + 0.05, tz=dt.UTC))
             spent.append((now, cost))
             self._store(spent)
@@ -213,6 +220,7 @@ class ZohoHook(BaseHook):
         self._retry = retry
         self._settings: dict[str, Any] | None = None
         self._client: ApiClient | None = None
+        self._once: ApiClient | None = None
         self._accounts: ApiClient | None = None
         self._token: str | None = None
         self._token_expires = 0.0
@@ -262,7 +270,8 @@ class ZohoHook(BaseHook):
         edition = str(merged.get("edition") or "enterprise").lower()
         edition_spec(edition)
         users = int(merged.get("users") or 1)
-        allowance = daily_credits(edition, users, int(merged.get("add_on_credits") or 0))
+        allowance = (int(merged["credits_per_day"]) if merged.get("credits_per_day") not in (None, "")
+                     else daily_credits(edition, users, int(merged.get("add_on_credits") or 0)))
         budget = merged.get("credit_budget")
         budget = int(budget) if budget not in (None, "") else (
             None if allowance is None else int(allowance * DEFAULT_BUDGET_SHARE))
@@ -351,9 +360,10 @@ class ZohoHook(BaseHook):
         self._token, self._token_expires = token, expires
         if domain != self._api_domain:
             self._api_domain = domain
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            for client in (self._client, self._once):
+                if client is not None:
+                    client.close()
+            self._client = self._once = None
 
     @property
     def api_domain(self) -> str:
@@ -375,18 +385,42 @@ class ZohoHook(BaseHook):
         return self.get_conn()
 
     @property
+    def once_client(self) -> ApiClient:
+        """A client that sends exactly once, for inserts that have no upsert key (notes): a retry after
+        a lost answer, a timeout or a batch half-written before a 5xx would write them twice. The
+        caller looks for what landed before sending the rest again."""
+        self.access_token()
+        if self._once is None:
+            s = self.settings()
+            self._once = ApiClient(self._api_domain or "", timeout=s["timeout"],
+                                   retry=RetryPolicy(max_attempts=1), pacer=Pacer(None), name="zoho")
+        return self._once
+
+    def call_stats(self) -> dict[str, int]:
+        """Calls, retries, throttles and errors of both clients."""
+        return combined_stats(self._client, self._once)
+
+    @property
     def credits(self) -> CreditBudget:
         if self._credits is None:
             s = self.settings()
             key = f"{s['accounts_url']}|{s['client_id']}|{self.api_domain}"
-            self._credits = CreditBudget.shared(key, s["credit_budget"], s["credit_window"], s["credit_state_path"])
+            self._credits = CreditBudget.shared(key, s["credit_budget"], s["credit_window"], s["credit_state_path"],
+                                                self.credit_reserve())
         return self._credits
 
+    def credit_reserve(self) -> int:
+        """Credits of the org's allowance this provider leaves unspent (allowance - budget; 0 if unknown)."""
+        s = self.settings()
+        if s["allowance"] is None or s["credit_budget"] is None:
+            return 0
+        return max(0, s["allowance"] - s["credit_budget"])
+
     def close(self) -> None:
-        for client in (self._client, self._accounts):
+        for client in (self._client, self._once, self._accounts):
             if client is not None:
                 client.close()
-        self._client = self._accounts = None
+        self._client = self._once = self._accounts = None
 
     # -- request core -----------------------------------------------------------------------------
     def reserve(self, credits: int, what: str) -> None:
@@ -394,10 +428,11 @@ class ZohoHook(BaseHook):
         self.credits.reserve(credits, what)
 
     def request(self, method: str, path: str, *, cost: int | None = None, reserved: bool = False,
-                url: str | None = None, **kwargs: Any) -> httpx.Response:
+                url: str | None = None, once: bool = False, **kwargs: Any) -> httpx.Response:
         """One API call: price it, send it with the token, re-mint the token once on 401.
 
-        ``reserved`` means the caller already reserved the credits (a batch priced as a whole).
+        ``reserved`` means the caller already reserved the credits (a batch priced as a whole);
+        ``once`` sends through :attr:`once_client` (no retries).
         Returns the response for 2xx, 207 and 400-with-``data`` (per-record results); raises
         :class:`ZohoApiError` for request-level errors.
         """
@@ -405,7 +440,7 @@ class ZohoHook(BaseHook):
             records = len(kwargs["json"]["data"]) if isinstance(kwargs.get("json"), dict) and \
                 isinstance(kwargs["json"].get("data"), list) else 0
             self.reserve(cost if cost is not None else call_cost(method, path, records=records), f"{method} {path}")
-        client = self.client
+        client = self.once_client if once else self.client
         target = url or path
         for attempt in (1, 2):
             headers = {"Authorization": f"Zoho-oauthtoken {self.access_token(refresh=attempt == 2)}",
@@ -495,12 +530,12 @@ class ZohoHook(BaseHook):
 
     # -- records ----------------------------------------------------------------------------------
     def _write(self, method: str, path: str, records: Sequence[Mapping[str, Any]], *,
-               reserved: bool, **extra: Any) -> list[dict[str, Any]]:
+               reserved: bool, once: bool = False, **extra: Any) -> list[dict[str, Any]]:
         if len(records) > MAX_RECORDS_PER_CALL:
             raise ValueError(f"Zoho takes at most {MAX_RECORDS_PER_CALL} records per call, got {len(records)}")
         if not records:
             return []
-        body = self.json(method, path, reserved=reserved,
+        body = self.json(method, path, reserved=reserved, once=once,
                          json={"data": [dict(r) for r in records], "trigger": [], **extra})
         results = (body or {}).get("data") or []
         if len(results) != len(records):
@@ -517,8 +552,10 @@ class ZohoHook(BaseHook):
         return self._write("POST", f"/crm/{API_VERSION}/{module}/upsert", records, reserved=reserved,
                            duplicate_check_fields=list(duplicate_check_fields))
 
-    def insert(self, module: str, records: Sequence[Mapping[str, Any]], *, reserved: bool = False) -> list[dict]:
-        return self._write("POST", f"/crm/{API_VERSION}/{module}", records, reserved=reserved)
+    def insert(self, module: str, records: Sequence[Mapping[str, Any]], *, reserved: bool = False,
+               once: bool = False) -> list[dict]:
+        """Insert up to 100 records; ``once``: without retries (the caller checks what landed)."""
+        return self._write("POST", f"/crm/{API_VERSION}/{module}", records, reserved=reserved, once=once)
 
     def update(self, module: str, records: Sequence[Mapping[str, Any]], *, reserved: bool = False) -> list[dict]:
         """Update up to 100 records; each carries its ``id``."""
@@ -587,8 +624,9 @@ class ZohoHook(BaseHook):
 
     # -- attachments ------------------------------------------------------------------------------
     def upload_attachment(self, module: str, record_id: str, name: str, content: bytes,
-                          content_type: str = "application/octet-stream") -> str:
-        body = self.json("POST", f"/crm/{API_VERSION}/{module}/{record_id}/Attachments",
+                          content_type: str = "application/octet-stream", *, once: bool = False) -> str:
+        """Upload a file to a record; ``once``: without retries (the caller checks what landed)."""
+        body = self.json("POST", f"/crm/{API_VERSION}/{module}/{record_id}/Attachments", once=once,
                          files={"file": (name, content, content_type)})
         result = ((body or {}).get("data") or [{}])[0]
         if result.get("status") != "success":

@@ -65,7 +65,13 @@ class FaultPlan:
     * ``partial``: for a request whose JSON body carries a batch (a list of objects, as the body or
       under one of ``batch_keys``), only a leading part of the batch reaches the app (it is written)
       and the client gets a 500, like a non-transactional server failing mid-batch. Requests without
-      a batch of two or more items are passed through untouched.
+      a batch of two or more items are passed through untouched, and the fault waits for the next
+      request that carries one: a rate per request still cuts batches when most calls are reads.
+
+    ``cover_every_kind_after``: when set, every kind with a rate above zero that has not occurred by
+    that many eligible requests is injected on the next requests that draw no fault. A seeded draw
+    at a low rate (timeouts are kept rare because each costs a whole client timeout) may otherwise
+    never come up in a short run, and a soak that never met a timeout has not shown it survives one.
     """
 
     rate_429: float = 0.0
@@ -77,6 +83,7 @@ class FaultPlan:
     slow_seconds: float = 5.0
     retry_after: str = "1"
     seed: int = 0
+    cover_every_kind_after: int | None = None
     # Only requests whose path starts with one of these prefixes are eligible (empty = all).
     paths: list[str] = field(default_factory=list)
     # Keys of a JSON object body that hold a batch of records (the usual envelopes). Other lists,
@@ -118,6 +125,8 @@ class SandboxControl:
         self._rng = random.Random(0)
         self.keep_bodies = keep_bodies
         self.counters: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
+        self._eligible = 0  # requests the fault plan applied to
+        self._partial_waiting = False  # a drawn ``partial`` that met no batch yet
         # An emulator whose API has a limit of its own shape (Dataverse weighs a $batch by the
         # requests inside it) takes the rate-limit switch instead of the generic per-call limiter.
         self.own_limit: Callable[[int | None, float], None] | None = None
@@ -128,6 +137,8 @@ class SandboxControl:
     def set_faults(self, plan: FaultPlan) -> None:
         self.faults = plan
         self._rng = random.Random(plan.seed)
+        self._eligible = 0
+        self._partial_waiting = False
 
     def set_rate_limit(self, limit: int | None, window: float = 60.0) -> None:
         if self.own_limit is not None:
@@ -154,14 +165,40 @@ class SandboxControl:
         plan = self.faults
         if plan.paths and not any(path.startswith(p) for p in plan.paths):
             return None
+        self._eligible += 1
+        drawn = self._roll(plan) or self._owed(plan)
+        if drawn is None and self._partial_waiting:
+            return "partial"
+        if drawn == "partial":
+            self._partial_waiting = True
+        elif drawn is not None:
+            self.counters[drawn] += 1
+        return drawn
+
+    def batch_met(self, cut: bool) -> None:
+        """Whether a ``partial`` fault found a batch to cut (counted) or waits for the next one."""
+        if cut:
+            self.counters["partial"] += 1
+            self._partial_waiting = False
+
+    def _roll(self, plan: FaultPlan) -> str | None:
         roll = self._rng.random()
         for name in FAULT_KINDS:
             rate = getattr(plan, f"rate_{name}")
             if roll < rate:
-                if name != "partial":  # counted only when the request turns out to carry a batch
-                    self.counters[name] += 1
                 return name
             roll -= rate
+        return None
+
+    def _owed(self, plan: FaultPlan) -> str | None:
+        """The first kind the plan asks for that has not occurred by ``cover_every_kind_after``."""
+        if plan.cover_every_kind_after is None or self._eligible <= plan.cover_every_kind_after:
+            return None
+        for name in FAULT_KINDS:
+            if getattr(plan, f"rate_{name}") > 0 and self.counters[name] == 0:
+                if name == "partial" and self._partial_waiting:
+                    continue
+                return name
         return None
 
 
@@ -261,14 +298,14 @@ class _Instrumented:
         if self.control.batch_cutter is not None:
             content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
             shortened = self.control.batch_cutter(body, content_type, self.control.draw_prefix)
-            if shortened is not None:
-                self.control.counters["partial"] += 1
+            self.control.batch_met(shortened is not None)
             return shortened
         try:
             document = json.loads(body) if body else None
         except ValueError:
             return None
         holder, key = _batch_in(document, self.control.faults.batch_keys)
+        self.control.batch_met(holder is not None)
         if holder is None:
             return None
         items = holder if key is None else holder[key]
@@ -277,7 +314,6 @@ class _Instrumented:
             document = items[:keep]
         else:
             holder[key] = items[:keep]
-        self.control.counters["partial"] += 1
         return json.dumps(document).encode("utf-8")
 
 

@@ -919,4 +919,24 @@ def create_app(api_key: str | None = None, rate_limit: int | None = None, *, pla
     app.state.freshsales = state
     app.state.freshsales_emulator = emulator
     per_minute = plan_info.requests_per_minute if rate_limit is None else (rate_limit or None)
-    return instrument(app, rate_limit=per_minute, window=window)
+    instrumented = instrument(app, rate_limit=per_minute, window=window)
+    instrumented.control.batch_cutter = cut_bulk_upsert
+    return instrumented
+
+
+def cut_bulk_upsert(body: bytes, content_type: str, draw_prefix) -> bytes | None:
+    """A ``bulk_upsert`` body with only the first ``draw_prefix(n)`` of its records, for a ``partial``
+    fault: the job is made with the leading records and the client gets a 500, as when a server fails
+    part way through reading a request. The batch is the list under the entity's plural name
+    (``{"unique_identifier": ..., "contacts": [...]}``); None for any other body."""
+    try:
+        document = json.loads(body) if body and "json" in (content_type or "").lower() else None
+    except ValueError:
+        return None
+    if not isinstance(document, dict) or not isinstance(document.get("unique_identifier"), str):
+        return None
+    key = next((k for k in ("sales_accounts", "contacts", "deals") if isinstance(document.get(k), list)), None)
+    if key is None or len(document[key]) < 2:
+        return None
+    document[key] = document[key][:draw_prefix(len(document[key]))]
+    return json.dumps(document).encode("utf-8")

@@ -19,7 +19,8 @@ validates every request and answer it exchanges with the hook against them):
   creation, status (ADDED → IN PROGRESS → COMPLETED), and a result zip with STATUS/RECORD_ID/ERRORS.
 * Limits: API credits per rolling window (429 ``TOO_MANY_REQUESTS``; ``X-API-CREDITS-REMAINING``
   from 50 % use), concurrent calls per edition, custom fields per module and custom modules per
-  edition, Quotes only from Professional.
+  edition, Quotes only from Professional. ``/__zoho__/credits`` (not part of Zoho's API) reads the
+  credit meter or starts a fresh window, as the org's admin sees it in the API dashboard.
 
 Where Zoho's behaviour is not documented the emulator chooses the stricter reading (``STRICTER:``).
 ``create_app(...).state.zoho`` is the :class:`ZohoState`; ``snapshot()`` deep-copies the org.
@@ -81,6 +82,7 @@ MAX_ATTACHMENT_BYTES = 100 * 1024 * 1024
 MAX_BULK_ZIP_BYTES = 25 * 1024 * 1024
 MAX_BULK_ROWS = 25_000
 TOKENS_PER_WINDOW = 10  # access tokens one refresh token may mint per 10 minutes
+CONTROL = "/__zoho__"  # the admin's view of the org (credits), outside the API: no token, never metered
 
 
 class ZohoState:
@@ -1083,6 +1085,20 @@ async def bulk_result(request: Request, state: ZohoState) -> Response:
     return Response(job["result"], media_type="application/zip")
 
 
+@_handler
+async def credit_settings(request: Request, state: ZohoState) -> Response:
+    """The org's credit meter as its admin sees it (Setup > Developer Space > APIs > Dashboard): GET
+    reads ``{allowance, used, window, refused}``; POST ``{"allowance": n, "window": s}`` starts a fresh
+    window of ``n`` credits with nothing used (``null``: unlimited), as at the start of a day."""
+    if request.method == "POST":
+        body = await _body(request) or {}
+        with state.lock:
+            state.meter = CreditMeter(body.get("allowance"), float(body.get("window") or state.meter.window))
+    meter = state.meter
+    return _json(200, {"allowance": meter.allowance, "used": meter.used(), "window": meter.window,
+                       "refused": meter.refused})
+
+
 class _Gate:
     """Auth, API credits, concurrency and (optionally) exchange recording around the routes."""
 
@@ -1092,7 +1108,7 @@ class _Gate:
         self.zoho: ZohoState = app.state.zoho
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"].startswith("/oauth/"):
+        if scope["type"] != "http" or scope["path"].startswith(("/oauth/", CONTROL)):
             return await self.app(scope, receive, send)
         state = self.zoho
         request = Request(scope, receive)
@@ -1202,6 +1218,7 @@ def create_app(api_key: str | None = None, rate_limit: int | None = None, *, win
     state = ZohoState(**state_options)
     routes = [
         Route("/oauth/v2/token", token, methods=["POST"]),
+        Route(f"{CONTROL}/credits", credit_settings, methods=["GET", "POST"]),
         Route("/crm/v8/org", org, methods=["GET"]),
         Route("/crm/v8/users", users, methods=["GET"]),
         Route("/crm/v8/coql", coql_query, methods=["POST"]),

@@ -198,7 +198,7 @@ def test_bulk_upserts_defer_on_the_trigger(small_tenant, ledger_url, tmp_path, a
 @pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)
 def test_hourly_budget_runs_out_and_the_load_resumes_later(small_tenant, ledger_url, tmp_path, airflow_db,
                                                            monkeypatch):
-    """An "hour" of 4 seconds with 150 calls: load tasks stop before overrunning it, defer until the
+    """An "hour" of 4 seconds with 70 calls: load tasks stop before overrunning it, defer until the
     window resets, and resume where they stopped, without duplicates and without using a retry."""
     from airflow_ascora_provider.destinations.freshsales.plugin import FreshsalesDestination
     from airflow_ascora_provider.destinations.spec import QuotaExhausted
@@ -216,8 +216,8 @@ def test_hourly_budget_runs_out_and_the_load_resumes_later(small_tenant, ledger_
 
     monkeypatch.setattr(FreshsalesDestination, "write_batch", counting)
     ascora, freshsales = _serve(small_tenant, tmp_path, ledger_url, monkeypatch,
-                                extra={"requests_per_hour": 150, "quota_window_seconds": 4},
-                                hourly_limit=150, hour_seconds=4.0)
+                                extra={"requests_per_hour": 70, "quota_window_seconds": 4},
+                                hourly_limit=70, hour_seconds=4.0)
     try:
         _prepare(freshsales)
         run = _run("ascora_to_freshsales", CONF)

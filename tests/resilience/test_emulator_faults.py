@@ -73,6 +73,29 @@ def test_partial_leaves_requests_without_a_batch_alone(server):
     assert server.control.counters["partial"] == 0
 
 
+def test_a_partial_drawn_on_a_request_without_a_batch_cuts_the_next_batch(server):
+    # Seed 3 draws partial for the first request only (0.24, then 0.54 and 0.92: above the rate).
+    server.control.set_faults(FaultPlan(rate_partial=0.5, seed=3))
+    assert httpx.post(f"{server.url}/items", json=_items(1)).status_code == 201
+    assert server.control.counters["partial"] == 0
+    assert httpx.post(f"{server.url}/items", json=_items(6)).status_code == 500
+    assert server.control.counters["partial"] == 1
+    assert httpx.post(f"{server.url}/items", json=_items(6)).status_code == 201
+
+
+def test_cover_every_kind_after_injects_each_kind_a_short_run_never_drew(server):
+    plan = FaultPlan(rate_5xx=0.001, rate_slow=0.001, rate_partial=0.001, slow_seconds=0.0,
+                     cover_every_kind_after=5, seed=1)
+    server.control.set_faults(plan)
+    statuses = [httpx.post(f"{server.url}/items", json=_items(3)).status_code for _ in range(10)]
+    assert statuses[:5] == [201] * 5  # nothing owed before the threshold
+    assert sorted(statuses[5:8]) == [201, 500, 503]  # 5xx, then the timeout (handled), then a cut batch
+    assert statuses[8:] == [201, 201]  # each kind once, then the plan's own rates again
+    counters = server.control.counters
+    assert (counters["5xx"], counters["slow"], counters["partial"]) == (1, 1, 1)
+    assert counters["429"] == counters["drop"] == counters["lost_reply"] == 0  # kinds the plan has no rate for
+
+
 def test_slow_past_the_client_timeout_still_writes(server):
     server.control.set_faults(FaultPlan(rate_slow=1.0, slow_seconds=0.6))
     with pytest.raises(httpx.ReadTimeout):

@@ -28,7 +28,7 @@ SPEEDUP = 30.0
 MAX_SLOWDOWN = 1.5
 # Per-request rates. A timeout costs a whole client timeout (30 s in real time), so it stays rare.
 SOAK_FAULTS = FaultPlan(rate_429=0.03, rate_5xx=0.03, rate_slow=0.004, rate_drop=0.02, rate_lost_reply=0.02,
-                        rate_partial=0.15, retry_after="1", seed=20240607)
+                        rate_partial=0.15, retry_after="1", seed=20240607, cover_every_kind_after=40)
 
 
 @pytest.fixture
@@ -109,7 +109,8 @@ def _soak(destination, tenant, tmp_path, faults):
     clean = _migrate(destination, tenant, tmp_path / "clean", None)
     soaked = _migrate(destination, tenant, tmp_path / "soaked", faults)
 
-    print(f"clean {clean['seconds']:.1f}s, soaked {soaked['seconds']:.1f}s")
+    print(f"{destination.name}: clean {clean['seconds']:.1f}s, soaked {soaked['seconds']:.1f}s, "
+          f"{soaked['seconds'] / clean['seconds']:.2f}x; CRM faults {soaked['crm_faults']}")
     injected = soaked["crm_faults"]
     assert all(injected[kind] > 0 for kind in FAULT_KINDS), f"every fault kind must occur: {injected}"
     assert sum(soaked["ascora_faults"].values()) > 0, soaked["ascora_faults"]

@@ -88,6 +88,9 @@ PRODUCT_MARK = "Created by the Ascora migration for quote lines."
 RESULT_ERRORS = frozenset({400, 404, 409, 413, 422})  # a refusal of this record, not of the call
 BULK_TARGETS = frozenset({"sales_account", "contact", "deal"})
 ATTACH_FIELD = "targets"
+#: New records of a bulk-capable entity in one batch from which a bulk upsert (3 calls) is cheaper
+#: in calls than single upserts (one each).
+SYNC_BULK_MIN = 4
 
 
 class _Refused(Exception):
@@ -130,6 +133,10 @@ class FreshsalesDestination(Destination):
         max_concurrency=2,
     )
     bulk_poll_interval = 5.0
+    #: A bulk upsert inside a batch write: the first look at the job after this many seconds, then
+    #: twice as long each time (at most 8 s), for at most ``bulk_wait_limit`` seconds in all.
+    bulk_first_wait = 0.5
+    bulk_wait_limit = 600.0
 
     def __init__(self, conn_id: str | None = None, **options: Any) -> None:
         super().__init__(conn_id, **options)
@@ -143,6 +150,7 @@ class FreshsalesDestination(Destination):
         self._selectors: dict[str, list[dict]] = {}
         self._suspects: dict[str, set[str]] = defaultdict(set)  # creates that may have landed before a crash
         self._products: dict[str, dict] = {}
+        self._not_found: dict[str, bool] = {}  # products the last batch search did not find
         self._lead_contacts: dict[str, bool] = {}
 
     @property
@@ -506,6 +514,9 @@ class FreshsalesDestination(Destination):
                 bodies[i] = self._encode(t, record.payload)
             except _Refused as exc:
                 results[i] = WriteResult(record.source_id, None, error=str(exc), error_field=exc.field)
+        bulk = self._bulk_in_batch(t, records, bodies, key_field)
+        if bulk:
+            results.update(self._write_bulk(t, records, {i: bodies.pop(i) for i in bulk}, key_field))
         suspects = [i for i in bodies if not records[i].dest_id and records[i].source_id in self._suspects[target]]
         replaced = sum(1 for i in bodies if t.kind == "document" and records[i].dest_id)  # old file deleted
         self.hook.reserve(len(bodies) + len(suspects) + replaced, f"a batch of {len(bodies)} {target} records")
@@ -518,6 +529,75 @@ class FreshsalesDestination(Destination):
         for i in suspects:
             self._suspects[target].discard(records[i].source_id)
         return [results[i] for i in range(len(records))]
+
+    def _bulk_in_batch(self, t: _Target, records: list[OutgoingRecord], bodies: Mapping[int, dict[str, Any]],
+                       key_field: str | None) -> list[int]:
+        """The records of this batch that go out in a bulk upsert rather than one upsert each.
+
+        New records (no Freshsales id yet) of an entity with a bulk upsert, keyed by a unique field,
+        when there are at least :data:`SYNC_BULK_MIN` of them: a bulk upsert of up to 100 records costs
+        three calls (the job, its status, one search for the ids) where single upserts cost one a
+        record, and it is the account's hourly call budget that bounds a Freshsales load. Records
+        with an id are updated one by one (a record deleted in Freshsales is then reported, not
+        re-created). ``bulk_threshold`` 0 on the connection turns bulk upserts off here too.
+        """
+        enabled = bool(self.hook.settings()["bulk_threshold"])
+        if not (enabled and t.kind == "record" and t.upsert and t.entity.bulk and key_field):
+            return []
+        new = [i for i in bodies if not records[i].dest_id]
+        return new if len(new) >= SYNC_BULK_MIN else []
+
+    def _write_bulk(self, t: _Target, records: list[OutgoingRecord], bodies: dict[int, dict[str, Any]],
+                    key_field: str) -> dict[int, WriteResult]:
+        """Bulk upsert ``bodies`` (100 a job), wait for the jobs, then read the ids by the key field.
+
+        An upsert on the Ascora id is idempotent, so a job sent twice (a lost answer retried) or a
+        batch sent again after a crash writes nothing twice. Records a job refused come back with the
+        job's message; the rest are found by one filtered search per 100 records.
+        """
+        from airflow_ascora_provider.hooks.freshsales import BULK_CAP, messages_of
+        from airflow_ascora_provider.hooks.http_client import ApiError
+
+        order = list(bodies)
+        chunks = [order[s:s + BULK_CAP] for s in range(0, len(order), BULK_CAP)]
+        # The job, its status read (a second read in reserve) and the search for the ids, per job.
+        self.hook.reserve(4 * len(chunks), f"a bulk upsert of {len(order)} {t.name} records")
+        jobs = {self.hook.bulk_upsert(t.entity, key_field, [bodies[i] for i in chunk]): chunk
+                for chunk in chunks}
+        errors: dict[int, str] = {}
+        waiting, wait, deadline = dict(jobs), self.bulk_first_wait, time.monotonic() + self.bulk_wait_limit
+        while waiting:
+            time.sleep(wait)
+            for job_id in list(waiting):
+                status = self.hook.job_status(job_id)
+                state = str(status.get("status") or "").lower()
+                if state in ("failed", "error"):
+                    raise ApiError(f"Freshsales bulk upsert job {job_id} of {t.name} {state}: {status}")
+                if state not in ("completed", "complete", "done", "success"):
+                    continue
+                for failure in status.get("failed_records") or []:
+                    index = waiting[job_id][int(failure["index"])]
+                    errors[index] = "; ".join(messages_of(failure)) or "refused by the bulk upsert"
+                del waiting[job_id]
+            if waiting and time.monotonic() > deadline:
+                raise ApiError(f"Freshsales bulk upsert jobs {sorted(waiting)} of {t.name} still running "
+                               f"after {self.bulk_wait_limit:.0f}s")
+            wait = min(2 * wait, 8.0)
+        wanted = [records[i].source_id for i in order if i not in errors]
+        found = self.find_by_source_ids(t.name, key_field, wanted) if wanted else {}
+        out: dict[int, WriteResult] = {}
+        for i in order:
+            record = records[i]
+            if i in errors:
+                out[i] = WriteResult(record.source_id, None, error=errors[i],
+                                     error_field=_field_of(errors[i], record.payload))
+            elif record.source_id in found:
+                out[i] = WriteResult(record.source_id, found[record.source_id], created=True)
+            else:
+                out[i] = WriteResult(record.source_id, None, error=(
+                    "the bulk upsert reported no error, but no record holds this Ascora id"))
+            self._suspects[t.name].discard(record.source_id)
+        return out
 
     def _write_one(self, t: _Target, record: OutgoingRecord, body: dict[str, Any], key_field: str | None,
                    *, suspect: bool) -> WriteResult:
@@ -547,36 +627,27 @@ class FreshsalesDestination(Destination):
             return WriteResult(record.source_id, None, error=message, error_field=_field_of(message, record.payload))
 
     def _send_once(self, what: str, send: Callable[[], dict[str, Any]], find: Callable[[], str | None]) -> dict[str, Any]:
-        """Create something that has no upsert (a product, a module record, a note, a file) exactly once.
-
-        ``send`` goes out without the client's retries: after a lost answer, a 5xx or a 429 the record
-        is looked for first (``find``) and only sent again when it did not land.
-        """
+        """Create something that has no upsert (a product, a module record, a note, a file) exactly once
+        (``hooks.create_once``): ``find`` tells whether an attempt that failed landed. A wait longer
+        than the client's limit for one (the hourly budget is spent) pauses the load instead."""
+        from airflow_ascora_provider.hooks.create_once import backoff, create_once
         from airflow_ascora_provider.hooks.freshsales import LONG_WAIT, FreshsalesApiError
-        from airflow_ascora_provider.hooks.http_client import ApiError
 
-        attempts = 5
-        for attempt in range(1, attempts + 1):
-            try:
-                return send()
-            except ApiError as exc:
-                status = exc.status
-                if isinstance(exc, FreshsalesApiError) and status is not None and status != 429 and status < 500:
-                    raise
-                wait = (exc.retry_after if isinstance(exc, FreshsalesApiError) else None) or 0.5 * 2 ** attempt
-                if wait > LONG_WAIT:
-                    raise QuotaExhausted(f"Freshsales asked to wait {wait:.0f}s before the next call: the hourly "
-                                         "API budget is spent", resume_at=dt.datetime.now(dt.UTC)
-                                         + dt.timedelta(seconds=wait)) from exc
-                landed = find()
-                if landed is not None:
-                    return {"id": landed}
-                if attempt == attempts:
-                    raise
-                log.warning("freshsales: creating a %s failed (%s); it did not land, sending again in %.1fs",
-                            what, exc, wait)
-                time.sleep(wait)
-        raise AssertionError("unreachable")
+        def wait(exc: Exception, attempt: int) -> float:
+            seconds = (exc.retry_after if isinstance(exc, FreshsalesApiError) else None) or backoff(exc, attempt)
+            if seconds > LONG_WAIT:
+                raise QuotaExhausted(f"Freshsales asked to wait {seconds:.0f}s before the next call: the hourly "
+                                     "API budget is spent", resume_at=dt.datetime.now(dt.UTC)
+                                     + dt.timedelta(seconds=seconds)) from exc
+            return seconds
+
+        def landed(_: list[int]) -> dict[int, dict[str, Any]]:
+            found = find()
+            return {} if found is None else {0: {"id": found}}
+
+        return create_once([0], lambda _: {0: send()}, landed, what=f"freshsales: creating a {what}",
+                           client_timeout=float(self.hook.settings()["timeout"]),
+                           sleep=self.hook.client.retry.sleep, wait=wait)[0]
 
     def _find_landed(self, t: _Target, record: OutgoingRecord, body: dict[str, Any],
                      key_field: str | None) -> str | None:
@@ -650,6 +721,7 @@ class FreshsalesDestination(Destination):
             return record.source_id in self._suspects["deal_product"]
 
         self.hook.reserve(2 * len(by_deal) + 2 * len(new_products), "a batch of deal products")
+        self._find_products([records[i].payload for ids in by_deal.values() for i in ids])
         for deal_id, indexes in by_deal.items():
             got = self.hook.get(ENTITIES["deal"], deal_id, include=["products"])
             if got is None:
@@ -697,6 +769,31 @@ class FreshsalesDestination(Destination):
                 results[i] = WriteResult(records[i].source_id, f"{deal_id}:{product_id}", created=not records[i].dest_id)
         return [results[i] for i in range(len(records))]
 
+    def _find_products(self, payloads: Iterable[Mapping[str, Any]]) -> None:
+        """Look up the batch's products not known yet in one search per 100 codes (and names), instead
+        of one per product; those found are remembered, the rest are created by :meth:`_product_for`."""
+        from airflow_ascora_provider.hooks.freshsales import ENTITIES
+
+        wanted: dict[str, dict[str, str]] = {"product_code": {}, "name": {}}
+        for payload in payloads:
+            key = _product_key(payload)
+            if key in self._products:
+                continue
+            code = str(payload.get("product_code") or "").strip()
+            name = str(payload.get("product_name") or "").strip()
+            if code:
+                wanted["product_code"][code] = key
+            elif name:
+                wanted["name"][name] = key
+        for attribute, keys in wanted.items():
+            if not keys:
+                continue
+            for row in self.hook.search(ENTITIES["product"], attribute, list(keys)):
+                key = keys.get(str(row.get(attribute) or "").strip())
+                if key is not None and key not in self._products:
+                    self._products[key] = {"id": str(row["id"])}
+            self._not_found.update((k, True) for k in keys.values() if k not in self._products)
+
     def _product_for(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """The catalogue product of a quote line: found by code (or name), else created (marked as ours)."""
         from airflow_ascora_provider.hooks.freshsales import ENTITIES
@@ -714,7 +811,7 @@ class FreshsalesDestination(Destination):
             rows = list(self.hook.search(ENTITIES["product"], attribute, [value]))
             return str(rows[0]["id"]) if rows else None
 
-        found = find()
+        found = None if self._not_found.pop(key, None) else find()  # just looked for by the batch's search
         if found is not None:
             product = {"id": found}
         else:

@@ -106,13 +106,15 @@ class ZohoDestination(Destination):
     label = "Zoho CRM"
     connection_type = "zoho"
     default_mapping = Path(__file__).with_name("mapping.yaml")
+    max_batch_size = 100  # records per insert/update/upsert call, every edition (capabilities need the connection)
 
     def __init__(self, conn_id: str | None = None, **options: Any) -> None:
         super().__init__(conn_id, **options)
         from airflow_ascora_provider.hooks.zoho import ZohoHook
 
         hook_keys = ("accounts_url", "client_id", "client_secret", "refresh_token", "data_centre", "edition",
-                     "users", "add_on_credits", "credit_budget", "credit_window_seconds", "credit_state_path",
+                     "users", "add_on_credits", "credits_per_day", "credit_budget", "credit_window_seconds",
+                     "credit_state_path",
                      "bulk_threshold", "upload_url", "max_custom_fields", "max_custom_modules", "timeout",
                      "batch_size")
         self.hook = ZohoHook(conn_id or "zoho_default", **{k: options[k] for k in hook_keys if k in options})
@@ -405,8 +407,14 @@ class ZohoDestination(Destination):
             self.hook.reserve(cost, f"write {len(creates) + len(updates)} {target} records")
         if creates:
             items = [wire[i] for i in creates]
-            answers = (self.hook.upsert(target, items, [key_field], reserved=True) if upsertable
-                       else self.hook.insert(target, items, reserved=True))
+            keys = [records[i].payload.get("Ascora_ID") for i in creates]
+            if upsertable:
+                answers = self.hook.upsert(target, items, [key_field], reserved=True)
+                answers = self._replace_appended_rows(target, items, answers)
+            elif target == NOTES and all(keys):
+                answers = self._insert_notes_once(items, [str(k) for k in keys])
+            else:
+                answers = self.hook.insert(target, items, reserved=True)
             for i, answer in zip(creates, answers):
                 results[i] = _result(records[i].source_id, answer, created=True)
         if updates:
@@ -415,6 +423,48 @@ class ZohoDestination(Destination):
             for i, answer in zip(updates, answers):
                 results[i] = _result(records[i].source_id, answer, created=False)
         return [results[i] for i in range(len(records))]
+
+    def _replace_appended_rows(self, target: str, items: list[dict[str, Any]],
+                               answers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Upserts that matched a record already there (a retry after a lost answer or a batch cut short,
+        or a crash's re-run) *appended* their subform rows (a quote's ``Quoted_Items``) to the rows the
+        first attempt wrote, since rows sent without an id are added. Those records are updated once
+        more with exactly their rows (the existing ones sent as ``_delete``)."""
+        subforms = [n for n, f in self._meta(target).items() if f["data_type"] == "subform"]
+        again = [i for i, (item, answer) in enumerate(zip(items, answers))
+                 if answer.get("status") == "success" and answer.get("action") == "update"
+                 and any(isinstance(item.get(n), list) and item[n] for n in subforms)]
+        if not again:
+            return answers
+        self.hook.reserve(math.ceil(len(again) / RECORDS_PER_CREDIT), f"replace the rows of {len(again)} {target}")
+        rows = self._replacing_rows(target, [{**items[i], "id": answers[i]["details"]["id"]} for i in again])
+        answers = list(answers)
+        for i, fixed in zip(again, self.hook.update(target, rows, reserved=True)):
+            if fixed.get("status") != "success":
+                answers[i] = fixed
+        return answers
+
+    def _insert_notes_once(self, items: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+        """Insert notes exactly once (``hooks.create_once``): they have no upsert, so after a failed
+        attempt the notes that landed are found by the key line of their body and only the others are
+        sent again, their credits reserved again."""
+        from airflow_ascora_provider.hooks.create_once import create_once
+
+        def send(pending: list[int]) -> dict[int, dict[str, Any]]:
+            return dict(zip(pending, self.hook.insert(NOTES, [items[i] for i in pending], reserved=True, once=True)))
+
+        def landed(pending: list[int]) -> dict[int, dict[str, Any]]:
+            found = self.find_by_source_ids(NOTES, "Ascora_ID", [keys[i] for i in pending])
+            return {i: {"status": "success", "code": "SUCCESS", "details": {"id": found[keys[i]]}}
+                    for i in pending if keys[i] in found}
+
+        def reserve(pending: list[int]) -> None:
+            self.hook.reserve(math.ceil(len(pending) / RECORDS_PER_CREDIT), f"write {len(pending)} Notes again")
+
+        answers = create_once(list(range(len(items))), send, landed, what=f"Zoho CRM: inserting {len(items)} notes",
+                              client_timeout=float(self.hook.settings()["timeout"]),
+                              sleep=self.hook.client.retry.sleep, before_resend=reserve)
+        return [answers[i] for i in range(len(items))]
 
     def _replacing_rows(self, target: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Updates whose subform rows replace the record's rows rather than add to them.
@@ -449,13 +499,35 @@ class ZohoDestination(Destination):
         try:
             if record.dest_id:  # Zoho cannot replace a file: the old one goes, the new one is uploaded
                 self.delete_records(ATTACHMENTS, [record.dest_id])
-            attachment_id = self.hook.upload_attachment(parent.target_object, parent.dest_id, name,
-                                                        file.read_bytes(), file.content_type or
-                                                        "application/octet-stream")
+            attachment_id = self._upload_once(parent.target_object, parent.dest_id, name, file.read_bytes(),
+                                              file.content_type or "application/octet-stream")
         except ZohoApiError as exc:
             return WriteResult(record.source_id, None, error=str(exc), error_field="File")
         return WriteResult(record.source_id, f"{parent.target_object}:{parent.dest_id}:{attachment_id}",
                            created=not record.dest_id)
+
+    def _upload_once(self, module: str, record_id: str, name: str, content: bytes, content_type: str) -> str:
+        """Upload a file exactly once (``hooks.create_once``): an upload has no key, so after a failed
+        attempt the record's attachments are listed, and a file of the same name and size not seen
+        after an earlier failed attempt counts as landed (so a file already on the record under the
+        same name and size before the first attempt would be taken for it)."""
+        from airflow_ascora_provider.hooks.create_once import create_once
+
+        seen: set[str] = set()  # matching files known to be there before an attempt
+
+        def landed(_: list[int]) -> dict[int, str]:
+            listed = self.hook.list_attachments(module, record_id)
+            new = [a["id"] for a in listed if a.get("File_Name") == name and str(a.get("Size")) == str(len(content))
+                   and a["id"] not in seen]
+            seen.update(a["id"] for a in listed)
+            return {0: new[0]} if new else {}
+
+        def send(_: list[int]) -> dict[int, str]:
+            return {0: self.hook.upload_attachment(module, record_id, name, content, content_type, once=True)}
+
+        return create_once([0], send, landed, what=f"Zoho CRM: uploading {name} to {module} {record_id}",
+                           client_timeout=float(self.hook.settings()["timeout"]),
+                           sleep=self.hook.client.retry.sleep)[0]
 
     def read_records(self, target: str, dest_ids: list[str], fields: Iterable[str]) -> dict[str, dict[str, Any]]:
         fields = list(fields)
@@ -664,9 +736,10 @@ class ZohoDestination(Destination):
         self.hook.close()
 
     def api_stats(self) -> dict[str, Any]:
-        stats = self.hook.client.stats.as_dict() if self.hook._client is not None else {}
+        stats: dict[str, Any] = dict(self.hook.call_stats())
         if self.hook._credits is not None:
             stats["credits_used_in_window"] = self.hook.credits.used()
+        stats["api_reserve"] = self.hook.credit_reserve()
         return stats
 
 
