@@ -30,6 +30,10 @@ from airflow_ascora_provider.operators.migration import (
 )
 
 STAGING = "{{ params.staging_path or '' }}"
+# Steps that talk to Ascora or the CRM are retried like a call that failed: each is safe to run again
+# (extraction writes a new snapshot, the schema step checks what is in place, loads resume from the
+# ledger), and a step whose API misbehaved past its client's retries should not stop a cutover.
+TASK_RETRIES = {"retries": 3, "retry_delay": dt.timedelta(seconds=5)}
 
 
 def _common(destination: str, destination_conn_id: str | None) -> dict[str, Any]:
@@ -70,13 +74,14 @@ def migration_dag(destination: str, *, dag_id: str | None = None, destination_co
         doc_md=__doc__,
     ) as dag:
         common = _common(destination, destination_conn_id)
-        extract = AscoraExtractOperator(task_id="extract", source="{{ params.source }}", staging_path=STAGING)
+        extract = AscoraExtractOperator(task_id="extract", source="{{ params.source }}", staging_path=STAGING,
+                                        **TASK_RETRIES)
         audit = AscoraAuditOperator(task_id="audit", staging_path=STAGING)
         propose = ProposeMappingOperator(task_id="propose_mapping", **common)
         approve_mapping = MappingApprovalOperator(task_id="approve_mapping", destination=destination,
                                                   staging_path=STAGING)
-        schema = SetupSchemaOperator(task_id="setup_schema", **common)
-        users = ResolveUsersOperator(task_id="resolve_users", **common)
+        schema = SetupSchemaOperator(task_id="setup_schema", **TASK_RETRIES, **common)
+        users = ResolveUsersOperator(task_id="resolve_users", **TASK_RETRIES, **common)
         sample = SampleMigrationOperator(task_id="sample", sample_size="{{ params.sample_size }}", **common)
         approve_sample = SampleApprovalOperator(task_id="approve_sample", destination=destination,
                                                 destination_conn_id=destination_conn_id, staging_path=STAGING)
@@ -85,7 +90,7 @@ def migration_dag(destination: str, *, dag_id: str | None = None, destination_co
         for wave in range(MAX_WAVES):
             plan = PlanLoadOperator(task_id=f"plan_wave_{wave}", wave=wave, trigger_rule="none_failed", **common)
             load = LoadUnitOperator.partial(task_id=f"load_wave_{wave}", trigger_rule="none_failed",
-                                            retries=3, retry_delay=dt.timedelta(seconds=5),
+                                            **TASK_RETRIES,
                                             max_active_tis_per_dagrun=max_concurrency,
                                             **({"pool": pool} if pool else {}), **(load_options or {}),
                                             **common).expand(unit=plan.output)
@@ -133,7 +138,8 @@ def delta_dag(destination: str, *, dag_id: str | None = None, destination_conn_i
     ) as dag:
         common = _common(destination, destination_conn_id)
         window = ShortCircuitOperator(task_id="inside_cutover_window", python_callable=inside_window)
-        extract = AscoraExtractOperator(task_id="extract", source="{{ params.source }}", staging_path=STAGING)
+        extract = AscoraExtractOperator(task_id="extract", source="{{ params.source }}", staging_path=STAGING,
+                                        **TASK_RETRIES)
         users = ResolveUsersOperator(task_id="resolve_users", **common)
         delta = DeltaLoadOperator_(common)
         reconcile = ReconcileOperator(task_id="reconcile", verify="sample", finish_run=False, **common)

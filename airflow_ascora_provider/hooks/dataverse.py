@@ -41,7 +41,6 @@ import re
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +54,7 @@ try:  # Airflow 3
 except ImportError:  # pragma: no cover - Airflow 2 fallback
     from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
 
-from airflow_ascora_provider.hooks.http_client import ApiClient, ApiError, CallStats, Pacer, RetryPolicy
+from airflow_ascora_provider.hooks.http_client import ApiClient, ApiError, CallStats, Pacer, RequestWindow, RetryPolicy
 from airflow_ascora_provider.hooks.requests_retry import mount_policy
 
 log = logging.getLogger(__name__)
@@ -73,6 +72,7 @@ DEFAULT_KEY_WAIT = 600.0
 LANGUAGE = 1033
 # Key values with these characters cannot be used in an alternate-key URL (documented).
 UNSAFE_KEY_CHARACTERS = set("/<>*%&:\\?+")
+ODATA_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"}
 _ENTITY_ID = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 
@@ -208,97 +208,6 @@ def column_definition(kind: str, schema_name: str, label: str, *, description: s
     return {**spec, **base}
 
 
-class RequestWindow:
-    """The client's model of service protection's request count: a sliding window of ``window``
-    seconds in which at most ``budget`` requests may fall (each request inside a ``$batch`` counted,
-    and the batch too).
-
-    A call that weighs ``n`` requests *reserves* all ``n`` at once: it waits until the requests this
-    client sent in the last ``window`` seconds leave room for the whole call, then records them at
-    the moment it goes out. Whatever the sizes of the calls, no window of the service then ever
-    holds more than ``budget`` of this client's requests, so full ``$batch`` calls (up to 1,000
-    requests) go out without a 429. A token bucket cannot do that: it accrues a batch's tokens
-    *before* the batch, and the window that ends just after the batch holds the batch plus a window's
-    worth of accrual (with a 90% share, any batch over 10% of the limit earned a 429).
-
-    A call weighing more than the whole budget (the budget was lowered after a 429) waits until this
-    client's window is empty; it cannot be split here.
-    """
-
-    def __init__(self, budget: float, window: float):
-        self.budget = float(budget)
-        self.full_budget = float(budget)
-        self.window = float(window)
-        self._sent: deque[list] = deque()  # [time counted from, requests], oldest first
-        self._used = 0
-        self._lock = threading.Lock()
-        self._weight = threading.local()
-
-    @property
-    def rate(self) -> float:
-        """The long-run pace this budget allows (requests per ``window``), for logs and the adaptation."""
-        return self.budget
-
-    def used(self, now: float | None = None) -> int:
-        with self._lock:
-            self._expire(time.monotonic() if now is None else now)
-            return self._used
-
-    def _expire(self, now: float) -> None:
-        while self._sent and now - self._sent[0][0] >= self.window:
-            self._used -= self._sent.popleft()[1]
-
-    def wait_time(self, weight: int, now: float) -> float:
-        """Seconds until ``weight`` requests fit (0: they fit now). Caller holds the lock."""
-        self._expire(now)
-        room = self.budget - self._used
-        if weight <= room or not self._sent:
-            return 0.0
-        # The oldest sends leave the window first: find the one whose departure makes room.
-        needed = weight - room if weight <= self.budget else self._used
-        freed = 0
-        for at, n in self._sent:
-            freed += n
-            if freed >= needed:
-                return max(0.0, at + self.window - now)
-        return max(0.0, self._sent[-1][0] + self.window - now)
-
-    def reserve(self, weight: int, sleep=time.sleep) -> float:
-        """Wait until ``weight`` requests fit in the window, then count them as sent now; the seconds waited."""
-        waited = 0.0
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                wait = self.wait_time(weight, now)
-                if wait <= 0:
-                    entry = [now, weight]
-                    self._sent.append(entry)
-                    self._used += weight
-                    self._weight.entry = entry
-                    return waited
-            sleep(wait + 0.001)
-            waited += wait
-
-    # ApiClient's pacer interface: every attempt (a retry is a request the service counts) reserves
-    # the weight of the call being sent, which :meth:`DataverseHook.send` sets for its thread.
-    def acquire(self, sleep=time.sleep) -> None:
-        self.reserve(getattr(self._weight, "value", 1), sleep)
-
-    def weigh(self, weight: int) -> None:
-        self._weight.value = max(1, int(weight))
-
-    def settle(self) -> None:
-        """The call this thread sent last has been answered: count it from now. The service counted it
-        when it arrived, somewhere between the send and the answer; counting it from the answer makes
-        the model free its room no earlier than the service does (a large ``$batch`` takes a while to
-        upload and parse)."""
-        entry = getattr(self._weight, "entry", None)
-        if entry is not None:
-            with self._lock:
-                entry[0] = max(entry[0], time.monotonic())
-            self._weight.entry = None
-
-
 class _PinnedSession(requests.Session):
     """msal's HTTP session with the CA and timeout pinned on every request, retried by the provider's
     rule (a 429 or 5xx from the sign-in endpoint, or a dropped connection, is waited and retried like
@@ -347,6 +256,7 @@ class DataverseHook(BaseHook):
         self._retry = retry
         self._settings_cache: dict[str, Any] | None = None
         self._client: ApiClient | None = None
+        self._once: ApiClient | None = None
         self._msal = None
         self._token_session: _PinnedSession | None = None
         self.token_stats = CallStats()  # the sign-in endpoint's calls, apart from Dataverse's
@@ -439,8 +349,7 @@ class DataverseHook(BaseHook):
                 if s["requests_per_window"] else Pacer(None, per=s["window_seconds"]))
             self._client = ApiClient(
                 s["base_url"] + API_PATH,
-                headers={"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"},
-                timeout=s["timeout"], retry=self._retry, pacer=pacer,
+                headers=ODATA_HEADERS, timeout=s["timeout"], retry=self._retry, pacer=pacer,
                 budget=s["request_budget"], name="dataverse",
                 transport=httpx.HTTPTransport(verify=s["ca_bundle"] or True, retries=0),
             )
@@ -451,10 +360,24 @@ class DataverseHook(BaseHook):
     def client(self) -> ApiClient:
         return self.get_conn()
 
+    @property
+    def once_client(self) -> ApiClient:
+        """A client that sends exactly once (no retries), sharing the pace of :attr:`client`: for a
+        ``$batch`` of creates without an alternate key (notes), which a blind retry after a batch cut
+        short or an answer lost would write twice. The caller looks for what landed first."""
+        if self._once is None:
+            s, client = self.settings, self.client
+            self._once = ApiClient(
+                s["base_url"] + API_PATH, headers=ODATA_HEADERS, timeout=s["timeout"],
+                retry=RetryPolicy(max_attempts=1), pacer=client.pacer, budget=s["request_budget"],
+                name="dataverse", transport=httpx.HTTPTransport(verify=s["ca_bundle"] or True, retries=0))
+        return self._once
+
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        for client in (self._client, self._once):
+            if client is not None:
+                client.close()
+        self._client = self._once = None
         if self._token_session is not None:
             self._token_session.close()
             self._token_session = None
@@ -558,10 +481,11 @@ class DataverseHook(BaseHook):
 
     def send(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
              content: bytes | None = None, headers: Mapping[str, str] | None = None, weight: int = 1,
-             ok_statuses: Sequence[int] = ()) -> httpx.Response:
+             ok_statuses: Sequence[int] = (), once: bool = False) -> httpx.Response:
         """One request with a fresh token (retried once after a 401); raises on a non-2xx answer.
 
-        ``weight`` is what service protection counts for it (a ``$batch`` of ``n``: ``n + 1``)."""
+        ``weight`` is what service protection counts for it (a ``$batch`` of ``n``: ``n + 1``);
+        ``once`` sends it through :attr:`once_client` (no retries)."""
         pacer = self.client.pacer
         if isinstance(pacer, RequestWindow):
             pacer.weigh(weight)  # every attempt reserves the whole weight in the modelled window
@@ -577,9 +501,7 @@ class DataverseHook(BaseHook):
                 request_headers.setdefault("Content-Type", "application/json; charset=utf-8")
             elif content is not None:
                 kwargs["content"] = content
-            response = self.client.request(method, path, **kwargs)
-            if isinstance(pacer, RequestWindow):
-                pacer.settle()
+            response = (self.once_client if once else self.client).request(method, path, **kwargs)
             self._adapt(weight)
             for name in ("x-ms-ratelimit-burst-remaining-xrm-requests", "x-ms-ratelimit-time-remaining-xrm-requests"):
                 if name in response.headers:
@@ -599,6 +521,8 @@ class DataverseHook(BaseHook):
         except ValueError:
             body = response.text
         error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(body, dict) and not isinstance(error, dict):  # a gateway's answer, not Dataverse's shape
+            error = {"code": error if isinstance(error, str) else "", "message": body.get("message") or ""}
         code = str((error or {}).get("code") or "")
         detail = str((error or {}).get("message") or (body if isinstance(body, str) else ""))[:1000]
         return DataverseApiError(f"Dataverse {method} {path} answered HTTP {response.status_code}"
@@ -663,25 +587,26 @@ class DataverseHook(BaseHook):
         return response.status_code != 404
 
     # ---- $batch --------------------------------------------------------------------------------
-    def execute_batch(self, operations: Sequence[BatchOperation]) -> list[BatchResult]:
+    def execute_batch(self, operations: Sequence[BatchOperation], *, once: bool = False) -> list[BatchResult]:
         """Run operations in ``$batch`` calls of at most ``batch_size``; one result per operation, in order.
 
         Every write goes into a change set of its own (atomic per record) and the batch carries
         ``Prefer: odata.continue-on-error``, so a refused record answers with its error and the rest are
         still written. GETs go outside change sets (they are not allowed inside), and so do operations
-        marked ``changeset=False``.
+        marked ``changeset=False``. ``once``: each ``$batch`` is sent once (see :attr:`once_client`).
         """
-        return self.execute_batches(operations, self.batch_size)
+        return self.execute_batches(operations, self.batch_size, once=once)
 
-    def execute_batches(self, operations: Sequence[BatchOperation], size: int) -> list[BatchResult]:
+    def execute_batches(self, operations: Sequence[BatchOperation], size: int, *,
+                        once: bool = False) -> list[BatchResult]:
         """:meth:`execute_batch` with ``size`` operations per ``$batch`` (at most the documented 1,000)."""
         results: list[BatchResult] = []
         size = max(1, min(size, MAX_BATCH_REQUESTS))
         for start in range(0, len(operations), size):
-            results.extend(self._one_batch(list(operations[start:start + size])))
+            results.extend(self._one_batch(list(operations[start:start + size]), once=once))
         return results
 
-    def _one_batch(self, operations: list[BatchOperation]) -> list[BatchResult]:
+    def _one_batch(self, operations: list[BatchOperation], *, once: bool = False) -> list[BatchResult]:
         boundary = f"batch_{uuid.uuid4()}"
         lines: list[str] = []
         for index, op in enumerate(operations, 1):
@@ -702,7 +627,7 @@ class DataverseHook(BaseHook):
         lines += [f"--{boundary}--", ""]
         response = self.send("POST", "$batch", content="\r\n".join(lines).encode("utf-8"), weight=len(operations) + 1,
                              headers={"Content-Type": f"multipart/mixed; boundary={boundary}",
-                                      "Prefer": "odata.continue-on-error"}, ok_statuses=(400,))
+                                      "Prefer": "odata.continue-on-error"}, ok_statuses=(400,), once=once)
         if response.status_code == 400 and not response.headers.get("content-type", "").startswith("multipart"):
             raise self._error("POST", "$batch", response)
         parts = parse_batch_response(response.headers.get("content-type", ""), response.content)

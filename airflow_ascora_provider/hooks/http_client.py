@@ -21,6 +21,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -121,6 +122,111 @@ class Pacer:
             sleep(wait)
 
 
+class RequestWindow:
+    """The client's model of a service's request count: a sliding window of ``window`` seconds in
+    which at most ``budget`` requests may fall. A call may weigh more than one request (Dataverse's
+    service protection counts each request inside a ``$batch``, and the batch too).
+
+    A call that weighs ``n`` requests *reserves* all ``n`` at once: it waits until the requests this
+    client sent in the last ``window`` seconds leave room for the whole call, then records them at
+    the moment it goes out. Whatever the sizes of the calls, no window of the service then ever
+    holds more than ``budget`` of this client's requests, so full ``$batch`` calls (up to 1,000
+    requests) go out without a 429. A token bucket cannot do that: it accrues a batch's tokens
+    *before* the batch, and the window that ends just after the batch holds the batch plus a window's
+    worth of accrual (with a 90% share, any batch over 10% of the limit earned a 429).
+
+    A call weighing more than the whole budget (the budget was lowered after a 429) waits until this
+    client's window is empty; it cannot be split here.
+
+    Against a token bucket at the same rate it also wins back time a fault cost: after a back-off or
+    a client timeout, the calls not sent meanwhile go out as soon as the window has room for them
+    (the service counts requests in a window; it does not ask for them evenly spaced), where a bucket
+    of one token loses every interval it sat idle for good.
+    """
+
+    def __init__(self, budget: float, window: float):
+        self.budget = float(budget)
+        self.full_budget = float(budget)
+        self.window = float(window)
+        self._sent: deque[list] = deque()  # [time counted from, requests], oldest first
+        self._used = 0
+        self._lock = threading.Lock()
+        self._weight = threading.local()
+
+    @property
+    def rate(self) -> float:
+        """The long-run pace this budget allows (requests per ``window``), for logs and the adaptation."""
+        return self.budget
+
+    def used(self, now: float | None = None) -> int:
+        with self._lock:
+            self._expire(time.monotonic() if now is None else now)
+            return self._used
+
+    def _expire(self, now: float) -> None:
+        while self._sent and now - self._sent[0][0] >= self.window:
+            self._used -= self._sent.popleft()[1]
+
+    def wait_time(self, weight: int, now: float) -> float:
+        """Seconds until ``weight`` requests fit (0: they fit now). Caller holds the lock."""
+        self._expire(now)
+        room = self.budget - self._used
+        if weight <= room or not self._sent:
+            return 0.0
+        # The oldest sends leave the window first: find the one whose departure makes room.
+        needed = weight - room if weight <= self.budget else self._used
+        freed = 0
+        for at, n in self._sent:
+            freed += n
+            if freed >= needed:
+                return max(0.0, at + self.window - now)
+        return max(0.0, self._sent[-1][0] + self.window - now)
+
+    def reserve(self, weight: int, sleep=time.sleep) -> float:
+        """Wait until ``weight`` requests fit in the window, then count them as sent now; the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                wait = self.wait_time(weight, now)
+                if wait <= 0:
+                    entry = [now, weight]
+                    self._sent.append(entry)
+                    self._used += weight
+                    self._weight.entry = entry
+                    return waited
+            sleep(wait + 0.001)
+            waited += wait
+
+    # ApiClient's pacer interface: every attempt (a retry is a request the service counts) reserves
+    # the weight of the call being sent (1 unless the caller set another for its thread: ``weigh``).
+    def acquire(self, sleep=time.sleep) -> None:
+        self.reserve(getattr(self._weight, "value", 1), sleep)
+
+    def weigh(self, weight: int) -> None:
+        self._weight.value = max(1, int(weight))
+
+    def settle(self) -> None:
+        """The call this thread sent last has been answered (or given up on): count it from now. The
+        service counted it when it arrived, somewhere between the send and the answer; counting it from
+        the answer makes the model free its room no earlier than the service does (a large ``$batch``
+        takes a while to upload and parse). :class:`ApiClient` calls it after every attempt."""
+        entry = getattr(self._weight, "entry", None)
+        if entry is not None:
+            with self._lock:
+                entry[0] = max(entry[0], time.monotonic())
+            self._weight.entry = None
+
+
+def per_minute_window(requests_per_minute: float | None, window_seconds: float = 60.0) -> Pacer | RequestWindow:
+    """A per-minute limit as the window it is counted in: ``requests_per_minute`` spread over a window of
+    ``window_seconds`` (60 for a real service; an emulator in compressed time shortens it, keeping the
+    pace). No limit (None or 0): no pacing."""
+    if not requests_per_minute:
+        return Pacer(None)
+    return RequestWindow(max(1.0, requests_per_minute * window_seconds / 60.0), window_seconds)
+
+
 @dataclass
 class CallStats:
     calls: int = 0
@@ -165,7 +271,7 @@ class ApiClient:
         headers: dict[str, str] | None = None,
         timeout: float = 30.0,
         retry: RetryPolicy | None = None,
-        pacer: Pacer | None = None,
+        pacer: Pacer | RequestWindow | None = None,
         budget: int | None = None,
         transport: httpx.BaseTransport | None = None,
         name: str = "api",
@@ -206,13 +312,20 @@ class ApiClient:
     def request(self, method: str, path: str, **kwargs) -> httpx.Response:
         """Send with retries. Returns the final response (which may be a non-retryable 4xx)."""
         try:
-            return send_with_retries(lambda: self._http.request(method, path, **kwargs), method, path,
+            return send_with_retries(lambda: self._attempt(method, path, kwargs), method, path,
                                      retry=self.retry, stats=self.stats, name=self.name,
                                      transport_errors=(httpx.TransportError, httpx.TimeoutException),
                                      before_attempt=self._before_attempt)
         except (httpx.TransportError, httpx.TimeoutException) as exc:
             raise ApiError(f"{self.name}: {method} {path} failed after {self.retry.max_attempts} attempts: "
                            f"{exc!r}", url=path) from exc
+
+    def _attempt(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kwargs)
+        finally:
+            if isinstance(self.pacer, RequestWindow):
+                self.pacer.settle()
 
     def _before_attempt(self) -> None:
         self._check_budget()

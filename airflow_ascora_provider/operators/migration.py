@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from airflow_ascora_provider.compat import BaseOperator, Context
+from airflow_ascora_provider.compat import AirflowFailException, BaseOperator, Context
 from airflow_ascora_provider.settings import default_staging_root, reports_folder
 
 PROPOSED_MAPPING = "proposed_mapping"
@@ -342,10 +342,21 @@ def _edited_mapping(params_input: dict[str, Any]) -> tuple[str, str]:
 
 
 class SetupSchemaOperator(MigrationStepOperator):
-    """Step 3: plan, apply what the API allows, list the rest; fail while anything is missing."""
+    """Step 3: plan, apply what the API allows, list the rest; fail while anything is missing.
+
+    A schema still missing something only a person can add (a field the API cannot create, a plan
+    over its limits) fails the task without its retries: no retry adds it. A failing call is retried
+    like any other step's.
+    """
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_ascora_provider.engine.schema import apply_schema, plan_for, require_schema_ready, schema_sections
+        from airflow_ascora_provider.engine.schema import (
+            SchemaNotReady,
+            apply_schema,
+            plan_for,
+            require_schema_ready,
+            schema_sections,
+        )
 
         ctx = self.build_context()
         try:
@@ -356,21 +367,30 @@ class SetupSchemaOperator(MigrationStepOperator):
                                {"summary": {"applied": len(applied), "manual": len(plan.manual),
                                             "problems": len(plan.problems)}, "plan": plan.as_dict(),
                                 "applied": applied}, schema_sections(plan, applied))
-            require_schema_ready(ctx.mapping, dest)
+            try:
+                require_schema_ready(ctx.mapping, dest)
+            except SchemaNotReady as exc:
+                raise AirflowFailException(str(exc)) from exc
             return {"applied": len(applied), "manual": [c.describe() for c in plan.manual], "report": paths}
         finally:
             ctx.close()
 
 
 class ResolveUsersOperator(MigrationStepOperator):
-    """Step 4: staff e-mail → destination user; unmatched staff listed; fallback owner required."""
+    """Step 4: staff e-mail → destination user; unmatched staff listed; fallback owner required.
+
+    A missing fallback owner fails the task without its retries (someone must name one or add the
+    user); a failing call is retried like any other step's."""
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from airflow_ascora_provider.engine.users import resolve_users, users_sections
+        from airflow_ascora_provider.engine.users import NoFallbackOwner, resolve_users, users_sections
 
         ctx = self.build_context()
         try:
-            result = resolve_users(ctx)
+            try:
+                result = resolve_users(ctx)
+            except NoFallbackOwner as exc:
+                raise AirflowFailException(str(exc)) from exc
             paths = self.write(ctx.ledger, "users", "Owner resolution",
                                {"summary": {"matched": result["matched"], "unmatched": len(result["unmatched"])},
                                 **result}, users_sections(result))

@@ -7,7 +7,10 @@ with :func:`instrument` adds the behaviour tests and benchmarks need from *any* 
 * a rate limit per window answers ``429`` with ``Retry-After`` like the real services;
 * faults (429 bursts, 5xx, slow answers, dropped connections, replies lost after the write was
   done, batches only partly written) can be switched on at set rates, deterministically from a seed
-  so a failing soak can be replayed.
+  so a failing soak can be replayed;
+* a service time (:class:`Latency`) can be switched on, so that a run's time has a real service's
+  proportions: left off, an emulator answers in a millisecond or two, and anything a client waits
+  for (a timeout, a ``Retry-After``) looks many times costlier than it is against a real API.
 
 The switches are reachable in-process (``app.state.sandbox``) and over HTTP under ``/__sandbox__/``,
 so a test can steer an emulator running in another process the same way.
@@ -34,6 +37,7 @@ CONTROL_PREFIX = "/__sandbox__"
 # Drawn in this order from one roll, so a seed replays the same faults (new kinds go last).
 FAULT_KINDS = ("429", "5xx", "slow", "drop", "lost_reply", "partial")
 _DROPPED = -1  # RecordedRequest.status of a request whose connection was cut
+FORCED_SPACING = 10  # eligible requests between two kinds a fault plan's coverage injects
 
 
 @dataclass
@@ -69,7 +73,8 @@ class FaultPlan:
       request that carries one: a rate per request still cuts batches when most calls are reads.
 
     ``cover_every_kind_after``: when set, every kind with a rate above zero that has not occurred by
-    that many eligible requests is injected on the next requests that draw no fault. A seeded draw
+    that many eligible requests is injected then, one every ``FORCED_SPACING`` requests (injected on
+    consecutive requests, they would be the successive attempts of one call). A seeded draw
     at a low rate (timeouts are kept rare because each costs a whole client timeout) may otherwise
     never come up in a short run, and a soak that never met a timeout has not shown it survives one.
     """
@@ -89,6 +94,24 @@ class FaultPlan:
     # Keys of a JSON object body that hold a batch of records (the usual envelopes). Other lists,
     # such as a field's pick-list options, are part of one record and never cut short.
     batch_keys: list[str] = field(default_factory=lambda: ["records", "inputs", "data", "items"])
+
+
+@dataclass
+class Latency:
+    """How long the service takes to answer a request its app handles: ``per_call`` seconds, plus
+    ``per_kb`` seconds for each KiB of the request and of the answer (a batch of 200 records is
+    processed longer than one record, a page of 2,000 rows is sent longer than a count). Answers the
+    gateway gives on its own (a 429, an injected 5xx or drop) take no service time.
+    """
+
+    per_call: float = 0.0
+    per_kb: float = 0.0
+
+    def scaled(self, factor: float) -> Latency:
+        return Latency(self.per_call * factor, self.per_kb * factor)
+
+    def __bool__(self) -> bool:
+        return self.per_call > 0 or self.per_kb > 0
 
 
 class RateLimiter:
@@ -122,10 +145,12 @@ class SandboxControl:
         self.requests: list[RecordedRequest] = []
         self.limiter = RateLimiter(rate_limit, window)
         self.faults = FaultPlan()
+        self.latency = Latency()
         self._rng = random.Random(0)
         self.keep_bodies = keep_bodies
         self.counters: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
         self._eligible = 0  # requests the fault plan applied to
+        self._forced_at = -FORCED_SPACING  # the eligible request that last got a kind it was owed
         self._partial_waiting = False  # a drawn ``partial`` that met no batch yet
         # An emulator whose API has a limit of its own shape (Dataverse weighs a $batch by the
         # requests inside it) takes the rate-limit switch instead of the generic per-call limiter.
@@ -138,6 +163,7 @@ class SandboxControl:
         self.faults = plan
         self._rng = random.Random(plan.seed)
         self._eligible = 0
+        self._forced_at = -FORCED_SPACING
         self._partial_waiting = False
 
     def set_rate_limit(self, limit: int | None, window: float = 60.0) -> None:
@@ -192,12 +218,14 @@ class SandboxControl:
 
     def _owed(self, plan: FaultPlan) -> str | None:
         """The first kind the plan asks for that has not occurred by ``cover_every_kind_after``."""
-        if plan.cover_every_kind_after is None or self._eligible <= plan.cover_every_kind_after:
+        if plan.cover_every_kind_after is None or self._eligible <= plan.cover_every_kind_after \
+                or self._eligible - self._forced_at < FORCED_SPACING:
             return None
         for name in FAULT_KINDS:
             if getattr(plan, f"rate_{name}") > 0 and self.counters[name] == 0:
                 if name == "partial" and self._partial_waiting:
                     continue
+                self._forced_at = self._eligible
                 return name
         return None
 
@@ -266,7 +294,7 @@ class _Instrumented:
             body = await _read_body(receive)
             record.body = body if self.control.keep_bodies else b""
             await asyncio.sleep(self.control.faults.slow_seconds)
-            return await self.app(scope, _replay(body), _recording_send(send, record))
+            return await self._serve(scope, _replay(body), _recording_send(send, record))
         if fault == "drop":
             record.status = _DROPPED
             await _cut_connection(send)
@@ -275,23 +303,44 @@ class _Instrumented:
             shortened = self._shorten_batch(body, scope)
             if shortened is None:
                 record.body = body if self.control.keep_bodies else b""
-                return await self.app(scope, _replay(body), _recording_send(send, record))
+                return await self._serve(scope, _replay(body), _recording_send(send, record))
             # The leading part is handled (and recorded, so the log shows what was written); the
             # client only hears that the batch failed.
             record.body = shortened if self.control.keep_bodies else b""
             record.status = 500
-            await self.app(scope, _replay(shortened), _discard)
+            await self._serve(scope, _replay(shortened), _discard)
             response = JSONResponse({"message": "Internal server error (injected: batch partly written)"},
                                     status_code=500)
             return await response(scope, receive, send)
         if fault == "lost_reply":
-            await self.app(scope, recording_receive, _discard)
+            await self._serve(scope, recording_receive, _discard)
             record.body = b"".join(body_chunks)
             record.status = _DROPPED
             await _cut_connection(send)
 
-        await self.app(scope, recording_receive, _recording_send(send, record))
+        await self._serve(scope, recording_receive, _recording_send(send, record))
         record.body = b"".join(body_chunks)
+
+    async def _serve(self, scope, receive, send):
+        """The emulator's own app, taking the service time of :class:`Latency` when it is switched on:
+        the call's share first, then each KiB as the request is read and as the answer is sent."""
+        latency = self.control.latency
+        if not latency:
+            return await self.app(scope, receive, send)
+        await asyncio.sleep(latency.per_call)
+
+        async def timed_receive():
+            message = await receive()
+            if message["type"] == "http.request" and latency.per_kb:
+                await asyncio.sleep(latency.per_kb * len(message.get("body", b"")) / 1024)
+            return message
+
+        async def timed_send(message):
+            if message["type"] == "http.response.body" and latency.per_kb:
+                await asyncio.sleep(latency.per_kb * len(message.get("body", b"")) / 1024)
+            await send(message)
+
+        return await self.app(scope, timed_receive, timed_send)
 
     def _shorten_batch(self, body: bytes, scope: dict) -> bytes | None:
         """The body with only a leading part of its batch, or None when it carries no batch of 2+."""
@@ -413,6 +462,11 @@ def _control_app(control: SandboxControl) -> Starlette:
     async def counters(request: Request):
         return JSONResponse(control.counters)
 
+    async def latency(request: Request):
+        if request.method == "POST":
+            control.latency = Latency(**(await request.json()))
+        return JSONResponse(asdict(control.latency))
+
     return Starlette(
         routes=[
             Mount(
@@ -423,6 +477,7 @@ def _control_app(control: SandboxControl) -> Starlette:
                     Route("/rate-limit", rate_limit, methods=["GET", "POST"]),
                     Route("/reset", reset, methods=["POST"]),
                     Route("/counters", counters),
+                    Route("/latency", latency, methods=["GET", "POST"]),
                 ],
             )
         ]

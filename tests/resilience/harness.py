@@ -10,12 +10,15 @@ what the emulator holds.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from airflow_ascora_provider.sandbox.emulator import FaultPlan, ServedApp
+from airflow_ascora_provider.sandbox.emulator import FaultPlan, Latency, ServedApp
 from tests.resilience.destinations import FALLBACK_OWNER, DestinationUnderTest
+
+T = TypeVar("T")
 
 ASCORA_KEY = "ascora-resilience-key"
 RUN_ID = "run-1"
@@ -64,6 +67,21 @@ class Migration:
         self.crm.stop()
 
 
+def as_task(step: Callable[[], T]) -> T:
+    """Run ``step`` as a DAG run does: a step that raises is run again, up to the retries the example
+    DAGs give their extract, schema, users and load tasks (each is safe to run again)."""
+    from airflow_ascora_provider.example_dags import TASK_RETRIES
+
+    for attempt in range(TASK_RETRIES["retries"] + 1):
+        try:
+            return step()
+        except Exception as exc:
+            if attempt == TASK_RETRIES["retries"]:
+                raise
+            print(f"task attempt {attempt + 1} failed ({type(exc).__name__}: {str(exc)[:200]}); retrying")
+    raise AssertionError("unreachable")
+
+
 def prepare_migration(
     spec: DestinationUnderTest,
     tenant: Path,
@@ -73,11 +91,14 @@ def prepare_migration(
     *,
     plugin_overrides: dict[str, Any] | None = None,
     faults: FaultPlan | None = None,
+    latency: Latency | None = None,
+    ascora_timeout: float | None = None,
 ) -> Migration:
     """Extract ``tenant`` and prepare a load into ``spec``'s emulator, ready for ``load_everything``.
 
-    ``faults`` are switched on in both emulators *before* extraction, so the whole migration runs
-    through them (the schema step and user resolution included).
+    ``faults`` and ``latency`` are switched on in both emulators *before* extraction, so the whole
+    migration runs through them (the schema step and user resolution included). ``ascora_timeout``
+    is the Ascora client's timeout (default: the hook's).
     """
     from airflow_ascora_provider.engine.context import MigrationContext
     from airflow_ascora_provider.engine.schema import apply_schema, plan_for
@@ -97,9 +118,11 @@ def prepare_migration(
     if faults is not None:
         ascora.control.set_faults(faults)
         crm.control.set_faults(faults)
+    if latency is not None:
+        ascora.control.latency = crm.control.latency = latency
     staging = workdir / "staging"
     snapshot = Snapshot(str(staging), SNAPSHOT)
-    manifest = extract(AscoraApiReader(AscoraHook(base_url=ascora.url, api_key=ASCORA_KEY,
+    manifest = extract(AscoraApiReader(AscoraHook(base_url=ascora.url, api_key=ASCORA_KEY, timeout=ascora_timeout,
                                                   enable_extensions=True)), snapshot)
     audit = audit_snapshot(snapshot)
     ledger = Ledger(ledger_url, schema=ledger_schema)
@@ -110,13 +133,13 @@ def prepare_migration(
     mapping = complete_mapping(load_mapping(type(dest).default_mapping), audit, dest.custom_field_name,
                                {n: {f for f, d in o.fields.items() if not d.custom} for n, o in described.items()},
                                described)
-    apply_schema(dest, plan_for(mapping, dest))
+    as_task(lambda: apply_schema(dest, plan_for(mapping, dest)))
     ledger.approve_mapping(spec.name, mapping_hash=mapping.hash, mapping_text=mapping.to_yaml(),
                            approved_by="resilience-test", source="cli")
     ctx = MigrationContext(RUN_ID, spec.name, ledger, str(staging), SNAPSHOT, mapping,
                            destination_options=options, fallback_owner_email=FALLBACK_OWNER)
     ctx.use_destination(dest)
-    resolve_users(ctx)
+    as_task(lambda: resolve_users(ctx))
     ledger.start_run(RUN_ID, destination=spec.name, kind="full", mapping_hash=mapping.hash)
     return Migration(spec, ctx, ascora, crm, manifest, ledger_url, ledger_schema, staging, options)
 

@@ -15,7 +15,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from airflow_ascora_provider.sandbox.emulator import FAULT_KINDS, FaultPlan, ServedApp, instrument
+from airflow_ascora_provider.sandbox.emulator import (
+    FAULT_KINDS,
+    FORCED_SPACING,
+    FaultPlan,
+    Latency,
+    ServedApp,
+    instrument,
+)
 
 
 def _store_app():
@@ -84,16 +91,36 @@ def test_a_partial_drawn_on_a_request_without_a_batch_cuts_the_next_batch(server
 
 
 def test_cover_every_kind_after_injects_each_kind_a_short_run_never_drew(server):
-    plan = FaultPlan(rate_5xx=0.001, rate_slow=0.001, rate_partial=0.001, slow_seconds=0.0,
+    plan = FaultPlan(rate_5xx=1e-9, rate_slow=1e-9, rate_partial=1e-9, slow_seconds=0.0,
                      cover_every_kind_after=5, seed=1)
     server.control.set_faults(plan)
-    statuses = [httpx.post(f"{server.url}/items", json=_items(3)).status_code for _ in range(10)]
+    statuses = [httpx.post(f"{server.url}/items", json=_items(3)).status_code for _ in range(40)]
     assert statuses[:5] == [201] * 5  # nothing owed before the threshold
-    assert sorted(statuses[5:8]) == [201, 500, 503]  # 5xx, then the timeout (handled), then a cut batch
-    assert statuses[8:] == [201, 201]  # each kind once, then the plan's own rates again
+    # One owed kind every FORCED_SPACING requests (never the successive attempts of one call): the
+    # 5xx, then the timeout (handled in the end: 201), then a cut batch; then the plan's own rates.
+    assert [(i, s) for i, s in enumerate(statuses) if s != 201] == [(5, 503), (5 + 2 * FORCED_SPACING, 500)]
     counters = server.control.counters
     assert (counters["5xx"], counters["slow"], counters["partial"]) == (1, 1, 1)
     assert counters["429"] == counters["drop"] == counters["lost_reply"] == 0  # kinds the plan has no rate for
+
+
+def test_service_time_is_taken_per_call_and_per_kib_but_not_by_the_gateway(server):
+    server.control.latency = Latency(per_call=0.2, per_kb=0.01)
+
+    def timed(body) -> tuple[float, int]:
+        started = time.monotonic()
+        status = httpx.post(f"{server.url}/items", json=body).status_code
+        return time.monotonic() - started, status
+
+    small, status = timed(_items(1))
+    assert status == 201 and 0.2 <= small < 0.4
+    big, _ = timed([{"n": i, "text": "x" * 1000} for i in range(50)])  # about 50 KiB: 0.5 s more
+    assert 0.65 <= big < 1.1, big
+    server.control.set_faults(FaultPlan(rate_5xx=1.0))
+    refused, status = timed(_items(1))
+    assert status == 503 and refused < 0.1  # answered before the service
+    assert httpx.post(f"{server.url}/__sandbox__/latency", json={"per_call": 0}).json() == {"per_call": 0,
+                                                                                            "per_kb": 0.0}
 
 
 def test_slow_past_the_client_timeout_still_writes(server):

@@ -577,7 +577,10 @@ class DynamicsDestination(Destination):
             else:
                 ops.append(BatchOperation("POST", meta.set_name, body))
                 owners.append(i)
-        answers = self.hook.execute_batch(ops) if ops else []
+        if meta.logical == "annotation" and any(op.method == "POST" for op in ops):
+            answers = self._write_notes_once(target, ops, [records[i].source_id for i in owners])
+        else:
+            answers = self.hook.execute_batch(ops) if ops else []
         for i, op, answer in zip(owners, ops, answers):
             record = records[i]
             if results[i] is not None and not results[i].ok:
@@ -592,6 +595,29 @@ class DynamicsDestination(Destination):
                                          error_field=self._field_named(meta, answer.error_message))
         return [r if r is not None else WriteResult(records[i].source_id, None, error="no answer for this record")
                 for i, r in enumerate(results)]
+
+    def _write_notes_once(self, target: str, ops: list, source_ids: list[str]) -> list:
+        """A batch with new notes, sent so each note lands once (``hooks.create_once``): a note has no
+        alternate key, so the client's blind retry of a ``$batch`` cut short or whose answer was lost
+        wrote notes two and three times. After a failed attempt the notes that landed are found by
+        their ``[ascora:<id>]`` tag and only the rest is sent again (updates are idempotent PATCHes)."""
+        from airflow_ascora_provider.hooks.create_once import create_once
+        from airflow_ascora_provider.hooks.dataverse import BatchResult
+
+        meta = self._table(target)
+
+        def send(pending: list[int]) -> dict[int, BatchResult]:
+            return dict(zip(pending, self.hook.execute_batch([ops[k] for k in pending], once=True)))
+
+        def landed(pending: list[int]) -> dict[int, BatchResult]:
+            creates = {source_ids[k]: k for k in pending if ops[k].method == "POST"}
+            found = self.find_by_source_ids(target, "ascora_id", list(creates)) if creates else {}
+            return {creates[sid]: BatchResult(201, {"odata-entityid": f"{meta.set_name}({dest_id})"})
+                    for sid, dest_id in found.items() if sid in creates}
+
+        answers = create_once(list(range(len(ops))), send, landed, what=f"dataverse: writing {len(ops)} notes",
+                              client_timeout=float(self.hook.settings["timeout"]), sleep=self.hook.client.retry.sleep)
+        return [answers[k] for k in range(len(ops))]
 
     def _field_named(self, meta: TableMeta, message: str) -> str | None:
         match = _FIELD_IN_MESSAGE.search(message or "")
@@ -743,7 +769,9 @@ class DynamicsDestination(Destination):
             self.hook.close()
 
     def api_stats(self) -> dict[str, Any]:
-        return {**self.hook.client.stats.as_dict(), **self.hook.rate_headers}
+        from airflow_ascora_provider.hooks.http_client import combined_stats
+
+        return {**combined_stats(self.hook.client, self.hook._once), **self.hook.rate_headers}
 
 
 def _neutral_type(attr: dict[str, Any]) -> str:

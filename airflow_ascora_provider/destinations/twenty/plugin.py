@@ -89,10 +89,11 @@ class TwentyDestination(Destination):
         super().__init__(conn_id, **options)
         from airflow_ascora_provider.hooks.twenty import TwentyHook
 
-        hook_kwargs = {k: options[k] for k in ("base_url", "api_key", "requests_per_minute", "timeout",
-                                                "request_budget") if options.get(k) is not None}
+        hook_kwargs = {k: options[k] for k in ("base_url", "api_key", "requests_per_minute", "rate_window_seconds",
+                                                "timeout", "request_budget") if options.get(k) is not None}
         self.hook = TwentyHook(twenty_conn_id=conn_id or "twenty_default", **hook_kwargs)
         self._objects: dict[str, dict] | None = None
+        self._object_ids: dict[str, str] = {}  # nameSingular -> metadata id; a new field leaves it valid
 
     @property
     def batch_size(self) -> int:
@@ -102,7 +103,18 @@ class TwentyDestination(Destination):
     def _metadata(self, refresh: bool = False) -> dict[str, dict]:
         if self._objects is None or refresh:
             self._objects = {o["nameSingular"]: o for o in self.hook.list_objects()}
+            self._object_ids = {name: o["id"] for name, o in self._objects.items()}
         return self._objects
+
+    def _object_id(self, name: str) -> str:
+        """The metadata id of object ``name``. Read once: the schema step adds fields one call at a time,
+        and listing every object's metadata again before each one doubled its calls."""
+        if name not in self._object_ids:
+            self._metadata(refresh=True)
+        try:
+            return self._object_ids[name]
+        except KeyError:
+            raise KeyError(f"Twenty has no object {name!r}; run the schema step first") from None
 
     def _plural(self, target: str) -> str:
         meta = self._metadata()
@@ -156,17 +168,17 @@ class TwentyDestination(Destination):
             self.hook.create_object(change.object, spec.plural, spec.label, spec.label_plural)
         elif change.kind == "custom_field":
             spec = change.spec
-            obj = self._metadata(refresh=True)[change.object]
+            object_id = self._object_id(change.object)
             if spec.type == "lookup":
-                target = self._metadata()[spec.lookup_target]
                 name = change.field[:-2] if change.field.endswith("Id") else change.field
                 inverse = f"{change.object}{name[:1].upper()}{name[1:]}s"
                 self.hook.create_relation_field(
-                    obj["id"], name=name, label=spec.label, target_object_metadata_id=target["id"],
+                    object_id, name=name, label=spec.label,
+                    target_object_metadata_id=self._object_id(spec.lookup_target),
                     target_field_name=inverse, target_field_label=f"{change.object.title()} ({spec.label})")
             else:
                 self.hook.create_field(
-                    obj["id"], name=change.field, type=TO_TWENTY[spec.type], label=spec.label,
+                    object_id, name=change.field, type=TO_TWENTY[spec.type], label=spec.label,
                     description=spec.help_text, is_unique=spec.unique or None,
                     options=[{"label": _label(v), "value": v} for v in spec.options] if spec.options else None)
         elif change.kind == "picklist_option":
