@@ -96,6 +96,11 @@ TWENTY = DestinationUnderTest(
                                       "timeout": 30 / speedup},
     # 5 calls in any second: about 0.2 s a call.
     crash_pacing={"requests_per_minute": 300, "rate_window_seconds": 1.0},
+    known_failures={"test_fault_soak_large_tenant": (
+        "correct but over the 1.5x time bound at 5,000 records (1.81x: 25.5 s against 14.1 s fault-free). "
+        "Every record, quarantine, ledger and reconciliation check passes. The faults double the calls "
+        "(520 against 1,117), and at 100 calls a minute every call is time: 40 batches of 60 were cut "
+        "short and sent again, and every retry is a call the limit counts.")},
 )
 
 
@@ -186,11 +191,11 @@ DYNAMICS = DestinationUnderTest(
     crash_pacing={"requests_per_window": 25, "window_seconds": 0.25, "batch_size": 10},
     serve=_dataverse_serve,
     known_failures={"test_fault_soak_large_tenant": (
-        "correct but over the 1.5x time bound (2.6x: 2.9 s against 1.1 s fault-free). Every fault kind "
-        "occurs (the plan covers each by the 40th request) and every record, quarantine, ledger and "
-        "reconciliation check passes. At Dataverse's 6,000 requests/5 min the 400-record tenant loads "
-        "almost unpaced (about 85 CRM calls, 1.1 s compressed), so fixed fault costs weigh: one injected "
-        "timeout costs a whole client timeout (1 s compressed, 30 s real), as much as the fault-free run.")},
+        "correct but over the 1.5x time bound at 5,000 records (1.78x: 20.0 s against 11.3 s fault-free, "
+        "81 CRM calls against 247). Every record, quarantine, ledger and reconciliation check passes. 29 "
+        "$batch calls were cut short (the partial fault, 15% of batches): each is sent again whole or, for "
+        "notes, after a search for what landed; one schema $batch failed six attempts and the step ran "
+        "again as a task retry.")},
 )
 
 
@@ -266,13 +271,11 @@ SALESFORCE = DestinationUnderTest(
     crash_faults=FaultPlan(rate_slow=1.0, slow_seconds=0.1),
     serve=_salesforce_serve,
     known_failures={"test_fault_soak_large_tenant": (
-        "correct but over the 1.5x time bound (4.5x: 4.6 s against 1.0 s fault-free; 2.5-3.9x before "
-        "every fault kind was guaranteed). Every record, quarantine, ledger and reconciliation check "
-        "passes. The unpaced load of the 400-record tenant is about 400 calls in 1 s (2 ms a call; a "
-        "real org answers in 100 ms or more), so fixed fault costs weigh: 2 injected timeouts cost a "
-        "client timeout each (1 s compressed, 30 s real) and the RetryPolicy waits of the retries "
-        "(Retry-After 1 s, back-off 0.5 s x 2^n) add about 1 s more, many of them on the schema step's "
-        "single calls (one CustomField and one FieldPermissions per field).")},
+        "correct but over the 1.5x time bound at 5,000 records (2.51x: 20.4 s against 8.1 s fault-free, "
+        "655 CRM calls against 1,016). Every record, quarantine, ledger and reconciliation check passes. "
+        "The load is not paced (Salesforce has a daily quota, not a rate), so each fault's wait adds to "
+        "the run whole: 5 client timeouts (30 s real each), the RetryPolicy waits of about 80 retries, and "
+        "one composite write that failed six attempts and ran again as a task retry.")},
 )
 
 
@@ -374,12 +377,11 @@ FRESHSALES = DestinationUnderTest(
     # inside the load (bulk-capable batches of 4 or more new records are one job of 3 calls).
     crash_pacing={"requests_per_minute": 300, "batch_size": 5},
     known_failures={"test_fault_soak_large_tenant": (
-        "correct but over the 1.5x time bound (2.2x: 10.7 s against 4.9 s fault-free). Every record, "
-        "quarantine, ledger and reconciliation check passes. The load of the 400-record soak tenant makes "
-        "about 200 calls (bulk upserts, 3 calls per 100 accounts, contacts or deals), so one injected "
-        "timeout weighs: a create that timed out (no upsert key: a product, note, task or file) is looked "
-        "for once per client timeout, up to 5, before it is sent again, since re-sent at once a task was "
-        "written twice.")},
+        "correct but over the 1.5x time bound at 5,000 records (2.48x: 51.7 s against 20.8 s fault-free). "
+        "Every record, quarantine, ledger and reconciliation check passes. The faults nearly triple the "
+        "calls (1,729 against 4,691 for about 240 faults): a failed create without an upsert key (task, "
+        "note, product, file) is looked for on its parent before it is sent again, and each look is a "
+        "call the per-minute pace counts; 11 timeouts are looked for once per client timeout.")},
 )
 
 
@@ -436,11 +438,11 @@ ZOHO = DestinationUnderTest(
     crash_pacing={"batch_size": 5},
     crash_faults=FaultPlan(rate_slow=1.0, slow_seconds=0.1),
     known_failures={"test_fault_soak_large_tenant": (
-        "correct but over the 1.5x time bound (5.4x: 4.0 s against 0.7 s fault-free). Every record, "
-        "quarantine, ledger and reconciliation check passes. Like Salesforce, the load is unpaced (the "
-        "emulator answers in 1-2 ms) so fixed fault costs dominate: each of the 2 injected timeouts costs "
-        "a whole client timeout (1 s compressed, 30 s real), and a timed-out insert without a key (notes, "
-        "files) is looked for once per client timeout before it is sent again.")},
+        "correct but over the 1.5x time bound at 5,000 records (2.53x: 17.3 s against 6.8 s fault-free, "
+        "491 CRM calls against 1,069). Every record, quarantine, ledger and reconciliation check passes. "
+        "Like Salesforce the load is unpaced (credits per day, no rate), so every wait adds whole: 4 "
+        "client timeouts and the back-offs of about 70 failed calls, most of them single calls of the "
+        "schema step and of notes and files sent once and looked for.")},
 )
 
 
