@@ -97,10 +97,10 @@ TWENTY = DestinationUnderTest(
     # 5 calls in any second: about 0.2 s a call.
     crash_pacing={"requests_per_minute": 300, "rate_window_seconds": 1.0},
     known_failures={"test_fault_soak_large_tenant": (
-        "correct but over the 1.5x time bound at 5,000 records (1.81x: 25.5 s against 14.1 s fault-free). "
-        "Every record, quarantine, ledger and reconciliation check passes. The faults double the calls "
-        "(520 against 1,117), and at 100 calls a minute every call is time: 40 batches of 60 were cut "
-        "short and sent again, and every retry is a call the limit counts.")},
+        "correct but over the 1.5x time bound at 5,000 records (1.81-1.85x: 25.5-25.9 s against 14.0-14.1 s "
+        "fault-free, 2 runs). Every record, quarantine, ledger and reconciliation check passes. The faults "
+        "add half the calls (520 against 789), and at 100 calls a minute every call is time: 40 batches "
+        "of 60 were cut short and sent again, and every retry is a call the limit counts.")},
 )
 
 
@@ -191,8 +191,9 @@ DYNAMICS = DestinationUnderTest(
     crash_pacing={"requests_per_window": 25, "window_seconds": 0.25, "batch_size": 10},
     serve=_dataverse_serve,
     known_failures={"test_fault_soak_large_tenant": (
-        "correct but over the 1.5x time bound at 5,000 records (1.78x: 20.0 s against 11.3 s fault-free, "
-        "81 CRM calls against 247). Every record, quarantine, ledger and reconciliation check passes. 29 "
+        "correct but over the 1.5x time bound at 5,000 records (1.71-1.78x: 19.6-20.0 s against 11.3-11.5 s "
+        "fault-free, 81 CRM calls against 175). Every record, quarantine, ledger and reconciliation check "
+        "passes. 29 "
         "$batch calls were cut short (the partial fault, 15% of batches): each is sent again whole or, for "
         "notes, after a search for what landed; one schema $batch failed six attempts and the step ran "
         "again as a task retry.")},
@@ -271,8 +272,9 @@ SALESFORCE = DestinationUnderTest(
     crash_faults=FaultPlan(rate_slow=1.0, slow_seconds=0.1),
     serve=_salesforce_serve,
     known_failures={"test_fault_soak_large_tenant": (
-        "correct but over the 1.5x time bound at 5,000 records (2.51x: 20.4 s against 8.1 s fault-free, "
-        "655 CRM calls against 1,016). Every record, quarantine, ledger and reconciliation check passes. "
+        "correct but over the 1.5x time bound at 5,000 records (2.51-2.66x: 20.4-20.8 s against 7.8-8.1 s "
+        "fault-free, 655 CRM calls against 754). Every record, quarantine, ledger and reconciliation check "
+        "passes. "
         "The load is not paced (Salesforce has a daily quota, not a rate), so each fault's wait adds to "
         "the run whole: 5 client timeouts (30 s real each), the RetryPolicy waits of about 80 retries, and "
         "one composite write that failed six attempts and ran again as a task retry.")},
@@ -377,11 +379,12 @@ FRESHSALES = DestinationUnderTest(
     # inside the load (bulk-capable batches of 4 or more new records are one job of 3 calls).
     crash_pacing={"requests_per_minute": 300, "batch_size": 5},
     known_failures={"test_fault_soak_large_tenant": (
-        "correct but over the 1.5x time bound at 5,000 records (2.48x: 51.7 s against 20.8 s fault-free). "
-        "Every record, quarantine, ledger and reconciliation check passes. The faults nearly triple the "
-        "calls (1,729 against 4,691 for about 240 faults): a failed create without an upsert key (task, "
-        "note, product, file) is looked for on its parent before it is sent again, and each look is a "
-        "call the per-minute pace counts; 11 timeouts are looked for once per client timeout.")},
+        "correct but over the 1.5x time bound at 5,000 records (2.48-2.52x: 51.7-51.8 s against 20.6-20.8 s "
+        "fault-free, 1,729 CRM calls against 2,094). Every record, quarantine, ledger and reconciliation "
+        "check passes. The load runs at the pace the service answers (its per-minute limit does not bind), "
+        "so every wait adds whole: 11 stalls cost a client timeout each and then, for a create without "
+        "an upsert key, the wait until the stalled request lands (it is looked for once per client "
+        "timeout rather than sent twice), and 69 429s a Retry-After of 1 s each.")},
 )
 
 
@@ -438,8 +441,9 @@ ZOHO = DestinationUnderTest(
     crash_pacing={"batch_size": 5},
     crash_faults=FaultPlan(rate_slow=1.0, slow_seconds=0.1),
     known_failures={"test_fault_soak_large_tenant": (
-        "correct but over the 1.5x time bound at 5,000 records (2.53x: 17.3 s against 6.8 s fault-free, "
-        "491 CRM calls against 1,069). Every record, quarantine, ledger and reconciliation check passes. "
+        "correct but over the 1.5x time bound at 5,000 records (2.51-2.53x: 17.2-17.3 s against 6.8-6.9 s "
+        "fault-free, 491 CRM calls against 618). Every record, quarantine, ledger and reconciliation check "
+        "passes. "
         "Like Salesforce the load is unpaced (credits per day, no rate), so every wait adds whole: 4 "
         "client timeouts and the back-offs of about 70 failed calls, most of them single calls of the "
         "schema step and of notes and files sent once and looked for.")},

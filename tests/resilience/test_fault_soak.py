@@ -109,6 +109,7 @@ def _migrate(destination, tenant, workdir, faults):
     try:
         as_task(lambda: load_everything(migration.ctx))
         elapsed = time.monotonic() - started
+        calls = len(migration.crm.control.requests)  # the migration's, not the checks' below
         migration.crm.control.set_faults(FaultPlan())  # the checks below read without faults
         migration.ascora.control.set_faults(FaultPlan())
         result = reconcile(migration.ctx, verify="all" if faults else "none")
@@ -119,7 +120,7 @@ def _migrate(destination, tenant, workdir, faults):
             "quarantined": quarantined_records(migration),
             "disagreements": ledger_disagreements(migration),
             "reconcile": result,
-            "crm_calls": len(migration.crm.control.requests),
+            "crm_calls": calls,
             "crm_faults": dict(migration.crm.control.counters),
             "ascora_faults": dict(migration.ascora.control.counters),
         }
