@@ -54,7 +54,15 @@ try:  # Airflow 3
 except ImportError:  # pragma: no cover - Airflow 2 fallback
     from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
 
-from airflow_ascora_provider.hooks.http_client import ApiClient, ApiError, CallStats, Pacer, RequestWindow, RetryPolicy
+from airflow_ascora_provider.hooks.http_client import (
+    ApiClient,
+    ApiError,
+    CallStats,
+    Pacer,
+    RequestWindow,
+    RetryPolicy,
+    combined_stats,
+)
 from airflow_ascora_provider.hooks.requests_retry import mount_policy
 
 log = logging.getLogger(__name__)
@@ -372,6 +380,10 @@ class DataverseHook(BaseHook):
                 retry=RetryPolicy(max_attempts=1), pacer=client.pacer, budget=s["request_budget"],
                 name="dataverse", transport=httpx.HTTPTransport(verify=s["ca_bundle"] or True, retries=0))
         return self._once
+
+    def call_stats(self) -> dict[str, int]:
+        """Calls, retries, throttles and errors of both clients."""
+        return combined_stats(self._client, self._once)
 
     def close(self) -> None:
         for client in (self._client, self._once):

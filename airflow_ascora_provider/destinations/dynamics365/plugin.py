@@ -578,7 +578,7 @@ class DynamicsDestination(Destination):
                 ops.append(BatchOperation("POST", meta.set_name, body))
                 owners.append(i)
         if meta.logical == "annotation" and any(op.method == "POST" for op in ops):
-            answers = self._write_notes_once(target, ops, [records[i].source_id for i in owners])
+            answers = self._write_notes_once(target, meta, ops, [records[i].source_id for i in owners])
         else:
             answers = self.hook.execute_batch(ops) if ops else []
         for i, op, answer in zip(owners, ops, answers):
@@ -596,15 +596,13 @@ class DynamicsDestination(Destination):
         return [r if r is not None else WriteResult(records[i].source_id, None, error="no answer for this record")
                 for i, r in enumerate(results)]
 
-    def _write_notes_once(self, target: str, ops: list, source_ids: list[str]) -> list:
+    def _write_notes_once(self, target: str, meta: TableMeta, ops: list, source_ids: list[str]) -> list:
         """A batch with new notes, sent so each note lands once (``hooks.create_once``): a note has no
         alternate key, so the client's blind retry of a ``$batch`` cut short or whose answer was lost
         wrote notes two and three times. After a failed attempt the notes that landed are found by
         their ``[ascora:<id>]`` tag and only the rest is sent again (updates are idempotent PATCHes)."""
         from airflow_ascora_provider.hooks.create_once import create_once
         from airflow_ascora_provider.hooks.dataverse import BatchResult
-
-        meta = self._table(target)
 
         def send(pending: list[int]) -> dict[int, BatchResult]:
             return dict(zip(pending, self.hook.execute_batch([ops[k] for k in pending], once=True)))
@@ -769,9 +767,7 @@ class DynamicsDestination(Destination):
             self.hook.close()
 
     def api_stats(self) -> dict[str, Any]:
-        from airflow_ascora_provider.hooks.http_client import combined_stats
-
-        return {**combined_stats(self.hook.client, self.hook._once), **self.hook.rate_headers}
+        return {**self.hook.call_stats(), **self.hook.rate_headers}
 
 
 def _neutral_type(attr: dict[str, Any]) -> str:
