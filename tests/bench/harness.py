@@ -558,12 +558,16 @@ def target_params(where: Callable[[BenchTarget], bool] = lambda row: True, bench
 # --------------------------------------------------------------------------- emulators in a child process
 
 _SERVE = r"""
-import importlib, json, sys
+import importlib, json, socket, sys
 import uvicorn
 spec = json.loads(sys.argv[1])
 app = importlib.import_module(spec["module"]).create_app(**spec["kwargs"])
-uvicorn.run(app, fd=spec["fd"], log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=60,
-            **spec["ssl"])
+# Not uvicorn's fd=: it wraps the descriptor as a Unix socket, so asyncio never sets TCP_NODELAY on the
+# connections and every reply waited ~40 ms for the client's delayed ACK (Nagle).
+sock = socket.socket(fileno=spec["fd"])
+config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=60,
+                        **spec["ssl"])
+uvicorn.Server(config).run(sockets=[sock])
 """
 
 
