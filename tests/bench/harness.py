@@ -622,6 +622,10 @@ class EmulatorProcess:
         httpx.post(f"{self.url}/__sandbox__/rate-limit", json=body, timeout=30,
                    verify=self._verify).raise_for_status()
 
+    def set_service_time(self, per_call: float, per_kb: float = 0.0) -> None:
+        """How long the emulator takes to answer each call its app handles (see ``sandbox.emulator.Latency``)."""
+        self.control("/__sandbox__/latency", {"per_call": per_call, "per_kb": per_kb})
+
     def control(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """POST ``body`` to one of the emulator's own control endpoints (GET without a body)."""
         if body is None:

@@ -12,6 +12,12 @@ Three fresh emulators of the same destination, in their own processes, unthrottl
 The ratio engine / bare loop is the engine's overhead. Both legs run in the same process, one after
 the other, so they see the same machine. Target: at most 1.15x.
 
+Both emulators answer each call after :data:`SERVICE_TIME`, the low end of what a CRM's API takes for
+a batch write. An emulator answering in a millisecond makes the bare loop a measure of the HTTP
+client alone, against which any bookkeeping at all is a large ratio; no CRM answers that fast. The
+engine's own cost per batch, which does not depend on the service time, is printed beside the ratio
+and held under :data:`MAX_ENGINE_MS_PER_BATCH` so that a slower engine cannot hide behind slow calls.
+
 CI loads a 2,000-record tenant on SQLite; ``make bench`` a 20,000-record one on SQLite and PostgreSQL.
 """
 
@@ -27,6 +33,11 @@ from tests.bench.harness import FULL, bench_root, emulator_for, fmt_table, prepa
 
 SIZE = 20_000 if FULL else 2_000
 TARGET_RATIO = 1.15
+# 50 ms a call plus 2 ms a KiB sent or received: a 60-record Twenty batch (~40 KiB) answers in about
+# 0.13 s, a 200-record Salesforce collection in about 0.3 s. Real orgs answer such writes in 0.2-2 s,
+# so this is the strict end (the faster the API, the larger the engine's share).
+SERVICE_TIME = (0.05, 0.002)
+MAX_ENGINE_MS_PER_BATCH = 150  # CI measures 10-75 ms (docs/performance.md)
 LEDGERS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)] if FULL else ["sqlite"]
 
 
@@ -87,6 +98,7 @@ def test_engine_overhead_against_a_bare_loop(row, ledger_url, tmp_path_factory, 
     sent = recorder.sent
 
     with emulator_for(row, folder, None) as second:
+        second.set_service_time(*SERVICE_TIME)
         bare_ctx = prepare_migration(row, staging, snapshot_id, f"sqlite:///{tmp_path / 'bare.sqlite'}", second.url)
         try:
             by_email = _users(bare_ctx.destination)
@@ -96,6 +108,7 @@ def test_engine_overhead_against_a_bare_loop(row, ledger_url, tmp_path_factory, 
             bare_ctx.close()
 
     with emulator_for(row, folder, None) as third:
+        third.set_service_time(*SERVICE_TIME)
         ctx = prepare_migration(row, staging, snapshot_id, url, third.url, ledger_schema=schema)
         try:
             started = time.perf_counter()
@@ -112,8 +125,11 @@ def test_engine_overhead_against_a_bare_loop(row, ledger_url, tmp_path_factory, 
         ["bare loop (write_batch only)", bare_written, bare_seconds, bare_written / bare_seconds],
         ["engine (load_everything)", engine_written, engine_seconds, engine_written / engine_seconds],
     ]))
-    print(f"engine / bare = {ratio:.3f}x (target <= {TARGET_RATIO}x); engine cost "
-          f"{1000 * (engine_seconds - bare_seconds) / max(1, len(sent)):.1f} ms per batch")
+    per_batch_ms = 1000 * (engine_seconds - bare_seconds) / max(1, len(sent))
+    print(f"engine / bare = {ratio:.3f}x (target <= {TARGET_RATIO}x) at a service time of "
+          f"{SERVICE_TIME[0] * 1000:.0f} ms a call + {SERVICE_TIME[1] * 1000:.0f} ms a KiB; "
+          f"engine cost {per_batch_ms:.1f} ms per batch")
 
     assert engine_written == bare_written == sum(1 for b in sent for r in b.results if r.ok)
-    assert ratio <= (TARGET_RATIO if FULL else 1.5), ratio
+    assert ratio <= TARGET_RATIO, ratio
+    assert per_batch_ms <= MAX_ENGINE_MS_PER_BATCH, per_batch_ms
