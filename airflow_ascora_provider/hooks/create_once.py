@@ -9,9 +9,11 @@ instead, and this module is the one place that thing is written down:
 1. send once, with no retries in the client;
 2. on a 429, a 5xx or a transport error, look for what landed (the plugin knows how: a key in the
    body, a file's name and size on its parent);
-3. after a *timeout*, keep looking once per client timeout for a while before giving up on it, since
-   the request may still be on its way through a load balancer (the fault soak wrote a Freshsales
-   task twice when it was re-sent at once);
+3. after a *timeout*, keep looking for a while (every sixth of a client timeout, for five client
+   timeouts) before giving up on it, since the request may still be on its way through a load
+   balancer (the fault soak wrote a Freshsales task twice when it was re-sent at once). Looking
+   often finds a late write soon after it lands: the client gives up on a stall after a deadline
+   learned from the service's answers (``AnswerDeadline``), well before the write lands;
 4. send again only what did not land, after the plugin's back-off.
 
 A refusal of the request itself (a 4xx other than 429) is raised at once: sending it again cannot help.
@@ -37,6 +39,8 @@ R = TypeVar("R")
 ATTEMPTS = 5
 #: After a timeout, how many client timeouts to keep looking for the request before sending it again.
 IN_FLIGHT_TIMEOUTS = 5
+#: Looks per client timeout while waiting for a request that timed out to land.
+LOOKS_PER_TIMEOUT = 6
 
 
 def timed_out(exc: BaseException | None) -> bool:
@@ -76,8 +80,8 @@ def create_once(
     :param send: sends the records still pending (once, no client retries) and returns their answers
         by key; raises :class:`ApiError` when the request failed as a whole.
     :param landed: looks up which of the pending records the destination already holds.
-    :param client_timeout: seconds between looks for a request that timed out (the timeout's own
-        clock, slept in real time).
+    :param client_timeout: the client's timeout: how long a request that timed out is looked for is
+        counted in it (the timeout's own clock, slept in real time).
     :param sleep: the back-off clock (the client's ``RetryPolicy.sleep``, so tests can compress it).
     :param wait: seconds to wait before sending again; may raise (a quota pause) instead.
     :param before_resend: called with the records about to be sent again (to reserve their quota).
@@ -96,8 +100,8 @@ def create_once(
             pause = wait(exc, attempt)
             found = landed(pending)
             if len(found) < len(pending) and timed_out(exc):
-                for _ in range(IN_FLIGHT_TIMEOUTS):
-                    time.sleep(client_timeout)
+                for _ in range(IN_FLIGHT_TIMEOUTS * LOOKS_PER_TIMEOUT):
+                    time.sleep(client_timeout / LOOKS_PER_TIMEOUT)
                     found = landed(pending)
                     if len(found) == len(pending):
                         break

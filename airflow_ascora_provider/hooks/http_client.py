@@ -63,6 +63,15 @@ class RetryPolicy:
         delay = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
         return delay * (1 + random.uniform(0, self.jitter))
 
+    def after_transport_error(self, attempt: int) -> float:
+        """The wait after a dropped connection or a timeout: none the first time, then the back-off.
+
+        Unlike a 5xx, such a failure says nothing about the server's load: most are a keep-alive
+        connection the server or a proxy closed, and the retry goes out on a fresh one (urllib3's
+        rule too). A timeout has already waited its deadline. A second failure in a row backs off.
+        """
+        return 0.0 if attempt <= 1 else self.backoff(attempt - 1)
+
     def wait_for(self, response: Any, attempt: int) -> float:
         """Seconds before retrying ``response`` (an httpx or requests answer: only its headers are read)."""
         header = response.headers.get("Retry-After") if response is not None else None
@@ -227,6 +236,50 @@ def per_minute_window(requests_per_minute: float | None, window_seconds: float =
     return RequestWindow(max(1.0, requests_per_minute * window_seconds / 60.0), window_seconds)
 
 
+class AnswerDeadline:
+    """How long to wait for an answer: learned from the service's own recent answers, never more than
+    the configured timeout.
+
+    A request stuck behind a lock or a dead backend costs whatever the client waits for it. Waiting
+    the full timeout (30 s) when the service answers in a fraction of a second makes each stall cost
+    as much as a hundred calls; gRPC deadlines and the "tail at scale" playbook give up much sooner.
+    The first attempt of a call therefore waits ``factor`` times the slowest of the last ``keep``
+    answers on its route (``GET /Attachments/Download/{id}``; the client's slowest until the route
+    has ``warm_up`` answers of its own), at least ``floor`` of the timeout (5 s of 30). Until the
+    client has ``warm_up`` answers, and for every attempt after one that timed out, it waits the
+    full timeout. A call that is slow for a reason (a large upload, a heavy batch) so costs one
+    short wait at most, never a failure.
+
+    Safe because every call that can time out is already safe to give up on: reads and upserts are
+    sent again, and creates without a key go through ``create_once``, which looks for what landed.
+    """
+
+    def __init__(self, timeout: float, *, factor: float = 4.0, floor: float = 1 / 6, keep: int = 50,
+                 warm_up: int = 10):
+        self.timeout = timeout
+        self.factor = factor
+        self.floor = floor
+        self._keep = keep
+        self._warm_up = warm_up
+        self._recent: deque[float] = deque(maxlen=keep)
+        self._by_route: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float, route: str = "") -> None:
+        with self._lock:
+            self._recent.append(seconds)
+            self._by_route.setdefault(route, deque(maxlen=self._keep)).append(seconds)
+
+    def first_attempt(self, route: str = "") -> float:
+        """The read timeout of a call's first attempt on ``route``."""
+        with self._lock:
+            if len(self._recent) < self._warm_up:
+                return self.timeout
+            own = self._by_route.get(route)
+            slowest = max(own if own is not None and len(own) >= self._warm_up else self._recent)
+        return min(self.timeout, max(self.timeout * self.floor, self.factor * slowest))
+
+
 @dataclass
 class CallStats:
     calls: int = 0
@@ -281,6 +334,7 @@ class ApiClient:
         self.pacer = pacer or Pacer(None)
         self.budget = budget
         self.stats = CallStats()
+        self.deadline = AnswerDeadline(timeout)
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers=headers or {},
@@ -311,6 +365,8 @@ class ApiClient:
 
     def request(self, method: str, path: str, **kwargs) -> httpx.Response:
         """Send with retries. Returns the final response (which may be a non-retryable 4xx)."""
+        if "timeout" not in kwargs:  # a caller's own timeout (a long upload) is kept as it is
+            kwargs["timeout"] = self._first_timeout(route_of(method, path))
         try:
             return send_with_retries(lambda: self._attempt(method, path, kwargs), method, path,
                                      retry=self.retry, stats=self.stats, name=self.name,
@@ -320,12 +376,24 @@ class ApiClient:
             raise ApiError(f"{self.name}: {method} {path} failed after {self.retry.max_attempts} attempts: "
                            f"{exc!r}", url=path) from exc
 
+    def _first_timeout(self, route: str) -> httpx.Timeout:
+        timeout = self._http.timeout
+        return httpx.Timeout(timeout.connect, read=self.deadline.first_attempt(route), write=timeout.write,
+                             pool=timeout.pool)
+
     def _attempt(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx.Response:
+        started = time.monotonic()
         try:
-            return self._http.request(method, path, **kwargs)
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            kwargs["timeout"] = self._http.timeout  # the next attempt waits the full timeout
+            raise
         finally:
             if isinstance(self.pacer, RequestWindow):
                 self.pacer.settle()
+        if response.status_code < 500 and response.status_code != 429:  # the gateway's own answers are instant
+            self.deadline.observe(time.monotonic() - started, route_of(method, path))
+        return response
 
     def _before_attempt(self) -> None:
         self._check_budget()
@@ -363,7 +431,7 @@ def send_with_retries(send: Callable[[], R], method: str, path: str, *, retry: R
         if before_attempt is not None:
             before_attempt()
         stats.calls += 1
-        route = f"{method} {_route_of(path)}"
+        route = route_of(method, path)
         stats.by_path[route] = stats.by_path.get(route, 0) + 1
         try:
             response = send()
@@ -373,7 +441,7 @@ def send_with_retries(send: Callable[[], R], method: str, path: str, *, retry: R
             stats.transport_errors += 1
             if attempt >= retry.max_attempts:
                 raise
-            delay = retry.backoff(attempt)
+            delay = retry.after_transport_error(attempt)
             log.warning("%s: %s %s transport error (%s); retry %d in %.1fs",
                         name, method, path, type(exc).__name__, attempt, delay)
             stats.retries += 1
@@ -394,10 +462,11 @@ def send_with_retries(send: Callable[[], R], method: str, path: str, *, retry: R
         retry.sleep(delay)
 
 
-def _route_of(path: str) -> str:
-    """``/rest/people/4f1c…`` → ``/rest/people/{id}``: per-route counts that do not grow per record."""
+def route_of(method: str, path: str) -> str:
+    """``GET /rest/people/4f1c…`` → ``GET /rest/people/{id}``: per-route counts and deadlines that do
+    not grow per record."""
     parts = [("{id}" if any(ch.isdigit() for ch in p) and len(p) >= 8 else p) for p in path.split("?")[0].split("/")]
-    return "/".join(parts)
+    return f"{method} {'/'.join(parts)}"
 
 
 def _body_json(response: httpx.Response) -> Any:

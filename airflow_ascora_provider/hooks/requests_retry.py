@@ -11,9 +11,10 @@ and counted like any other call (and the fault soak can compress those waits lik
 from __future__ import annotations
 
 import ssl
+import time
 from typing import Any
 
-from airflow_ascora_provider.hooks.http_client import CallStats, RetryPolicy, send_with_retries
+from airflow_ascora_provider.hooks.http_client import AnswerDeadline, CallStats, RetryPolicy, route_of, send_with_retries
 
 
 def is_certificate_error(exc: BaseException | None) -> bool:
@@ -41,20 +42,34 @@ def policy_adapter(retry: RetryPolicy, timeout: float, stats: CallStats, name: s
     def untrusted(exc: BaseException) -> bool:
         return isinstance(exc, SSLError) and is_certificate_error(exc)
 
-    default_timeout = (min(timeout, 10.0), timeout)
+    deadline = AnswerDeadline(timeout)
+    connect = min(timeout, 10.0)
 
     class PolicyAdapter(HTTPAdapter):
         def __init__(self):
             super().__init__(max_retries=0)
+            self.deadline = deadline
 
         def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
-            timeout = default_timeout if timeout is None else timeout
+            # A caller's own timeout (a bulk upload) is kept; otherwise the first attempt waits what the
+            # service's recent answers say, the next ones after a timeout the full ``timeout``.
+            learned = timeout is None
+            route = route_of(request.method, request.path_url)
+            current = [(connect, deadline.first_attempt(route)) if learned else timeout]
 
             def attempt():
-                response = super(PolicyAdapter, self).send(request, stream=stream, timeout=timeout, verify=verify,
-                                                           cert=cert, proxies=proxies)
-                if not stream:
-                    response.content  # noqa: B018 - read the whole body now, while a retry is possible
+                started = time.monotonic()
+                try:
+                    response = super(PolicyAdapter, self).send(request, stream=stream, timeout=current[0],
+                                                               verify=verify, cert=cert, proxies=proxies)
+                    if not stream:
+                        response.content  # noqa: B018 - read the whole body now, while a retry is possible
+                except Timeout:
+                    if learned:
+                        current[0] = (connect, deadline.timeout)
+                    raise
+                if response.status_code < 500 and response.status_code != 429:
+                    deadline.observe(time.monotonic() - started, route)
                 return response
 
             return send_with_retries(attempt, request.method, request.path_url, retry=retry, stats=stats, name=name,

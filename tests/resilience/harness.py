@@ -9,6 +9,7 @@ what the emulator holds.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class Migration:
     ledger_schema: str | None
     staging: Path
     plugin_options: dict[str, Any] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step before the load
 
     @property
     def ledger(self):
@@ -122,8 +124,18 @@ def prepare_migration(
         ascora.control.latency = crm.control.latency = latency
     staging = workdir / "staging"
     snapshot = Snapshot(str(staging), SNAPSHOT)
+    phases: dict[str, float] = {}
+    clock = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        phases[name] = now - clock
+        clock = now
+
     manifest = extract(AscoraApiReader(AscoraHook(base_url=ascora.url, api_key=ASCORA_KEY, timeout=ascora_timeout,
                                                   enable_extensions=True)), snapshot)
+    phase("extract")
     audit = audit_snapshot(snapshot)
     ledger = Ledger(ledger_url, schema=ledger_schema)
     ledger.migrate()
@@ -133,15 +145,18 @@ def prepare_migration(
     mapping = complete_mapping(load_mapping(type(dest).default_mapping), audit, dest.custom_field_name,
                                {n: {f for f, d in o.fields.items() if not d.custom} for n, o in described.items()},
                                described)
+    phase("audit+describe")
     as_task(lambda: apply_schema(dest, plan_for(mapping, dest)))
+    phase("schema")
     ledger.approve_mapping(spec.name, mapping_hash=mapping.hash, mapping_text=mapping.to_yaml(),
                            approved_by="resilience-test", source="cli")
     ctx = MigrationContext(RUN_ID, spec.name, ledger, str(staging), SNAPSHOT, mapping,
                            destination_options=options, fallback_owner_email=FALLBACK_OWNER)
     ctx.use_destination(dest)
     as_task(lambda: resolve_users(ctx))
+    phase("users")
     ledger.start_run(RUN_ID, destination=spec.name, kind="full", mapping_hash=mapping.hash)
-    return Migration(spec, ctx, ascora, crm, manifest, ledger_url, ledger_schema, staging, options)
+    return Migration(spec, ctx, ascora, crm, manifest, ledger_url, ledger_schema, staging, options, phases)
 
 
 def ledger_disagreements(migration: Migration, *, allow_in_flight: bool = False) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from airflow_ascora_provider.hooks.create_once import IN_FLIGHT_TIMEOUTS, create_once, timed_out
+from airflow_ascora_provider.hooks.create_once import IN_FLIGHT_TIMEOUTS, LOOKS_PER_TIMEOUT, create_once, timed_out
 from airflow_ascora_provider.hooks.http_client import ApiError
 
 
@@ -95,7 +95,7 @@ def test_a_timeout_that_never_lands_is_sent_again_after_the_in_flight_looks():
     server = Server("late", late_after=10**6)  # the stalled request never completes
     out, _, _ = _create(server, ["a"])
     assert out == {"a": "id-a"}
-    assert len(server.sends) == 2 and server.lookups == 1 + IN_FLIGHT_TIMEOUTS
+    assert len(server.sends) == 2 and server.lookups == 1 + IN_FLIGHT_TIMEOUTS * LOOKS_PER_TIMEOUT
 
 
 def test_a_refusal_is_raised_at_once():

@@ -567,7 +567,7 @@ class FreshsalesDestination(Destination):
         errors: dict[int, str] = {}
         waiting, wait, deadline = dict(jobs), self.bulk_first_wait, time.monotonic() + self.bulk_wait_limit
         while waiting:
-            time.sleep(wait)
+            self.hook.client.retry.sleep(wait)  # every wait on the service through the policy's clock
             for job_id in list(waiting):
                 status = self.hook.job_status(job_id)
                 state = str(status.get("status") or "").lower()
