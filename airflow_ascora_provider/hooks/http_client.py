@@ -23,6 +23,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -270,6 +272,16 @@ class AnswerDeadline:
             self._recent.append(seconds)
             self._by_route.setdefault(route, deque(maxlen=self._keep)).append(seconds)
 
+    def hedge_after(self, route: str) -> float | None:
+        """When a read on ``route`` is slow enough to send a second copy: twice the 95th percentile
+        of the route's recent answers (None until the route has ``warm_up`` answers of its own)."""
+        with self._lock:
+            own = self._by_route.get(route)
+            if own is None or len(own) < self._warm_up:
+                return None
+            ordered = sorted(own)
+        return min(self.first_attempt(route), 2 * ordered[int(0.95 * (len(ordered) - 1))])
+
     def first_attempt(self, route: str = "") -> float:
         """The read timeout of a call's first attempt on ``route``."""
         with self._lock:
@@ -287,6 +299,7 @@ class CallStats:
     throttled: int = 0
     server_errors: int = 0
     transport_errors: int = 0
+    hedged: int = 0  # reads sent a second time because the first was slow (see ApiClient)
     by_path: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -300,6 +313,7 @@ class CallStats:
             "throttled": self.throttled,
             "server_errors": self.server_errors,
             "transport_errors": self.transport_errors,
+            "hedged": self.hedged,
         }
 
 
@@ -314,8 +328,19 @@ def combined_stats(*clients: ApiClient | None) -> dict[str, int]:
     return out
 
 
+#: Methods whose second copy changes nothing on the server, so a slow one can be hedged.
+HEDGED_METHODS = frozenset({"GET", "HEAD"})
+
+
 class ApiClient:
-    """httpx client with the provider's retry, pacing and budget rules."""
+    """httpx client with the provider's retry, pacing and budget rules.
+
+    Reads are *hedged* ("The Tail at Scale", Dean and Barroso): a GET still unanswered after twice
+    its route's 95th-percentile answer time is sent a second time, and the first answer wins. A read
+    stuck behind a lock so costs about one slow answer instead of a deadline (5 s or more) and a
+    retry, for a few percent more reads. A client paced in a request window does not hedge: its
+    limit bounds it, and a second copy would spend the limit.
+    """
 
     def __init__(
         self,
@@ -335,6 +360,8 @@ class ApiClient:
         self.budget = budget
         self.stats = CallStats()
         self.deadline = AnswerDeadline(timeout)
+        self.hedge_reads = not isinstance(self.pacer, RequestWindow)
+        self._hedges: ThreadPoolExecutor | None = None
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             headers=headers or {},
@@ -348,6 +375,9 @@ class ApiClient:
         return str(self._http.base_url)
 
     def close(self) -> None:
+        if self._hedges is not None:
+            self._hedges.shutdown(wait=True)  # a read still out finishes before its connection closes
+            self._hedges = None
         self._http.close()
 
     def __enter__(self) -> ApiClient:
@@ -365,10 +395,14 @@ class ApiClient:
 
     def request(self, method: str, path: str, **kwargs) -> httpx.Response:
         """Send with retries. Returns the final response (which may be a non-retryable 4xx)."""
+        route = route_of(method, path)
+        send = lambda: self._attempt(method, path, kwargs)  # noqa: E731
         if "timeout" not in kwargs:  # a caller's own timeout (a long upload) is kept as it is
-            kwargs["timeout"] = self._first_timeout(route_of(method, path))
+            kwargs["timeout"] = self._first_timeout(route)
+            if self.hedge_reads and method.upper() in HEDGED_METHODS:
+                send = lambda: self._hedged(method, path, route, kwargs)  # noqa: E731
         try:
-            return send_with_retries(lambda: self._attempt(method, path, kwargs), method, path,
+            return send_with_retries(send, method, path,
                                      retry=self.retry, stats=self.stats, name=self.name,
                                      transport_errors=(httpx.TransportError, httpx.TimeoutException),
                                      before_attempt=self._before_attempt)
@@ -395,6 +429,46 @@ class ApiClient:
             self.deadline.observe(time.monotonic() - started, route_of(method, path))
         return response
 
+    def _hedged(self, method: str, path: str, route: str, kwargs: dict[str, Any]) -> httpx.Response:
+        """One attempt of a read, with a second copy sent if the first is slow; the first answer wins.
+
+        The copy is counted and paced like any call. An answer that loses is closed when it comes.
+        Only when both copies time out does the next attempt wait the full timeout.
+        """
+        after = self.deadline.hedge_after(route)
+        if after is None:
+            return self._attempt(method, path, kwargs)
+        if self._hedges is None:
+            self._hedges = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"{self.name}-hedge")
+        first = self._hedges.submit(self._attempt, method, path, dict(kwargs))
+        try:
+            return first.result(timeout=after)
+        except FuturesTimeout:
+            if first.done():  # the read itself raised a TimeoutError: not slow, failed
+                raise
+        try:
+            self._before_attempt()
+        except BaseException:
+            first.add_done_callback(_close_answer)
+            raise
+        self.stats.calls += 1
+        self.stats.hedged += 1
+        copies = [first, self._hedges.submit(self._attempt, method, path, dict(kwargs))]
+        failure: BaseException | None = None
+        for done in as_completed(copies):
+            try:
+                answer = done.result()
+            except Exception as exc:  # the other copy may still answer
+                failure = exc
+                continue
+            for other in copies:
+                if other is not done:
+                    other.add_done_callback(_close_answer)
+            return answer
+        if isinstance(failure, httpx.TimeoutException):
+            kwargs["timeout"] = self._http.timeout
+        raise failure  # both copies failed: the retry rule decides what comes next
+
     def _before_attempt(self) -> None:
         self._check_budget()
         self.pacer.acquire(self.retry.sleep)
@@ -413,6 +487,12 @@ class ApiClient:
         if not response.content:
             return None
         return response.json()
+
+
+def _close_answer(copy: Future) -> None:
+    """Close the answer of a hedged read that lost (a failed copy has nothing to close)."""
+    if copy.exception() is None:
+        copy.result().close()
 
 
 def send_with_retries(send: Callable[[], R], method: str, path: str, *, retry: RetryPolicy, stats: CallStats,
