@@ -53,6 +53,7 @@ def _key_fields(dest, *objects: str) -> None:
     for sobject in objects:
         dest.apply_schema_change(SchemaChange("custom_field", sobject, KEY, FieldCreate("text", "Ascora ID",
                                                                                         unique=True)))
+    dest.finish_schema_changes()  # the grants go out together, as at the end of the schema step
 
 
 def _records(org, sobject):
@@ -69,6 +70,13 @@ def test_schema_changes_create_fields_grant_access_and_flag_what_needs_a_person(
     dest.apply_schema_change(SchemaChange("custom_field", "Opportunity", "Site__c",
                                           FieldCreate("lookup", "Site", lookup_target="Account")))
     dest.apply_schema_change(SchemaChange("custom_field", "Opportunity", "Pets__c", FieldCreate("boolean", "Pets")))
+    collections = len(org.control.calls("POST", "/services/data/v62.0/composite/sobjects"))
+    dest.finish_schema_changes()
+    # The grants of the Opportunity fields in one sObject Collections call (none one by one), and
+    # each object described once, not once per field.
+    assert len(org.control.calls("POST", "/services/data/v62.0/composite/sobjects")) == collections + 1
+    assert not org.control.calls("POST", "/services/data/v62.0/sobjects/FieldPermissions")
+    assert len(org.control.calls("GET", "/services/data/v62.0/sobjects/Opportunity/describe")) == 1
     schema = dest.describe_schema()
     assert schema["Account"].fields[KEY].unique and schema["Account"].fields[KEY].custom
     assert KEY in schema["Task"].fields and KEY in schema["Invoice__c"].fields  # Activity field, custom object
@@ -123,7 +131,8 @@ def test_without_the_audit_permission_new_records_are_upserted_and_created_date_
         payload = {"Name": "Later Ltd", KEY: "C-9", "CreatedDate": dt.datetime(2020, 1, 1, tzinfo=dt.UTC)}
         [result] = dest.write_batch("Account", [OutgoingRecord("C-9", payload)], KEY)
         assert result.ok and result.created
-        assert not server.control.calls("POST", "/services/data/v62.0/composite/sobjects")
+        assert not [c for c in server.control.calls("POST", "/services/data/v62.0/composite/sobjects")
+                    if b'"FieldPermissions"' not in c.body]  # only the schema step's grants
         assert "audit fields" in caplog.text
         assert "CreatedDate" not in dest.read_records("Account", [result.dest_id], ["Name", "CreatedDate"])[
             result.dest_id]

@@ -98,6 +98,7 @@ class SalesforceDestination(Destination):
         self._global: dict[str, Any] | None = None
         self._record_types: dict[tuple[str, str], str] | None = None
         self._security = None
+        self._existing: set[str] = set()  # objects the schema step has seen in the org
         self._warned: set[str] = set()
 
     @property
@@ -192,7 +193,7 @@ class SalesforceDestination(Destination):
         from airflow_ascora_provider.destinations.salesforce import schema as sf_schema
 
         if change.kind == "custom_field":
-            if self._describe(change.object, refresh=True) is None:
+            if not self._exists(change.object):
                 raise RuntimeError(f"{change.object} does not exist in the org yet: a Salesforce admin creates custom "
                                    f"objects (Setup → Object Manager); run the schema step again afterwards")
             self.conn.spend(6, f"creating {change.object}.{change.field}")
@@ -213,6 +214,18 @@ class SalesforceDestination(Destination):
         else:
             raise ValueError(f"Salesforce cannot apply a {change.kind!r} change through the API; an admin must")
         self._described.pop(change.object, None)
+
+    def finish_schema_changes(self) -> None:
+        """Grant access to the fields the step created, in collections of 200 (see ``FieldSecurity``)."""
+        if self._security is not None:
+            self._security.flush()
+
+    def _exists(self, sobject: str) -> bool:
+        """Whether the org has ``sobject``: described afresh until it is found once (an admin may
+        have just created it), then known for the rest of the step, not described again per field."""
+        if sobject not in self._existing and self._describe(sobject, refresh=True) is not None:
+            self._existing.add(sobject)
+        return sobject in self._existing
 
     # -- users ------------------------------------------------------------------------------------
     def list_users(self) -> list[DestUser]:

@@ -5,7 +5,9 @@ Three Salesforce rules shape this module:
 * A custom field created through ``tooling/sobjects/CustomField`` is invisible to the integration user
   until ``FieldPermissions`` grants it (REST, on a permission set assigned to that user). The plugin
   keeps its own permission set (``Ascora_Migration`` unless the connection says otherwise), creates
-  and assigns it when missing, and grants Read + Edit on every field it creates.
+  and assigns it when missing, and grants Read + Edit on every field it creates. ``FieldPermissions``
+  is an ordinary sObject, so the grants of a whole schema step go out as sObject Collections of 200
+  after the last field is created, not one call per field.
 * Custom fields of Tasks live on ``Activity`` (``FullName: Activity.Ascora_Id__c``); their field
   permissions are still granted per object (``Task.Ascora_Id__c``).
 * Custom objects and record types cannot be created through REST (the Metadata API's SOAP
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 MAX_LABEL = 40
 MAX_NAME = 40  # characters before the __c suffix
 ACTIVITY_OBJECTS = ("Task", "Event")
+COLLECTION_CAP = 200  # records in one sObject Collections call
 
 
 class UnsupportedFieldType(ValueError):
@@ -93,6 +96,7 @@ class FieldSecurity:
         self.sf = sf
         self.name = permission_set
         self._id: str | None = None
+        self._queued: list[tuple[str, str, str]] = []  # (field's object, object granted on, field)
 
     def permission_set_id(self) -> str:
         if self._id:
@@ -118,19 +122,40 @@ class FieldSecurity:
         return self.sf.query(f"SELECT Id FROM PermissionSet WHERE Name = '{self.name}'")["records"]
 
     def grant(self, sobject: str, field: str) -> None:
-        objects = ACTIVITY_OBJECTS if sobject in ACTIVITY_OBJECTS else (sobject,)
-        for target in objects:
-            try:
-                self.sf.FieldPermissions.create({"ParentId": self.permission_set_id(), "SobjectType": target,
-                                                 "Field": f"{target}.{field}", "PermissionsRead": True,
-                                                 "PermissionsEdit": True})
-            except SalesforceMalformedRequest as exc:
-                codes = _codes(exc)
-                if "DUPLICATE_VALUE" in codes:
-                    continue  # granted before (a retried schema step)
+        """Queue Read + Edit on ``sobject.field`` (and on ``Event`` for a Task field); :meth:`flush` sends them."""
+        for target in ACTIVITY_OBJECTS if sobject in ACTIVITY_OBJECTS else (sobject,):
+            self._queued.append((sobject, target, field))
+
+    def flush(self) -> None:
+        """Send the queued grants, 200 to a call; raise naming every field whose grant was refused.
+
+        ``allOrNone`` is off: a grant written by an attempt whose answer was lost comes back as
+        ``DUPLICATE_VALUE`` on the resend, which means it is in place; an ``Event`` grant the org
+        refuses (it has no Event object) is skipped, since the field lives on Task's ``Activity``.
+        """
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        parent = self.permission_set_id()
+        refused = []
+        for start in range(0, len(queued), COLLECTION_CAP):
+            chunk = queued[start:start + COLLECTION_CAP]
+            records = [{"attributes": {"type": "FieldPermissions"}, "ParentId": parent, "SobjectType": target,
+                        "Field": f"{target}.{field}", "PermissionsRead": True, "PermissionsEdit": True}
+                       for _, target, field in chunk]
+            results = self.sf.restful("composite/sobjects", method="POST",
+                                      json={"allOrNone": False, "records": records})
+            for (sobject, target, field), result in zip(chunk, results, strict=True):
+                codes = {e.get("statusCode") for e in result.get("errors") or ()}
+                if result.get("success") or "DUPLICATE_VALUE" in codes:
+                    continue  # granted now, or by an earlier attempt
                 if target != sobject and codes & {"INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", "INVALID_TYPE"}:
                     continue  # the org has no Event object
-                raise
+                messages = "; ".join(f"{e.get('statusCode')}: {e.get('message')}" for e in result.get("errors") or ())
+                refused.append(f"{target}.{field} ({messages})")
+        if refused:
+            raise RuntimeError(f"Salesforce refused field-level access to {len(refused)} new field(s) on permission "
+                               f"set {self.name}: {', '.join(refused)}")
 
 
 def _codes(exc) -> set[str]:
