@@ -22,9 +22,10 @@ from airflow_ascora_provider.destinations.spec import OutgoingRecord
 from airflow_ascora_provider.engine.batching import chunked
 from airflow_ascora_provider.engine.context import MigrationContext
 from airflow_ascora_provider.ledger import QuarantineEntry
-from airflow_ascora_provider.mapping.spec import ObjectMap
+from airflow_ascora_provider.mapping.spec import FieldMap, ObjectMap
 from airflow_ascora_provider.mapping.transforms import (
     TRANSFORMS,
+    Getter,
     TransformError,
     _maps_for,
     parent_key,
@@ -34,6 +35,7 @@ from airflow_ascora_provider.mapping.transforms import (
 )
 from airflow_ascora_provider.mapping.values import DestRef, FileRef, Link, UserRef
 from airflow_ascora_provider.source.model import ISSUES_COLUMN, get_object
+from airflow_ascora_provider.source.staging import rows_of
 
 log = logging.getLogger(__name__)
 USERS_WATERMARK = "users"
@@ -105,7 +107,7 @@ class RelatedIndex:
         table = self._table(object_name, key_field)
         if scope is not None:
             table = table.filter(_isin(table.column(key_field), scope))
-        for row in table.to_pylist():
+        for row in rows_of(table):
             row.pop(ISSUES_COLUMN, None)
             index[row.get(key_field)].append(row)
         order_field = _order_field(object_name)
@@ -129,6 +131,29 @@ class RelatedIndex:
                 columns = sorted((wanted | {key_field, _order_field(object_name)}) & staged)
             table = self._tables[object_name] = self.ctx.snapshot.read_table(object_name, columns)
         return table
+
+
+def _lookup_source(fm: FieldMap, source_field: str) -> tuple[str, FieldMap, list[str] | None, Any]:
+    """``(source field, the field map as a one-source field (what _maps_for takes), its parent maps when
+    the same for every record (no ``by_type``) or None, its ``through`` or None)``: what
+    :meth:`BatchTransformer._wanted` reads per record, worked out once per task."""
+    sub = type(fm)(fm.dest_field, fm.transform, (source_field,), fm.options)
+    maps = None if fm.options.get("by_type") else _maps_for({}, sub)
+    return source_field, sub, maps, fm.options.get("through")
+
+
+_NOT_COPIED = object()  # the "source" of a field that is not a plain copy: no record has it
+
+
+def _applier(fm: FieldMap) -> tuple[str, Getter | None, str | None, Any, tuple[str, None, str] | None]:
+    """``(destination field, bound transform or None, the source of a plain one-source copy or None,
+    default, the TransformError arguments when a required field has no value or None)``: what
+    :meth:`BatchTransformer.transform` applies per record, worked out once per task."""
+    copied = fm.sources[0] if fm.transform == "copy" and len(fm.sources) == 1 else None
+    get = None if copied is not None else TRANSFORMS[fm.transform].bind(fm)
+    required = ((fm.sources[0] if fm.sources else fm.dest_field, None,
+                 f"{fm.dest_field} is required by the mapping but has no value") if fm.required else None)
+    return fm.dest_field, get, copied, fm.default, required
 
 
 def _order_field(object_name: str) -> str:
@@ -223,7 +248,8 @@ class _BatchContext:
         self.as_of = ctx.as_of
         self._refs = refs
         self._users = users
-        self._related = related
+        # The index's own method, not a method calling it: a job's twenty related fields ask per record.
+        self.related = related.rows
 
     def resolve(self, maps: list[str], source_id: str) -> DestRef | None:
         for name in maps:
@@ -235,9 +261,6 @@ class _BatchContext:
     def owner(self, staff_name: str | None) -> UserRef | None:
         return self._users.owner(staff_name)
 
-    def related(self, object_name: str, key_field: str, key: Any) -> list[dict[str, Any]]:
-        return self._related.rows(object_name, key_field, key)
-
 
 class BatchTransformer:
     def __init__(self, ctx: MigrationContext, object_map: ObjectMap):
@@ -247,49 +270,66 @@ class BatchTransformer:
         self.related = RelatedIndex(ctx, *_related_reads(object_map))
         self.lookup_fields = [fm for fm in object_map.fields if fm.transform in ("lookup", "attach")
                               or (fm.transform == "refs" and fm.sources)]
-        # Resolved once per task, not per record: each field's transform, each lookup source as its
-        # own one-source field (what _maps_for takes), the fields that can hold a file.
-        # A plain one-source copy (most fields of every mapping) is read inline: ``copy`` is "the value,
-        # empty text as none", and two Python calls per field per record were a fifth of the transform.
-        self.appliers = [(fm, TRANSFORMS[fm.transform].apply,
-                          fm.sources[0] if fm.transform == "copy" and len(fm.sources) == 1 else None)
-                         for fm in object_map.fields]
-        self.lookup_sources = [(source_field, type(fm)(fm.dest_field, fm.transform, (source_field,), fm.options))
+        # Resolved once per task, not per record: each field's transform bound to its options, each
+        # lookup source as its own one-source field (what _maps_for takes), the fields that can hold a
+        # file. See transform() for the plain copies.
+        appliers = [_applier(fm) for fm in object_map.fields]
+        self.dest_fields = tuple(dest_field for dest_field, *_ in appliers)
+        self.copied_sources = tuple(_NOT_COPIED if copied is None else copied
+                                    for _, _, copied, _, _ in appliers)
+        self.copies = tuple(dest_field for dest_field, _, copied, _, _ in appliers if copied is not None)
+        self.appliers = [(dest_field, get, copied, default, required)
+                         for dest_field, get, copied, default, required in appliers
+                         if get is not None or default is not None or required is not None]
+        self.lookup_sources = [_lookup_source(fm, source_field)
                                for fm in self.lookup_fields for source_field in fm.sources]
         self.file_fields = [fm.dest_field for fm in object_map.fields if fm.transform == "file"]
         self.row_fields = [fm for fm in object_map.fields if fm.transform == "related_rows"]
         self.related_refs = [part for fm in object_map.fields if fm.transform == "refs"
                              for part in fm.options.get("related") or ()]
         self.used = object_map.used_source_fields()
+        self._used_order = tuple(self.used)  # the set's own order, read once: see source_values
         self.unique_fields = [fm for fm in object_map.fields if fm.options.get("unique")]
         self._first_holders: dict[str, dict[str, str]] | None = None  # see first_holders()
         self._warm: dict[tuple[str, str], DestRef] = {}  # the current chunk's crosswalk answers
         self._asked: set[tuple[str, str]] = set()  # what the chunk asked of other maps
+        # The batch batches() handed out last and what its records ask (see _prefetch).
+        self._foreseen: tuple[list[dict[str, Any]], dict[str, set[str]]] | None = None
 
     def batches(self, records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
         """``records`` in batches of ``size``, prepared per chunk of :data:`CHUNK_RECORDS` records:
         the related rows the chunk can ask for are indexed and its parents' crosswalk entries fetched.
 
         Per batch, a destination's write cap (60 records for Twenty) would cost one ledger query per
-        parent map per 60 records: a quarter of the transform's time went to those queries.
+        parent map per 60 records: a quarter of the transform's time went to those queries. What each
+        batch asks is worked out once, for the chunk's query and again for the batch's (see
+        :meth:`_prefetch`).
         """
         for chunk in chunked(records, max(size, CHUNK_RECORDS)):
             self.related.scope(chunk)
-            wanted = self._wanted(chunk)
+            batches = list(chunked(chunk, size))
+            asks = [self._wanted(batch) for batch in batches]
+            wanted: dict[str, set[str]] = defaultdict(set)
+            for ask in asks:
+                for name, ids in ask.items():
+                    wanted[name].update(ids)
             self._warm = self._fetch(wanted)
             self._asked = {(name, i) for name, ids in wanted.items() if name != self.map.name for i in ids}
-            yield from chunked(chunk, size)
-        self._warm, self._asked = {}, set()
+            for batch, ask in zip(batches, asks):
+                self._foreseen = (batch, ask)
+                yield batch
+        self._warm, self._asked, self._foreseen = {}, set(), None
 
     def _wanted(self, records: list[dict[str, Any]]) -> dict[str, set[str]]:
         """Per parent map, the source ids these records' lookups resolve."""
         wanted: dict[str, set[str]] = defaultdict(set)
-        for source_field, sub in self.lookup_sources:
+        for source_field, sub, maps, through in self.lookup_sources:
             for record in records:
-                value = parent_key(record, sub, source_field, self.related.rows)
+                value = record.get(source_field) if through is None else \
+                    parent_key(record, sub, source_field, self.related.rows)
                 if value is None:
                     continue
-                for map_name in _maps_for(record, sub):
+                for map_name in _maps_for(record, sub) if maps is None else maps:
                     wanted[map_name].add(str(value))
         for fm in self.row_fields:
             for record in records:
@@ -306,21 +346,29 @@ class BatchTransformer:
             if not ids:
                 continue
             parent = self.ctx.mapping.maps[map_name]
-            found = self.ctx.ledger.crosswalk_get_many(
+            found = self.ctx.ledger.crosswalk_dest_ids(
                 self.ctx.destination_name, parent.source, sorted(ids), parent.target
             )
-            for (source_id, _target), entry in found.items():
-                refs[(map_name, source_id)] = DestRef(parent.target, entry.dest_id)
+            for source_id, dest_id in found.items():
+                refs[(map_name, source_id)] = DestRef(parent.target, dest_id)
         return refs
 
-    def _prefetch(self, records: list[dict[str, Any]]) -> dict[tuple[str, str], DestRef]:
-        """The batch's parent references: what its chunk fetched (see :meth:`batches`), the rest now.
+    def _prefetch(self, batch: list[dict[str, Any]], records: list[dict[str, Any]]
+                  ) -> dict[tuple[str, str], DestRef]:
+        """The parent references of ``records`` (the records of ``batch`` this map takes): what their
+        chunk fetched (see :meth:`batches`), the rest now.
 
         The chunk's answer stands for the other maps' records, found or not: they were all loaded in
         earlier waves. A reference to this map's own records (a record whose parent is another record
         of the same map) is asked again unless found, since an earlier batch may just have written it.
+        What the records ask is the one :meth:`batches` worked out when ``batch`` is the batch it just
+        handed out and the map takes all of it.
         """
-        wanted = self._wanted(records)
+        foreseen, self._foreseen = self._foreseen, None
+        if foreseen is not None and foreseen[0] is batch and len(records) == len(batch):
+            wanted = foreseen[1]
+        else:
+            wanted = self._wanted(records)
         refs: dict[tuple[str, str], DestRef] = {}
         for map_name, ids in wanted.items():
             for source_id in list(ids):
@@ -341,8 +389,8 @@ class BatchTransformer:
             existing = {r["id"]: uid for r in applicable if (uid := self.users.user_for_staff(r["id"]))}
             applicable = [r for r in applicable if r["id"] in existing]
         outcome.not_for_this_map = len(records) - len(applicable)
-        bctx = _BatchContext(self.ctx, self._prefetch(applicable), self.users, self.related)
-        used = self.used
+        bctx = _BatchContext(self.ctx, self._prefetch(records, applicable), self.users, self.related)
+        used, used_order = self.used, self._used_order
         quarantine_issues = self.ctx.field_issue_policy == "quarantine"
         for record in applicable:
             source_id = record["id"]
@@ -351,19 +399,27 @@ class BatchTransformer:
                 if problems:
                     outcome.quarantined.extend(problems)
                     continue
-            payload: dict[str, Any] = {}
+            # Every destination field in the mapping's order, the plain one-source copies (most fields
+            # of every mapping) read in one step rather than a Python step each: ``copy`` is "the value,
+            # empty text as none". The appliers then set the other fields in order (and check the
+            # copies that have a default or are required).
+            payload = dict(zip(self.dest_fields, map(record.get, self.copied_sources)))
+            if "" in payload.values():
+                for dest_field in self.copies:
+                    if payload[dest_field] == "":
+                        payload[dest_field] = None
             try:
-                for fm, apply, copied in self.appliers:
+                for dest_field, get, copied, default, required in self.appliers:
                     if copied is None:
-                        value = apply(record, fm, bctx)
+                        value = get(record, bctx)
                     elif (value := record.get(copied)) == "":
                         value = None
-                    if value is None and fm.default is not None:
-                        value = fm.default
-                    if value is None and fm.required:
-                        raise TransformError(fm.sources[0] if fm.sources else fm.dest_field, None,
-                                             f"{fm.dest_field} is required by the mapping but has no value")
-                    payload[fm.dest_field] = value
+                    if value is None:
+                        if default is not None:
+                            value = default
+                        elif required is not None:
+                            raise TransformError(*required)
+                    payload[dest_field] = value
             except TransformError as exc:
                 outcome.quarantined.append(QuarantineEntry(
                     source_object=om.source, source_id=source_id, field=exc.field, value=exc.value,
@@ -385,7 +441,7 @@ class BatchTransformer:
                 payload[om.key_field] = source_id
             outcome.records.append(OutgoingRecord(source_id=source_id, payload=payload,
                                                   dest_id=existing.get(source_id)))
-            outcome.source_values[source_id] = {s: record.get(s) for s in used}
+            outcome.source_values[source_id] = dict(zip(used_order, map(record.get, used_order)))
         return outcome
 
     def first_holders(self) -> dict[str, dict[str, str]]:
@@ -406,12 +462,13 @@ class BatchTransformer:
             bctx = _BatchContext(self.ctx, {}, self.users, self.related)
             seen: dict[str, dict[str, str]] = {fm.dest_field: {} for fm in self.unique_fields}
             shared: dict[str, dict[str, str]] = {fm.dest_field: {} for fm in self.unique_fields}
+            getters = [(fm, TRANSFORMS[fm.transform].bind(fm)) for fm in self.unique_fields]
             for record in self.ctx.snapshot.iter_records(om.source, columns):
                 if om.when is not None and not om.when.matches(record, self.ctx.as_of):
                     continue
-                for fm in self.unique_fields:
+                for fm, get in getters:
                     try:
-                        key = unique_key(TRANSFORMS[fm.transform].apply(record, fm, bctx))
+                        key = unique_key(get(record, bctx))
                     except TransformError:
                         continue  # the record is quarantined for that value anyway
                     if key is None:

@@ -342,6 +342,12 @@ class Ledger:
             cw.c.source_id.in_(bindparam("b_ids", expanding=True)),
         )
         self._cw_by_ids_target = self._cw_by_ids.where(cw.c.target_object == bindparam("b_target_object"))
+        self._cw_dest_ids = select(cw.c.source_id, cw.c.dest_id).where(
+            cw.c.destination == bindparam("b_destination"),
+            cw.c.source_object == bindparam("b_source_object"),
+            cw.c.target_object == bindparam("b_target_object"),
+            cw.c.source_id.in_(bindparam("b_ids", expanding=True)),
+        )
         self._intents_by_ids = select(
             wi.c.source_object, wi.c.source_id, wi.c.target_object, wi.c.op, wi.c.before_image
         ).where(
@@ -536,6 +542,26 @@ class Ledger:
             for chunk in _chunks(ids):
                 for row in conn.execute(q, {**params, "b_ids": list(chunk)}):
                     out[(row.source_id, row.target_object)] = _cw_entry(row)
+        return out
+
+    def crosswalk_dest_ids(
+        self, destination: str, source_object: str, source_ids: Iterable[str], target_object: str
+    ) -> dict[str, str]:
+        """Source id → destination id for many source ids of one target object; ids with no entry are
+        absent.
+
+        What a transform resolves a parent by: the two columns alone, not whole entries, whose
+        timestamps and hashes made the query four times as slow to read and build.
+        """
+        ids = list(dict.fromkeys(str(i) for i in source_ids))
+        out: dict[str, str] = {}
+        if not ids:
+            return out
+        params = {"b_destination": destination, "b_source_object": source_object, "b_target_object": target_object}
+        with self._read() as conn:
+            for chunk in _chunks(ids):
+                rows = conn.execute(self._cw_dest_ids, {**params, "b_ids": list(chunk)})
+                out.update((source_id, dest_id) for source_id, dest_id in rows)
         return out
 
     def crosswalk_lookup(

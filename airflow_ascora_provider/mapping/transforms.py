@@ -14,7 +14,7 @@ import json
 import re
 import string
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -57,30 +57,81 @@ class TransformContext(Protocol):
     as_of: dt.datetime | None
 
 
+#: What a transform bound to one field map computes per record: ``(record, ctx) -> value``.
+Getter = Callable[[dict[str, Any], TransformContext], Any]
+
+
 @dataclass(frozen=True)
 class Transform:
+    """A named transform, given as ``apply`` or as ``bind``; the other is derived from it.
+
+    ``apply(record, fm, ctx)`` reads the field map's options per record. ``bind(fm)`` reads them once
+    and returns the :data:`Getter` for that field map: what the engine calls per record, since the
+    options read, type parsers chosen and sub-fields built again for every record and field were much
+    of a job map's transform. ``apply`` of a bound transform binds per call (tests, one-off callers).
+    """
+
     name: str
-    apply: Callable[[dict[str, Any], Any, TransformContext], Any]  # (record, FieldMap, ctx) -> value
+    apply: Callable[[dict[str, Any], Any, TransformContext], Any] | None = None  # (record, FieldMap, ctx)
     default_sources: tuple[str, ...] = ()
     check: Callable[[Any, ObjectSchema], list[str]] = lambda fm, schema: []
     description: str = ""
+    bind: Callable[[Any], Getter] | None = None  # FieldMap -> Getter
+
+    def __post_init__(self) -> None:
+        if self.bind is None:
+            object.__setattr__(self, "bind", _binding(self.apply))
+        elif self.apply is None:
+            object.__setattr__(self, "apply", _applying(self.bind))
+
+
+def _binding(apply: Callable[[dict[str, Any], Any, TransformContext], Any]) -> Callable[[Any], Getter]:
+    def bind(fm) -> Getter:
+        return lambda record, ctx: apply(record, fm, ctx)
+
+    return bind
+
+
+def _applying(bind: Callable[[Any], Getter]) -> Callable[[dict[str, Any], Any, TransformContext], Any]:
+    def apply(record, fm, ctx):
+        return bind(fm)(record, ctx)
+
+    return apply
 
 
 def _values(record: dict[str, Any], fm) -> list[Any]:
     return [record.get(s) for s in fm.sources]
 
 
-def _first(record, fm) -> Any:
+def _first_in(sources: tuple[str, ...], record: dict[str, Any], ctx: Any = None) -> Any:
     """The first source that has a value, so ``from: [completed_date, expected_date]`` falls back in order."""
-    for source in fm.sources:
+    for source in sources:
         value = record.get(source)
         if value is not None and value != "":
             return value
     return None
 
 
-def _copy(record, fm, ctx):
-    return _first(record, fm)
+def _first(record, fm) -> Any:
+    return _first_in(fm.sources, record)
+
+
+def _first_of(sources: tuple[str, ...]) -> Getter:
+    """:func:`_first_in` for these sources, as a getter (``ctx`` unused). One source, the usual case,
+    is read without the loop: its value, empty text as none."""
+    if len(sources) != 1:
+        return partial(_first_in, tuple(sources))
+    (source,) = sources
+
+    def first(record: dict[str, Any], ctx: Any = None) -> Any:
+        value = record.get(source)
+        return None if value == "" else value
+
+    return first
+
+
+def _bind_copy(fm) -> Getter:
+    return _first_of(fm.sources)
 
 
 def _concat(record, fm, ctx):
@@ -88,21 +139,30 @@ def _concat(record, fm, ctx):
     return fm.options.get("sep", " ").join(parts) or None
 
 
-def _template(record, fm, ctx):
+def _bind_template(fm) -> Getter:
     template = fm.options["template"]
-    try:
-        text = template.format_map(_Blank(record))
-    except (KeyError, ValueError) as exc:
-        raise TransformError(fm.dest_field, template, f"template cannot be filled: {exc}") from exc
-    return text.strip() or None
+
+    def fill(record, ctx):
+        try:
+            text = template.format_map(_Blank(record))
+        except (KeyError, ValueError) as exc:
+            raise TransformError(fm.dest_field, template, f"template cannot be filled: {exc}") from exc
+        return text.strip() or None
+
+    return fill
 
 
-class _Blank(dict):
-    def __missing__(self, key):
-        return ""
+class _Blank:
+    """A record as a template reads it: a missing or empty field is blank text. A view, not a copy:
+    copying a job's fifty fields per record to fill one name was most of the template's cost."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: dict[str, Any]):
+        self.record = record
 
     def __getitem__(self, key):
-        value = super().get(key)
+        value = self.record.get(key)
         return "" if value is None else value
 
 
@@ -138,30 +198,57 @@ def _address(record, fm, ctx):
     return address
 
 
-def _currency(record, fm, ctx):
-    value = _first(record, fm)
-    if value is None:
-        return None
-    return Money(Decimal(value), fm.options.get("currency") or ctx.currency)
+def _bind_currency(fm) -> Getter:
+    first, currency = _first_of(fm.sources), fm.options.get("currency")
+
+    def money(record, ctx):
+        value = first(record)
+        if value is None:
+            return None
+        return Money(Decimal(value), currency or ctx.currency)
+
+    return money
 
 
-def _number(record, fm, ctx):
-    value = _first(record, fm)
-    return None if value is None else Decimal(value)
+def _converting(convert: Callable[[Any], Any]) -> Callable[[Any], Getter]:
+    """A binder: the first source's value through ``convert``; no value stays none."""
+    def bind(fm) -> Getter:
+        first = _first_of(fm.sources)
+
+        def converted(record, ctx):
+            value = first(record)
+            return None if value is None else convert(value)
+
+        return converted
+
+    return bind
 
 
-def _date(record, fm, ctx):
-    value = _first(record, fm)
-    if isinstance(value, dt.datetime):
-        return value.date()
-    return value
+_bind_number = _converting(Decimal)
 
 
-def _datetime(record, fm, ctx):
-    value = _first(record, fm)
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
-    return value
+def _bind_date(fm) -> Getter:
+    first = _first_of(fm.sources)
+
+    def date(record, ctx):
+        value = first(record)
+        if isinstance(value, dt.datetime):
+            return value.date()
+        return value
+
+    return date
+
+
+def _bind_datetime(fm) -> Getter:
+    first = _first_of(fm.sources)
+
+    def datetime(record, ctx):
+        value = first(record)
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+        return value
+
+    return datetime
 
 
 def _email(record, fm, ctx):
@@ -203,26 +290,30 @@ def _file(record, fm, ctx):
     return FileRef(sha256=sha256, size=int(size or 0), name=name or "", content_type=content_type, uri=uri)
 
 
-def _boolean(record, fm, ctx):
-    value = _first(record, fm)
-    return None if value is None else bool(value)
+_bind_boolean = _converting(bool)
 
 
-def _constant(record, fm, ctx):
-    return fm.options.get("value")
+def _bind_constant(fm) -> Getter:
+    value = fm.options.get("value")
+    return lambda record, ctx: value
 
 
-def _value_map(record, fm, ctx):
-    value = _first(record, fm)
-    if value is None:
-        return fm.options.get("default_for_empty")
-    values = fm.options.get("values") or {}
-    if value in values:
-        return values[value]
-    if fm.default is not None:  # the mapping's fallback for values it does not list
-        return fm.default
-    raise TransformError(fm.sources[0], value,
-                         f"no value-map entry for {value!r} in {fm.dest_field}; add it to the mapping")
+def _bind_value_map(fm) -> Getter:
+    first, values = _first_of(fm.sources), fm.options.get("values") or {}
+    for_empty, default = fm.options.get("default_for_empty"), fm.default
+
+    def pick(record, ctx):
+        value = first(record)
+        if value is None:
+            return for_empty
+        if value in values:
+            return values[value]
+        if default is not None:  # the mapping's fallback for values it does not list
+            return default
+        raise TransformError(fm.sources[0], value,
+                             f"no value-map entry for {value!r} in {fm.dest_field}; add it to the mapping")
+
+    return pick
 
 
 def _check_value_map(fm, schema) -> list[str]:
@@ -231,21 +322,28 @@ def _check_value_map(fm, schema) -> list[str]:
     return []
 
 
-def _as_type(value, fm):
-    """Custom fields and form answers are text in Ascora; ``as`` reads them as the inferred type."""
+def _type_reader(fm) -> Callable[[Any], Any] | None:
+    """Custom fields and form answers are text in Ascora; ``as`` reads them as the inferred type.
+
+    The reader of a present value, or None when the field map has no (known) ``as``: the value as is.
+    """
     kind = fm.options.get("as")
-    if value is None or not kind:
-        return value
+    if not kind:
+        return None
     from airflow_ascora_provider.source.coerce import CoercionError, to_bool, to_date, to_datetime, to_decimal
 
     parse = {"number": to_decimal, "date": to_date, "datetime": to_datetime, "boolean": to_bool}.get(kind)
     if parse is None:
-        return value
-    try:
-        return parse(value)
-    except (CoercionError, ValueError, ArithmeticError) as exc:
-        key = fm.options.get("key", fm.dest_field)
-        raise TransformError(fm.dest_field, value, f"{key!r} is not a {kind}: {exc}") from None
+        return None
+
+    def read(value):
+        try:
+            return parse(value)
+        except (CoercionError, ValueError, ArithmeticError) as exc:
+            key = fm.options.get("key", fm.dest_field)
+            raise TransformError(fm.dest_field, value, f"{key!r} is not a {kind}: {exc}") from None
+
+    return read
 
 
 @lru_cache(maxsize=1024)
@@ -258,11 +356,17 @@ def json_answers(text: str) -> dict[str, Any]:
     return json.loads(text)
 
 
-def _json_key(record, fm, ctx):
-    text = _first(record, fm)
-    if not text:
-        return None
-    return _as_type(json_answers(text).get(fm.options["key"]), fm)
+def _bind_json_key(fm) -> Getter:
+    first, key, read = _first_of(fm.sources), fm.options["key"], _type_reader(fm)
+
+    def answer(record, ctx):
+        text = first(record)
+        if not text:
+            return None
+        value = json_answers(text).get(key)
+        return value if value is None or read is None else read(value)
+
+    return answer
 
 
 def _check_json_key(fm, schema) -> list[str]:
@@ -282,18 +386,26 @@ def parent_key(record: dict[str, Any], fm, source: str,
     return rows[0].get(through["field"]) if rows else None
 
 
-def _lookup(record, fm, ctx):
-    source_id = parent_key(record, fm, fm.sources[0], ctx.related) if fm.options.get("through") else _first(record, fm)
-    if source_id is None:
-        if fm.required:
-            raise TransformError(fm.sources[0], None, f"{fm.dest_field} needs a parent but the record has none")
-        return None
-    maps = _maps_for(record, fm)
-    ref = ctx.resolve(maps, str(source_id)) if maps else None
-    if ref is None and fm.required:
-        raise TransformError(fm.sources[0], source_id,
-                             f"parent {source_id} was not loaded ({' / '.join(maps) or 'no map for its type'})")
-    return ref
+def _bind_lookup(fm) -> Getter:
+    through, first, required = fm.options.get("through"), _first_of(fm.sources), fm.required
+    # Without ``by_type`` the parent maps are the same for every record.
+    fixed_maps = None if fm.options.get("by_type") else _maps_for({}, fm)
+
+    def lookup(record, ctx):
+        source_id = parent_key(record, fm, fm.sources[0], ctx.related) if through else first(record)
+        if source_id is None:
+            if required:
+                raise TransformError(fm.sources[0], None,
+                                     f"{fm.dest_field} needs a parent but the record has none")
+            return None
+        maps = fixed_maps if fixed_maps is not None else _maps_for(record, fm)
+        ref = ctx.resolve(maps, str(source_id)) if maps else None
+        if ref is None and required:
+            raise TransformError(fm.sources[0], source_id, f"parent {source_id} was not loaded "
+                                 f"({' / '.join(maps) or 'no map for its type'})")
+        return ref
+
+    return lookup
 
 
 def _maps_for(record, fm) -> list[str]:
@@ -321,62 +433,92 @@ def _check_lookup(fm, schema) -> list[str]:
     return []
 
 
-def _attach(record, fm, ctx):
-    refs = []
-    for name in fm.sources:
-        source_id = parent_key(record, fm, name, ctx.related)
-        if source_id is None:
-            continue
-        sub = type(fm)(fm.dest_field, "lookup", (name,), fm.options, False)
-        ref = _lookup(record, sub, ctx)
-        if ref:
-            refs.append(ref)
-    if not refs and fm.required:
-        raise TransformError(fm.sources[0], record.get(fm.sources[0]), "no parent record to attach to was loaded")
-    return AttachTo(tuple(refs))
+def _bind_attach(fm) -> Getter:
+    # Each source as its own optional one-source lookup, built once rather than per record.
+    parents = [(name, _bind_lookup(type(fm)(fm.dest_field, "lookup", (name,), fm.options, False)))
+               for name in fm.sources]
+
+    def attach(record, ctx):
+        refs = []
+        for name, lookup in parents:
+            source_id = parent_key(record, fm, name, ctx.related)
+            if source_id is None:
+                continue
+            ref = lookup(record, ctx)
+            if ref:
+                refs.append(ref)
+        if not refs and fm.required:
+            raise TransformError(fm.sources[0], record.get(fm.sources[0]),
+                                 "no parent record to attach to was loaded")
+        return AttachTo(tuple(refs))
+
+    return attach
 
 
-def _owner(record, fm, ctx):
-    name = _first(record, fm)
-    ref = ctx.owner(name)
-    if ref is None and fm.required:
-        raise TransformError(fm.sources[0] if fm.sources else fm.dest_field, name,
-                             "no destination user matches and no fallback owner is set")
-    return ref
+def _bind_owner(fm) -> Getter:
+    first = _first_of(fm.sources)
+
+    def owner(record, ctx):
+        name = first(record)
+        ref = ctx.owner(name)
+        if ref is None and fm.required:
+            raise TransformError(fm.sources[0] if fm.sources else fm.dest_field, name,
+                                 "no destination user matches and no fallback owner is set")
+        return ref
+
+    return owner
 
 
-def _related(record, fm, ctx):
+def _bind_related(fm) -> Getter:
     """A value from another staged object: the job's quote amount, the job's latest invoice ..."""
     opts = fm.options
-    if "via" in opts:  # this record points at the related one
-        key = record.get(opts["via"])
-        rows = ctx.related(opts["object"], "id", key) if key else []
-    else:  # the related records point at this one (or, with ``match``, share a value with it: same site)
-        key = record.get(opts.get("match", "id"))
-        rows = ctx.related(opts["object"], opts["by"], key) if key is not None else []
-    if not rows:
-        return None
-    if "template" in opts:  # one line per related row, from several of its fields
-        values = [opts["template"].format_map(_Blank(_dated(r))).strip() for r in rows]
-    else:
-        values = [r.get(opts["field"]) for r in rows]
-    if opts.get("key"):  # a key inside a JSON field (form answers, custom fields)
-        values = [json_answers(v).get(opts["key"]) if v else None for v in values]
-    values = [_as_type(v, fm) for v in values if v is not None]
-    if not values:
-        return None
-    match opts.get("aggregate", "last"):
+    object_name, template, key, read = opts["object"], opts.get("template"), opts.get("key"), _type_reader(fm)
+    field = opts["field"] if "template" not in opts else None
+    aggregate = _aggregate(fm)
+    # With ``via`` this record points at the related one (by its id); otherwise the related records
+    # point at this one (``by``), or with ``match`` share a value with it (same site).
+    via = "via" in opts
+    own_field, key_field = (opts["via"], "id") if via else (opts.get("match", "id"), opts["by"])
+
+    def related(record, ctx):
+        value = record.get(own_field)
+        if (not value) if via else (value is None):
+            return None
+        rows = ctx.related(object_name, key_field, value)
+        if not rows:
+            return None
+        if template is not None:  # one line per related row, from several of its fields
+            values = [template.format_map(_Blank(_dated(r))).strip() for r in rows]
+        else:
+            values = [r.get(field) for r in rows]
+        if key:  # a key inside a JSON field (form answers, custom fields)
+            values = [json_answers(v).get(key) if v else None for v in values]
+        values = [v if read is None else read(v) for v in values if v is not None]
+        return aggregate(values) if values else None
+
+    return related
+
+
+def _aggregate(fm) -> Callable[[list[Any]], Any]:
+    """What a ``related`` field makes of its related rows' values (never empty): ``aggregate``."""
+    name = fm.options.get("aggregate", "last")
+    match name:
         case "first":
-            return values[0]
+            return lambda values: values[0]
         case "last":
-            return values[-1]
+            return lambda values: values[-1]
         case "sum":
-            return sum(values, Decimal(0))
+            return lambda values: sum(values, Decimal(0))
         case "count":
-            return len(values)
+            return len
         case "join":
-            return opts.get("sep", ", ").join(str(v) for v in values)
-    raise TransformError(fm.dest_field, opts.get("aggregate"), "unknown aggregate")
+            sep = fm.options.get("sep", ", ")
+            return lambda values: sep.join(str(v) for v in values)
+
+    def unknown(values):
+        raise TransformError(fm.dest_field, name, "unknown aggregate")
+
+    return unknown
 
 
 def _dated(row: dict[str, Any]) -> dict[str, Any]:
@@ -456,7 +598,7 @@ def related_row_lookups(record: dict[str, Any], fm, related: Callable[[str, str,
     return wanted
 
 
-def _related_rows(record, fm, ctx):
+def _bind_related_rows(fm) -> Getter:
     """Rows of another staged object that point at this record, each turned into several fields by its
     own column transforms: a quote's line items as the rows of a line-item table on the quote.
 
@@ -464,26 +606,34 @@ def _related_rows(record, fm, ctx):
     (a quote without one of its lines would misstate its total). Columns without a value are left out
     of the row, so a destination that reads rows back without empty cells compares equal.
     """
-    out = []
     label = fm.options.get("label_by", "id")
-    for row in _rows_of(record, fm, ctx):
-        values: dict[str, Any] = {}
-        for column in _row_columns(fm):
-            try:
-                value = TRANSFORMS[column.transform].apply(row, column, ctx)
-            except TransformError as exc:
-                raise TransformError(f"{fm.dest_field}[{row.get(label)}].{column.dest_field}", exc.value,
-                                     f"{fm.options['object']} {row.get('id')}: {exc.reason}") from None
-            if value is None:
-                value = column.default
-            if value is None and column.required:
-                raise TransformError(f"{fm.dest_field}[{row.get(label)}].{column.dest_field}", None,
-                                     f"{fm.options['object']} {row.get('id')}: the row has no "
-                                     f"{column.dest_field}")
-            if value is not None:
-                values[column.dest_field] = value
-        out.append(values)
-    return tuple(out) or None
+    columns = [(column, TRANSFORMS[column.transform].bind(column)) for column in _row_columns(fm)]
+
+    def related_rows(record, ctx):
+        return tuple(_row_values(fm, label, columns, row, ctx) for row in _rows_of(record, fm, ctx)) or None
+
+    return related_rows
+
+
+def _row_values(fm, label: str, columns: list[tuple[Any, Getter]], row: dict[str, Any],
+                ctx) -> dict[str, Any]:
+    """One related row through the columns of a ``related_rows`` field (see :func:`_bind_related_rows`)."""
+    values: dict[str, Any] = {}
+    for column, get in columns:
+        try:
+            value = get(row, ctx)
+        except TransformError as exc:
+            raise TransformError(f"{fm.dest_field}[{row.get(label)}].{column.dest_field}", exc.value,
+                                 f"{fm.options['object']} {row.get('id')}: {exc.reason}") from None
+        if value is None:
+            value = column.default
+        if value is None and column.required:
+            raise TransformError(f"{fm.dest_field}[{row.get(label)}].{column.dest_field}", None,
+                                 f"{fm.options['object']} {row.get('id')}: the row has no "
+                                 f"{column.dest_field}")
+        if value is not None:
+            values[column.dest_field] = value
+    return values
 
 
 def _check_related_rows(fm, schema) -> list[str]:
@@ -511,7 +661,7 @@ def _check_related_rows(fm, schema) -> list[str]:
     return problems
 
 
-def _refs(record, fm, ctx):
+def _bind_refs(fm) -> Getter:
     """Several parents in one field that takes a list: a deal's contacts are the customer's person and
     the enquiry contact the job came from.
 
@@ -520,20 +670,28 @@ def _refs(record, fm, ctx):
     resolves each row through its ``map``. Parents that were not loaded are left out; ``required``
     wants at least one.
     """
-    refs: list[DestRef] = []
-    if fm.sources:
-        ref = _lookup(record, type(fm)(fm.dest_field, "lookup", fm.sources, fm.options, False), ctx)
-        if ref is not None:
-            refs.append(ref)
-    for part in fm.options.get("related") or ():
-        for row_id in refs_related_ids(record, part, ctx.related):
-            ref = ctx.resolve([part["map"]], row_id)
-            if ref is not None and ref not in refs:
+    lookup = (_bind_lookup(type(fm)(fm.dest_field, "lookup", fm.sources, fm.options, False))
+              if fm.sources else None)
+    parts = fm.options.get("related") or ()
+
+    def refs_of(record, ctx):
+        refs: list[DestRef] = []
+        if lookup is not None:
+            ref = lookup(record, ctx)
+            if ref is not None:
                 refs.append(ref)
-    if not refs and fm.required:
-        raise TransformError(fm.sources[0] if fm.sources else fm.dest_field, record.get(fm.sources[0]) if fm.sources
-                             else None, f"{fm.dest_field} needs a parent but none was loaded")
-    return tuple(refs) or None
+        for part in parts:
+            for row_id in refs_related_ids(record, part, ctx.related):
+                ref = ctx.resolve([part["map"]], row_id)
+                if ref is not None and ref not in refs:
+                    refs.append(ref)
+        if not refs and fm.required:
+            raise TransformError(fm.sources[0] if fm.sources else fm.dest_field,
+                                 record.get(fm.sources[0]) if fm.sources else None,
+                                 f"{fm.dest_field} needs a parent but none was loaded")
+        return tuple(refs) or None
+
+    return refs_of
 
 
 def refs_related_ids(record: dict[str, Any], part: dict[str, Any],
@@ -618,35 +776,41 @@ _ADDRESS_FIELDS = ("address_line1", "address_line2", "suburb", "state", "postcod
 TRANSFORMS: dict[str, Transform] = {
     t.name: t
     for t in (
-        Transform("copy", _copy, description="the source value unchanged"),
+        Transform("copy", bind=_bind_copy, description="the source value unchanged"),
         Transform("concat", _concat, description="non-empty sources joined with 'sep'"),
-        Transform("template", _template, check=lambda fm, s: [] if fm.options.get("template") else
+        Transform("template", bind=_bind_template, check=lambda fm, s: [] if fm.options.get("template") else
                   ["template needs 'template'"], description="'{job_number}: {name}' style"),
         Transform("full_name", _full_name, ("first_name", "last_name"), description="first/last, or split 'fallback'"),
         Transform("split_name", _split_name, ("name",), description="'Jane Q Citizen' → first 'Jane Q', last 'Citizen'"),
         Transform("address", _address, _ADDRESS_FIELDS, description="street, suburb, state, postcode, country"),
-        Transform("currency", _currency, description="money in the mapping's currency"),
-        Transform("number", _number),
-        Transform("date", _date),
-        Transform("datetime", _datetime),
-        Transform("boolean", _boolean),
+        Transform("currency", bind=_bind_currency, description="money in the mapping's currency"),
+        Transform("number", bind=_bind_number),
+        Transform("date", bind=_bind_date),
+        Transform("datetime", bind=_bind_datetime),
+        Transform("boolean", bind=_bind_boolean),
         Transform("email", _email, ("email",)),
         Transform("phone", _phone, ("phone", "mobile")),
         Transform("link", _link, description="a URL, or the domain of an e-mail address"),
         Transform("rich_text", _rich_text),
         Transform("file", _file, ("file_name", "file_uri", "sha256", "size_bytes", "content_type"),
                   description="a staged file to upload (compared by content)"),
-        Transform("constant", _constant),
-        Transform("value_map", _value_map, check=_check_value_map, description="pick-list values one by one"),
-        Transform("json_key", _json_key, check=_check_json_key, description="one custom field or form answer"),
-        Transform("lookup", _lookup, check=_check_lookup, description="destination id of a parent via the crosswalk"),
-        Transform("attach", _attach, check=_check_lookup, description="parents a note/task/file hangs off"),
-        Transform("owner", _owner, ("assigned_user_name",), description="staff member → destination user"),
-        Transform("related", _related, check=_check_related, description="a value from another staged object"),
-        Transform("refs", _refs, check=_check_refs,
+        Transform("constant", bind=_bind_constant),
+        Transform("value_map", bind=_bind_value_map, check=_check_value_map,
+                  description="pick-list values one by one"),
+        Transform("json_key", bind=_bind_json_key, check=_check_json_key,
+                  description="one custom field or form answer"),
+        Transform("lookup", bind=_bind_lookup, check=_check_lookup,
+                  description="destination id of a parent via the crosswalk"),
+        Transform("attach", bind=_bind_attach, check=_check_lookup,
+                  description="parents a note/task/file hangs off"),
+        Transform("owner", bind=_bind_owner, default_sources=("assigned_user_name",),
+                  description="staff member → destination user"),
+        Transform("related", bind=_bind_related, check=_check_related,
+                  description="a value from another staged object"),
+        Transform("refs", bind=_bind_refs, check=_check_refs,
                   description="several parents for a field that takes a list (a deal's contacts)"),
         Transform("choose", _choose, check=_check_choose, description="the value of the first case whose 'when' holds"),
-        Transform("related_rows", _related_rows, check=_check_related_rows,
+        Transform("related_rows", bind=_bind_related_rows, check=_check_related_rows,
                   description="rows of another staged object pointing here, each with its own column transforms"),
     )
 }

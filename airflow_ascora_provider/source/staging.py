@@ -59,6 +59,19 @@ def as_path(root: Any):
     return root if isinstance(root, ObjectStoragePath) else ObjectStoragePath(str(root))
 
 
+def rows_of(data: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
+    """``data.to_pylist()``: the same dicts, built a row at a time from the columns' Python values.
+
+    Arrow's own ``to_pylist`` builds each row with a Python comprehension over the column names, a
+    tenth of the time of turning staged rows into dicts.
+    """
+    names = data.schema.names
+    if not names:
+        return [{} for _ in range(data.num_rows)]
+    columns = data.to_pydict()
+    return [dict(zip(names, values)) for values in zip(*[columns[name] for name in names])]
+
+
 class PartWriter:
     """Writes rows into part files of at most ``part_rows`` rows: memory stays bounded by one part."""
 
@@ -152,7 +165,7 @@ class Snapshot:
         self, object_name: str, columns: Iterable[str] | None = None, batch_size: int = 10_000
     ) -> Iterator[dict[str, Any]]:
         for batch in self.iter_batches(object_name, columns, batch_size):
-            yield from batch.to_pylist()
+            yield from rows_of(batch)
 
     def read_table(self, object_name: str, columns: Iterable[str] | None = None) -> pa.Table:
         batches = list(self.iter_batches(object_name, columns))
@@ -179,7 +192,7 @@ class Snapshot:
                 lo, hi = max(0, start - offset), min(rows, stop - offset)
                 # Row dicts a batch at a time: a whole part as dicts is ten times its Arrow size.
                 for batch in table.slice(lo, hi - lo).to_batches(max_chunksize=RANGE_BATCH_ROWS):
-                    yield from batch.to_pylist()
+                    yield from rows_of(batch)
                 offset += rows
 
     def iter_rejected(self) -> Iterator[dict[str, Any]]:
