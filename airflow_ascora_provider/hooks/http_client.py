@@ -267,6 +267,12 @@ class AnswerDeadline:
         self._by_route: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
+    def answered(self, route: str, seconds: float, status: int) -> None:
+        """Learn from an answer the service itself gave: not a 5xx, and not a 429, which the gateway
+        gives at once without the service's work."""
+        if status < 500 and status != 429:
+            self.observe(seconds, route)
+
     def observe(self, seconds: float, route: str = "") -> None:
         with self._lock:
             self._recent.append(seconds)
@@ -425,8 +431,7 @@ class ApiClient:
         finally:
             if isinstance(self.pacer, RequestWindow):
                 self.pacer.settle()
-        if response.status_code < 500 and response.status_code != 429:  # the gateway's own answers are instant
-            self.deadline.observe(time.monotonic() - started, route_of(method, path))
+        self.deadline.answered(route_of(method, path), time.monotonic() - started, response.status_code)
         return response
 
     def _hedged(self, method: str, path: str, route: str, kwargs: dict[str, Any]) -> httpx.Response:

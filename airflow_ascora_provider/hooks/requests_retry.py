@@ -68,8 +68,7 @@ def policy_adapter(retry: RetryPolicy, timeout: float, stats: CallStats, name: s
                     if learned:
                         current[0] = (connect, deadline.timeout)
                     raise
-                if response.status_code < 500 and response.status_code != 429:
-                    deadline.observe(time.monotonic() - started, route)
+                deadline.answered(route, time.monotonic() - started, response.status_code)
                 return response
 
             return send_with_retries(attempt, request.method, request.path_url, retry=retry, stats=stats, name=name,

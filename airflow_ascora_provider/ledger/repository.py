@@ -523,6 +523,18 @@ class Ledger:
                 for source_object, ids in sorted(fixed.items()):
                     _resolve_quarantine(conn, run_id, destination, source_object, list(dict.fromkeys(ids)))
 
+    def _rows_for_ids(self, query, destination: str, source_object: str, target_object: str | None,
+                      source_ids: Iterable[str]) -> Iterator[Any]:
+        """Rows of ``query`` for many source ids, deduplicated and sent in chunks under the drivers'
+        bound-parameter limits; what every read-many method below shares."""
+        ids = list(dict.fromkeys(str(i) for i in source_ids))
+        if not ids:
+            return
+        params = {"b_destination": destination, "b_source_object": source_object, "b_target_object": target_object}
+        with self._read() as conn:
+            for chunk in _chunks(ids):
+                yield from conn.execute(query, {**params, "b_ids": list(chunk)})
+
     def crosswalk_get_many(
         self,
         destination: str,
@@ -532,17 +544,9 @@ class Ledger:
     ) -> dict[tuple[str, str], CrosswalkEntry]:
         """Entries for many source ids at once, keyed ``(source_id, target_object)``; ids with no
         entry are simply absent."""
-        ids = list(dict.fromkeys(str(i) for i in source_ids))
-        out: dict[tuple[str, str], CrosswalkEntry] = {}
-        if not ids:
-            return out
         q = self._cw_by_ids if target_object is None else self._cw_by_ids_target
-        params = {"b_destination": destination, "b_source_object": source_object, "b_target_object": target_object}
-        with self._read() as conn:
-            for chunk in _chunks(ids):
-                for row in conn.execute(q, {**params, "b_ids": list(chunk)}):
-                    out[(row.source_id, row.target_object)] = _cw_entry(row)
-        return out
+        return {(row.source_id, row.target_object): _cw_entry(row)
+                for row in self._rows_for_ids(q, destination, source_object, target_object, source_ids)}
 
     def crosswalk_dest_ids(
         self, destination: str, source_object: str, source_ids: Iterable[str], target_object: str
@@ -553,16 +557,8 @@ class Ledger:
         What a transform resolves a parent by: the two columns alone, not whole entries, whose
         timestamps and hashes made the query four times as slow to read and build.
         """
-        ids = list(dict.fromkeys(str(i) for i in source_ids))
-        out: dict[str, str] = {}
-        if not ids:
-            return out
-        params = {"b_destination": destination, "b_source_object": source_object, "b_target_object": target_object}
-        with self._read() as conn:
-            for chunk in _chunks(ids):
-                rows = conn.execute(self._cw_dest_ids, {**params, "b_ids": list(chunk)})
-                out.update((source_id, dest_id) for source_id, dest_id in rows)
-        return out
+        return {source_id: dest_id for source_id, dest_id in
+                self._rows_for_ids(self._cw_dest_ids, destination, source_object, target_object, source_ids)}
 
     def crosswalk_lookup(
         self, destination: str, source_object: str, source_id: str, target_object: str | None = None
@@ -692,18 +688,9 @@ class Ledger:
     ) -> dict[str, Intent]:
         """Open intents for many source ids at once, keyed by ``source_id``; ids without one are
         absent."""
-        ids = list(dict.fromkeys(str(i) for i in source_ids))
-        out: dict[str, Intent] = {}
-        if not ids:
-            return out
-        params = {"b_destination": destination, "b_source_object": source_object, "b_target_object": target_object}
-        with self._read() as conn:
-            for chunk in _chunks(ids):
-                for row in conn.execute(self._intents_by_ids, {**params, "b_ids": list(chunk)}):
-                    out[row.source_id] = Intent(
-                        row.source_object, row.source_id, row.target_object, row.op, row.before_image
-                    )
-        return out
+        return {row.source_id: Intent(row.source_object, row.source_id, row.target_object, row.op, row.before_image)
+                for row in self._rows_for_ids(self._intents_by_ids, destination, source_object, target_object,
+                                              source_ids)}
 
     def pending_intents(self, destination: str, run_id: str | None = None) -> list[dict]:
         """Intents never recorded as writes (all columns), oldest first: what was in flight when a
