@@ -153,10 +153,17 @@ class WriteResult:
     created: bool = False
     error: str | None = None
     error_field: str | None = None
+    # A create whose request timed out and had not landed when the plugin looked: the engine calls
+    # ``settle()`` for the final result once the rest of the unit went out (``hooks.create_once``).
+    settle: Callable[[], WriteResult] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.error is None and self.dest_id is not None
+
+    @property
+    def in_doubt(self) -> bool:
+        return self.settle is not None
 
 
 @dataclass(frozen=True)

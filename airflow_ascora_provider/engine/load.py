@@ -11,6 +11,11 @@ For each batch (sized to the destination's cap):
    on the Ascora id adopts the records instead of duplicating them;
 4. write, then record creates/updates (crosswalk + audit, one transaction that also clears the
    intents) and quarantine the records the destination rejected, naming the field when it says.
+
+A create the destination may or may not have done (its request timed out and it had not landed when
+the plugin looked) is *in doubt*: it keeps its write intent and is settled when the unit's other
+batches went out (:meth:`MapLoader.settle`), by which time a late write has usually landed. The
+load does not stand still for it.
 """
 
 from __future__ import annotations
@@ -88,6 +93,10 @@ class MapLoader:
         self.collect = collect
         self.ledger = ctx.ledger
         self.dest = ctx.destination
+        self._in_doubt: list[tuple[OutgoingRecord, str, dict[str, Any] | None, bool, Any]] = []
+        # A map whose records look up records of the same map (a parent record) cannot leave a parent in
+        # doubt while the next batch looks for it: it settles after every batch.
+        self._settle_each_batch = object_map.name in object_map.lookups()
 
     def load(self, records: Iterable[dict[str, Any]], total: int | None = None) -> LoadStats:
         stats = LoadStats()
@@ -108,7 +117,10 @@ class MapLoader:
             mine = applicable()
         for batch in self.transformer.batches(mine, batch_size_for(self.ctx)):
             stats.add(self.load_batch(batch))
+            if self._settle_each_batch:
+                stats.add(self.settle())
             progress.tick(len(batch))
+        stats.add(self.settle())
         stats.considered += elsewhere
         stats.not_for_this_map += elsewhere
         stats.seconds = time.monotonic() - started
@@ -169,6 +181,10 @@ class MapLoader:
         writes: list[Write] = []
         rejected: list[QuarantineEntry] = []
         for (record, digest), result in zip(pending.to_write, results):
+            if result.in_doubt:  # its intent stays until settle() knows
+                self._in_doubt.append((record, digest, pending.before.get(record.source_id),
+                                       record.source_id in pending.adopted, result.settle))
+                continue
             if result.ok:
                 is_update = record.dest_id is not None and record.source_id not in pending.adopted
                 writes.append(Write(
@@ -197,6 +213,27 @@ class MapLoader:
             stats.quarantined += len(rejected)
         return stats
 
+    def settle(self) -> LoadStats:
+        """Finish the creates left in doubt (see the module's docstring) and record them as any write.
+
+        Each plugin's ``settle`` looks for the record first and sends it again only once the request
+        that timed out can no longer land. If settling fails, the unit fails with the intents still
+        saved: its retry looks for these records as it would after a crash.
+        """
+        if not self._in_doubt:
+            return LoadStats()
+        waiting, self._in_doubt = self._in_doubt, []
+        log.info("%s: settling %d create(s) whose requests timed out", self.map.name, len(waiting))
+        pending = PendingBatch(LoadStats())
+        results: list[WriteResult] = []
+        for record, digest, before, adopted, settle in waiting:
+            pending.to_write.append((record, digest))
+            pending.before[record.source_id] = before
+            if adopted:
+                pending.adopted.add(record.source_id)
+            results.append(settle())
+        return self.commit(pending, results)
+
     def _adopt_refused_creates(self, pending: PendingBatch, results: list[WriteResult]) -> list[WriteResult]:
         """Load the refused creates the destination holds anyway, instead of quarantining them.
 
@@ -208,7 +245,7 @@ class MapLoader:
         """
         om = self.map
         refused = [i for i, ((record, _), result) in enumerate(zip(pending.to_write, results))
-                   if not result.ok and record.dest_id is None]
+                   if not result.ok and not result.in_doubt and record.dest_id is None]
         if not refused or not om.key_field:
             return results
         records = [pending.to_write[i][0] for i in refused]

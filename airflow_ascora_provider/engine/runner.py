@@ -107,6 +107,7 @@ def start_unit(ctx: MigrationContext, unit: dict[str, Any]) -> tuple[LoadStats |
                 batch.stats.write_calls += 1
                 loader.commit(batch, results)
             stats.add(batch.stats)
+        stats.add(loader.settle())
         return stats, None
     log.info("%s[%s:%s]: %d records pending, submitting a bulk job (threshold %d)",
              unit["map"], unit["start"], unit["stop"], len(pending), threshold)

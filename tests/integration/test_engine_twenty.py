@@ -106,6 +106,39 @@ def test_killed_mid_load_then_retried_has_no_duplicates_and_rolls_back(small_ten
         twenty.stop()
 
 
+def test_batches_cut_short_or_unanswered_are_recognised_by_their_own_ids(small_tenant, tmp_path):
+    """A batch written but unanswered, or cut short before a 500, is sent again by the client; Twenty
+    refuses the records already there because their ids (chosen by the plugin) exist. Those are this
+    write's own records: taken as created, with no search by Ascora id and no second write."""
+    from airflow_ascora_provider.engine.reconcile import reconcile
+    from airflow_ascora_provider.engine.runner import load_everything
+    from airflow_ascora_provider.sandbox.emulator import FaultPlan
+
+    ctx, ascora, twenty, _, _ = _setup(small_tenant, tmp_path)
+    try:
+        twenty.control.set_faults(FaultPlan(rate_lost_reply=0.15, rate_partial=0.25, seed=7, paths=["/rest/batch/"]))
+        stats = load_everything(ctx)
+        counters = dict(twenty.control.counters)
+        twenty.control.set_faults(FaultPlan())
+        assert counters["lost_reply"] > 0 and counters["partial"] > 0, counters
+        # A first load only creates: an upsert here would be an adopted record written a second time.
+        rewrites = [r for r in twenty.control.calls("POST", "/rest/batch/") if "upsert=true" in r.query]
+        assert not rewrites, f"{len(rewrites)} batches written again as updates"
+        records = twenty.app.state.twenty.snapshot()["records"]
+        for name, rows in records.items():
+            ids = [r.get("ascoraId") for r in rows if r.get("ascoraId")]
+            assert len(ids) == len(set(ids)), f"duplicate {name}"
+        assert not ctx.ledger.pending_intents("twenty")
+        assert sum(s.created for s in stats.values()) == sum(
+            len([r for r in rows if r.get("ascoraId")]) for rows in records.values())
+        result = reconcile(ctx, verify="all")
+        assert result["ok"] and result["totals"]["missing"] == 0, result["totals"]
+    finally:
+        ctx.close()
+        ascora.stop()
+        twenty.stop()
+
+
 @pytest.mark.parametrize("ledger_kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_dirty_tenant_every_record_accounted_for(dirty_tenant, tmp_path, ledger_kind, request):
     from airflow_ascora_provider.engine.reconcile import reconcile

@@ -391,6 +391,42 @@ def test_killed_mid_load_then_retried_has_no_duplicates_and_rolls_back(rig):
     assert all(not rows for k, rows in after.items() if k not in before)
 
 
+def test_stalled_creates_are_settled_after_the_unit_not_waited_for(extracted, tmp_path, caplog):
+    """Notes and tasks have no upsert key: a create whose request stalls past the client's timeout may
+    still land. The load goes on without it and settles it at the end of its unit (one look finds the
+    late write), so nothing is written twice, nothing is missing and no intent is left open."""
+    import logging
+
+    from airflow_ascora_provider.engine.reconcile import reconcile
+    from airflow_ascora_provider.engine.runner import load_everything
+    from airflow_ascora_provider.sandbox.emulator import FaultPlan
+
+    rig = Rig(extracted, tmp_path)
+    try:
+        rig.prepare_schema()
+        rig.dest = rig.destination(timeout=0.6)
+        ctx = rig.context()
+        stalled = FaultPlan(rate_slow=0.3, slow_seconds=1.0, seed=11,
+                            paths=["/crm/sales/api/notes", "/crm/sales/api/tasks"])
+        rig.freshsales.control.set_faults(stalled)
+        with caplog.at_level(logging.INFO, logger="airflow_ascora_provider.engine.load"):
+            stats = load_everything(ctx)
+        rig.freshsales.control.set_faults(FaultPlan())
+        assert rig.freshsales.control.counters["slow"] >= 3
+        settled = [r.getMessage() for r in caplog.records if "settling" in r.getMessage()]
+        assert settled, "some create was left in doubt and settled"
+        records = rig.records()
+        _assert_no_duplicates(records)
+        for target in ("task", "note"):
+            created = sum(s.created for name, s in stats.items() if ctx.mapping.maps[name].target == target)
+            assert created == len(records[target]) > 0, target
+        assert not rig.ledger.pending_intents("freshsales"), "every create in doubt was settled"
+        result = reconcile(ctx, verify="all")
+        assert result["ok"] and result["totals"]["missing"] == 0, result["totals"]
+    finally:
+        rig.close()
+
+
 def test_bulk_upsert_as_the_trigger_drives_it(rig):
     """submit → poll until done → results, for accounts, contacts and deals; then idempotent."""
     from airflow_ascora_provider.engine.runner import finish_bulk_unit, plan_units, start_unit, waves

@@ -6,11 +6,19 @@ written some or all of a request it failed to answer.
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
-from airflow_ascora_provider.hooks.create_once import IN_FLIGHT_TIMEOUTS, LOOKS_PER_TIMEOUT, create_once, timed_out
-from airflow_ascora_provider.hooks.http_client import ApiError
+from airflow_ascora_provider.hooks.create_once import (
+    IN_FLIGHT_TIMEOUTS,
+    LOOKS_PER_TIMEOUT,
+    InDoubt,
+    create_once,
+    timed_out,
+)
+from airflow_ascora_provider.hooks.http_client import ApiError, RetryPolicy
 
 
 class Server:
@@ -65,8 +73,8 @@ class Server:
 def _create(server: Server, keys: list[str], **kwargs):
     sleeps: list[float] = []
     resent: list[list[str]] = []
-    out = create_once(keys, server.send, server.landed, what="test", client_timeout=0.001, sleep=sleeps.append,
-                      before_resend=resent.append, **kwargs)
+    out = create_once(keys, server.send, server.landed, what="test", client_timeout=0.001,
+                      retry=RetryPolicy(jitter=0, sleep=sleeps.append), before_resend=resent.append, **kwargs)
     return out, sleeps, resent
 
 
@@ -82,7 +90,7 @@ def test_a_half_written_batch_sends_only_the_rest_again():
     out, sleeps, resent = _create(server, ["a", "b", "c", "d"])
     assert out == {k: f"id-{k}" for k in "abcd"}
     assert server.sends == [["a", "b", "c", "d"], ["c", "d"]]
-    assert resent == [["c", "d"]] and sleeps == [1.0]
+    assert resent == [["c", "d"]] and sleeps == [0.5], "the client's back-off after a 5xx"
 
 
 def test_a_timeout_is_looked_for_until_it_lands_instead_of_being_sent_twice():
@@ -96,6 +104,77 @@ def test_a_timeout_that_never_lands_is_sent_again_after_the_in_flight_looks():
     out, _, _ = _create(server, ["a"])
     assert out == {"a": "id-a"}
     assert len(server.sends) == 2 and server.lookups == 1 + IN_FLIGHT_TIMEOUTS * LOOKS_PER_TIMEOUT
+
+
+def test_deferred_a_timeout_is_handed_back_in_doubt_and_settled_later_without_a_second_send():
+    server = Server("late", late_after=1)  # lands after the first look: while the caller does other work
+    with pytest.raises(InDoubt) as doubt:
+        _create(server, ["a", "b"], defer=True)
+    assert server.lookups == 1 and len(server.sends) == 1 and server.held == {}
+    assert doubt.value.settle() == {"a": "id-a", "b": "id-b"}
+    assert len(server.sends) == 1 and server.lookups == 2, "one look found both; nothing sent twice"
+
+
+def test_deferred_what_never_lands_is_sent_again_once_its_window_has_passed():
+    server = Server("late", late_after=10**6)
+    resent: list[list[str]] = []
+    with pytest.raises(InDoubt) as doubt:
+        create_once(["a"], server.send, server.landed, what="test", client_timeout=0.01, retry=RetryPolicy(sleep=lambda s: None),
+                    before_resend=resent.append, defer=True)
+    started = time.monotonic()
+    assert doubt.value.settle() == {"a": "id-a"}
+    assert time.monotonic() - started >= IN_FLIGHT_TIMEOUTS * 0.01 * 0.9, "not sent again inside its window"
+    assert server.sends == [["a"], ["a"]] and resent == [["a"]]
+
+
+def test_deferred_a_window_that_passed_while_the_caller_worked_costs_one_look():
+    server = Server("late", late_after=10**6)
+    with pytest.raises(InDoubt) as doubt:
+        create_once(["a"], server.send, server.landed, what="test", client_timeout=0.001, retry=RetryPolicy(sleep=lambda s: None),
+                    defer=True)
+    time.sleep(IN_FLIGHT_TIMEOUTS * 0.001 * 2)
+    looks = server.lookups
+    assert doubt.value.settle() == {"a": "id-a"}
+    assert server.lookups == looks + 1 and len(server.sends) == 2
+
+
+def test_deferred_errors_other_than_a_timeout_are_handled_at_once():
+    server = Server("half")
+    out, _, _ = _create(server, ["a", "b"], defer=True)
+    assert out == {"a": "id-a", "b": "id-b"}
+
+
+def test_the_wait_is_the_clients_own_a_dropped_connection_none_a_429_its_retry_after():
+    server = Server("503", "503")
+    _, sleeps, _ = _create(server, ["a"])
+    assert sleeps == [0.5, 1.0]
+
+    class Throttled(ApiError):
+        retry_after = 3.0
+
+    def send(keys):
+        if not calls:
+            calls.append(keys)
+            raise Throttled("slow down", status=429)
+        return {k: k for k in keys}
+
+    calls: list = []
+    waited: list[float] = []
+    create_once(["a"], send, lambda keys: {}, what="test", client_timeout=0.001,
+                retry=RetryPolicy(jitter=0, sleep=waited.append))
+    assert waited == [3.0]
+
+    def drop(keys):
+        if not calls2:
+            calls2.append(keys)
+            raise ApiError("connection reset")
+        return {k: k for k in keys}
+
+    calls2: list = []
+    waited.clear()
+    create_once(["a"], drop, lambda keys: {}, what="test", client_timeout=0.001,
+                retry=RetryPolicy(jitter=0, sleep=waited.append))
+    assert waited == [], "a dropped connection is sent again at once, like any request of the client"
 
 
 def test_a_refusal_is_raised_at_once():

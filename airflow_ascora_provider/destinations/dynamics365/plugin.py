@@ -614,7 +614,7 @@ class DynamicsDestination(Destination):
                     for sid, dest_id in found.items() if sid in creates}
 
         answers = create_once(list(range(len(ops))), send, landed, what=f"dataverse: writing {len(ops)} notes",
-                              client_timeout=float(self.hook.settings["timeout"]), sleep=self.hook.client.retry.sleep)
+                              client_timeout=float(self.hook.settings["timeout"]), retry=self.hook.client.retry)
         return [answers[k] for k in range(len(ops))]
 
     def _field_named(self, meta: TableMeta, message: str) -> str | None:

@@ -601,23 +601,23 @@ class FreshsalesDestination(Destination):
 
     def _write_one(self, t: _Target, record: OutgoingRecord, body: dict[str, Any], key_field: str | None,
                    *, suspect: bool) -> WriteResult:
+        """Write one record; a create that timed out and has not landed yet comes back in doubt, and its
+        ``settle`` (called by the engine once the unit's other records went out) finishes it."""
+        from airflow_ascora_provider.hooks.create_once import InDoubt
+
+        try:
+            return self._answer(t, record, lambda: self._send_one(t, record, body, key_field, suspect=suspect))
+        except InDoubt as doubt:
+            finish = doubt.settle  # ``doubt`` itself is unbound when the except block ends
+            return WriteResult(record.source_id, None, settle=lambda: self._answer(t, record, lambda: WriteResult(
+                record.source_id, str(finish()[0]["id"]), created=True)))
+
+    def _answer(self, t: _Target, record: OutgoingRecord, write: Callable[[], WriteResult]) -> WriteResult:
+        """``write()``'s result, or the record's refusal when Freshsales refused it."""
         from airflow_ascora_provider.hooks.freshsales import FreshsalesApiError
 
         try:
-            if t.kind == "document":
-                return self._write_document(t, record, body, suspect)
-            dest_id = record.dest_id
-            if dest_id is None and suspect:
-                dest_id = self._find_landed(t, record, body, key_field)
-            if dest_id is not None:
-                row = self.hook.update(t.entity, dest_id, body)
-                return WriteResult(record.source_id, str(row["id"]))
-            if t.upsert and key_field:
-                row = self.hook.upsert(t.entity, {key_field: record.source_id}, body)
-            else:
-                row = self._send_once(t.name, lambda: self.hook.create(t.entity, body, retry=False),
-                                      lambda: self._find_landed(t, record, body, key_field))
-            return WriteResult(record.source_id, str(row["id"]), created=True)
+            return write()
         except FreshsalesApiError as exc:
             if exc.status not in RESULT_ERRORS:
                 raise
@@ -626,15 +626,35 @@ class FreshsalesDestination(Destination):
                 message = f"{t.name} {record.dest_id} no longer exists in Freshsales ({message})"
             return WriteResult(record.source_id, None, error=message, error_field=_field_of(message, record.payload))
 
-    def _send_once(self, what: str, send: Callable[[], dict[str, Any]], find: Callable[[], str | None]) -> dict[str, Any]:
+    def _send_one(self, t: _Target, record: OutgoingRecord, body: dict[str, Any], key_field: str | None,
+                  *, suspect: bool) -> WriteResult:
+        if t.kind == "document":
+            return self._write_document(t, record, body, suspect)
+        dest_id = record.dest_id
+        if dest_id is None and suspect:
+            dest_id = self._find_landed(t, record, body, key_field)
+        if dest_id is not None:
+            row = self.hook.update(t.entity, dest_id, body)
+            return WriteResult(record.source_id, str(row["id"]))
+        if t.upsert and key_field:
+            row = self.hook.upsert(t.entity, {key_field: record.source_id}, body)
+        else:
+            row = self._send_once(t.name, lambda: self.hook.create(t.entity, body, retry=False),
+                                  lambda: self._find_landed(t, record, body, key_field), defer=True)
+        return WriteResult(record.source_id, str(row["id"]), created=True)
+
+    def _send_once(self, what: str, send: Callable[[], dict[str, Any]], find: Callable[[], str | None], *,
+                   defer: bool = False) -> dict[str, Any]:
         """Create something that has no upsert (a product, a module record, a note, a file) exactly once
         (``hooks.create_once``): ``find`` tells whether an attempt that failed landed. A wait longer
-        than the client's limit for one (the hourly budget is spent) pauses the load instead."""
+        than the client's limit for one (the hourly budget is spent) pauses the load instead.
+        ``defer``: a create that timed out raises ``InDoubt`` rather than wait for it to land."""
         from airflow_ascora_provider.hooks.create_once import backoff, create_once
         from airflow_ascora_provider.hooks.freshsales import LONG_WAIT, FreshsalesApiError
 
         def wait(exc: Exception, attempt: int) -> float:
-            seconds = (exc.retry_after if isinstance(exc, FreshsalesApiError) else None) or backoff(exc, attempt)
+            asked = exc.retry_after if isinstance(exc, FreshsalesApiError) else None
+            seconds = asked if asked is not None and asked > LONG_WAIT else backoff(exc, attempt, self.hook.client.retry)
             if seconds > LONG_WAIT:
                 raise QuotaExhausted(f"Freshsales asked to wait {seconds:.0f}s before the next call: the hourly "
                                      "API budget is spent", resume_at=dt.datetime.now(dt.UTC)
@@ -647,7 +667,7 @@ class FreshsalesDestination(Destination):
 
         return create_once([0], lambda _: {0: send()}, landed, what=f"freshsales: creating a {what}",
                            client_timeout=float(self.hook.settings()["timeout"]),
-                           sleep=self.hook.client.retry.sleep, wait=wait)[0]
+                           retry=self.hook.client.retry, wait=wait, defer=defer)[0]
 
     def _find_landed(self, t: _Target, record: OutgoingRecord, body: dict[str, Any],
                      key_field: str | None) -> str | None:
@@ -693,7 +713,7 @@ class FreshsalesDestination(Destination):
         row = self._send_once("document", lambda: self.hook.upload_document(
             file.name or "file", content, targetable_type=body["targetable_type"],
             targetable_id=str(body["targetable_id"]), content_type=file.content_type or "application/octet-stream"),
-            landed)
+            landed, defer=record.dest_id is None)  # a replacement deletes the old file once the new one is in
         if record.dest_id and str(row["id"]) != record.dest_id:
             from airflow_ascora_provider.hooks.freshsales import ENTITIES
 

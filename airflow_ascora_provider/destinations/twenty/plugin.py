@@ -230,14 +230,17 @@ class TwentyDestination(Destination):
         e-mail, a company's domain), which would silently merge two different Ascora records into one
         CRM record. A create that collides on a unique value is refused instead, and that record is
         quarantined with Twenty's message.
+
+        Every create carries an id chosen here (Twenty takes a client's UUID): when an attempt was
+        written but its answer lost, or a batch was cut short part-way, the attempt sent again is
+        refused for exactly those ids, which proves the records are this call's own (see :meth:`_send`).
         """
         plural = self._plural(target)
         results: dict[int, WriteResult] = {}
         wire = {}
         for i, record in enumerate(records):
             body = self._encode(target, record.payload)
-            if record.dest_id:
-                body["id"] = record.dest_id
+            body["id"] = record.dest_id or str(uuid.uuid4())
             wire[i] = body
         creates = [i for i, r in enumerate(records) if not r.dest_id]
         updates = [i for i, r in enumerate(records) if r.dest_id]
@@ -250,7 +253,12 @@ class TwentyDestination(Destination):
 
     def _send(self, plural: str, records: list[OutgoingRecord], wire: dict[int, dict], group: list[int],
               upsert: bool, results: dict[int, WriteResult]) -> None:
-        """Send a group; on a refused (all-or-nothing) batch drop the named items or bisect, and resend."""
+        """Send a group; on a refused (all-or-nothing) batch drop the named items or bisect, and resend.
+
+        A create refused because its own id exists was written by an earlier attempt of this call (the
+        id was made for it in :meth:`write_batch`): it is taken as created, not refused, and costs no
+        look-up by Ascora id and no second write.
+        """
         from airflow_ascora_provider.hooks.twenty import TwentyBatchError
 
         queue = [group]
@@ -262,16 +270,17 @@ class TwentyDestination(Destination):
                 written = self.hook.create_batch(plural, [wire[i] for i in part], upsert=upsert)
             except TwentyBatchError as exc:
                 named = {part[k]: msgs for k, msgs in exc.item_errors.items() if k < len(part)}
+                if not named and len(part) == 1:
+                    named = {part[0]: exc.messages or [str(exc)]}
                 if named:
                     for i, msgs in named.items():
+                        if not upsert and all(_own_id_exists(m, wire[i]["id"]) for m in msgs):
+                            results[i] = WriteResult(records[i].source_id, wire[i]["id"], created=True)
+                            continue
                         message = "; ".join(msgs)
                         results[i] = WriteResult(records[i].source_id, None, error=message,
                                                  error_field=_field_of(message))
                     queue.append([i for i in part if i not in named])
-                elif len(part) == 1:
-                    message = "; ".join(exc.messages) or str(exc)
-                    results[part[0]] = WriteResult(records[part[0]].source_id, None, error=message,
-                                                   error_field=_field_of(message))
                 else:
                     half = len(part) // 2
                     queue.extend([part[half:], part[:half]])
@@ -411,6 +420,11 @@ def _label(value: str) -> str:
 
 
 _DOTTED_FIELD = re.compile(r"\b([a-z][A-Za-z0-9]*)\.[a-z][A-Za-z0-9]*\b")
+
+
+def _own_id_exists(message: str, record_id: str) -> bool:
+    """Whether Twenty refused a create because a record with the id it carried exists already."""
+    return message.startswith("Record already exists") and f"id '{record_id}'" in message
 
 
 def _field_of(message: str) -> str | None:

@@ -463,7 +463,7 @@ class ZohoDestination(Destination):
 
         answers = create_once(list(range(len(items))), send, landed, what=f"Zoho CRM: inserting {len(items)} notes",
                               client_timeout=float(self.hook.settings()["timeout"]),
-                              sleep=self.hook.client.retry.sleep, before_resend=reserve)
+                              retry=self.hook.client.retry, before_resend=reserve)
         return [answers[i] for i in range(len(items))]
 
     def _replacing_rows(self, target: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -527,7 +527,7 @@ class ZohoDestination(Destination):
 
         return create_once([0], send, landed, what=f"Zoho CRM: uploading {name} to {module} {record_id}",
                            client_timeout=float(self.hook.settings()["timeout"]),
-                           sleep=self.hook.client.retry.sleep)[0]
+                           retry=self.hook.client.retry)[0]
 
     def read_records(self, target: str, dest_ids: list[str], fields: Iterable[str]) -> dict[str, dict[str, Any]]:
         fields = list(fields)
