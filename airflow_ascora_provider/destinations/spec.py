@@ -144,6 +144,9 @@ class OutgoingRecord:
     source_id: str
     payload: dict[str, Any]
     dest_id: str | None = None  # known from the crosswalk: update this record
+    # ``payload_hash(payload)`` when the transform worked it out with the batch (cheaper than encoding
+    # each payload again); None: not known, hash the payload. Set for the payload as transformed only.
+    digest: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+from json.encoder import encode_basestring as _encode_text
 import logging
 from dataclasses import dataclass, field
 from collections.abc import Callable
@@ -167,3 +168,67 @@ def _plain(value: Any) -> Any:
 # itself), and keeping a table of every container it holds cost a twelfth of the hash.
 _encode = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_plain,
                            check_circular=False).encode
+
+
+def value_json(value: Any) -> str:
+    """The JSON text :func:`payload_hash` writes for ``value`` as one value of a payload.
+
+    The encoder writes a value inside a dict as it writes it alone, so a payload's text can be joined
+    from its values' texts (``engine.columnar.payload_digests``) and give the same digest.
+    """
+    return _WRITERS[type(value)](value)
+
+
+def json_writer(kind: type) -> Callable[[Any], str]:
+    """:func:`value_json` for values of exactly this class, chosen once per class."""
+    return _WRITERS[kind]
+
+
+class _Writers(dict):
+    """Class → the function that writes its values as the encoder does, without it where that is simple.
+
+    Text, none, booleans and integers are written directly; a value ``json`` cannot write goes through
+    its converter (:class:`_Converters`, the one the encoder's ``default`` calls): a converted value
+    that is text (a date, an amount) is written directly, a dataclass as its converter's dict (keys
+    in order, each value written by its own class's writer); anything else is the encoder's.
+    """
+
+    def __missing__(self, kind: type) -> Callable[[Any], str]:
+        writer = self[kind] = _writer_for(kind)
+        return writer
+
+
+def _writer_for(kind: type) -> Callable[[Any], str]:
+    if kind is str:
+        return _encode_text
+    if kind is type(None):
+        return lambda value: "null"
+    if kind is bool:
+        return lambda value: "true" if value else "false"
+    if kind is int:
+        return int.__repr__
+    if issubclass(kind, (str, int, float, list, tuple, dict)):  # what the encoder writes itself
+        return _encode
+    if issubclass(kind, (Decimal, dt.date)):
+        convert = _CONVERTERS[kind]
+        return lambda value: _encode_text(convert(value))
+    if dataclasses.is_dataclass(kind) and not hasattr(kind, "__slots__"):
+        return _dataclass_writer(kind)
+    return _encode
+
+
+def _dataclass_writer(kind: type) -> Callable[[Any], str]:
+    """``{"__type__":"Name","field":value ...}`` with the keys in order, as the encoder writes the
+    converter's dict (:func:`_dataclass_converter`): only compared fields."""
+    names = sorted(["__type__", *(f.name for f in dataclasses.fields(kind) if f.compare)])
+    type_text = _encode_text(kind.__name__)
+    keys = [(name, _encode_text(name) + ":") for name in names]
+
+    def write(value: Any) -> str:
+        return "{" + ",".join([key + (type_text if name == "__type__" else value_json(getattr(value, name)))
+                               for name, key in keys]) + "}"
+
+    return write
+
+
+_WRITERS = _Writers()

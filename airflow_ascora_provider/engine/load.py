@@ -155,7 +155,7 @@ class MapLoader:
         ids = [r.source_id for r in outcome.records]
         existing = self.ledger.crosswalk_get_many(ctx.destination_name, om.source, ids, om.target)
         for record in outcome.records:
-            digest = payload_hash(record.payload)
+            digest = record.digest or payload_hash(record.payload)
             entry = existing.get((record.source_id, om.target))
             # A map of existing records (users) arrives with its record already found; the user it
             # was written to before must still be that one for the write to be skipped.

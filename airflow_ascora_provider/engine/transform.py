@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from airflow_ascora_provider.destinations.spec import OutgoingRecord
 from airflow_ascora_provider.engine.batching import chunked
+from airflow_ascora_provider.engine.columnar import Batch, FieldColumns, payload_digests
 from airflow_ascora_provider.engine.context import MigrationContext
 from airflow_ascora_provider.ledger import QuarantineEntry
 from airflow_ascora_provider.mapping.spec import FieldMap, ObjectMap
@@ -287,6 +288,12 @@ class BatchTransformer:
         self.row_fields = [fm for fm in object_map.fields if fm.transform == "related_rows"]
         self.related_refs = [part for fm in object_map.fields if fm.transform == "refs"
                              for part in fm.options.get("related") or ()]
+        # A batch's fields a column at a time (engine.columnar), unless two field maps write the same
+        # destination field: then which value wins depends on the record-by-record loop's order.
+        dest_names = [fm.dest_field for fm in object_map.fields]
+        self.columns = FieldColumns(object_map.fields) if len(set(dest_names)) == len(dest_names) else None
+        self._digest_keys = dest_names + ([object_map.key_field] if object_map.key_field
+                                          and object_map.key_field not in dest_names else [])
         self.used = object_map.used_source_fields()
         self._used_order = tuple(self.used)  # the set's own order, read once: see source_values
         self.unique_fields = [fm for fm in object_map.fields if fm.options.get("unique")]
@@ -390,6 +397,92 @@ class BatchTransformer:
             applicable = [r for r in applicable if r["id"] in existing]
         outcome.not_for_this_map = len(records) - len(applicable)
         bctx = _BatchContext(self.ctx, self._prefetch(records, applicable), self.users, self.related)
+        if self.columns is not None:
+            self._transform_columns(applicable, existing, bctx, outcome)
+        else:
+            self._transform_rows(applicable, existing, bctx, outcome)
+        return outcome
+
+    def _transform_columns(self, applicable: list[dict[str, Any]], existing: dict[str, str],
+                           bctx: _BatchContext, outcome: TransformOutcome) -> None:
+        """:meth:`_transform_rows`'s outcome, the fields computed a column at a time (engine.columnar).
+
+        Records whose extraction issues quarantine them are set aside first (no transform runs on
+        them, as in the loop); the rest are transformed together, then taken in staging order: the
+        first failing field quarantines a record, the file and unique checks run per record as in the
+        loop, and the payload digests of the records that go out are joined from column fragments.
+        """
+        om, used, used_order = self.map, self.used, self._used_order
+        quarantined = outcome.quarantined
+        # Position in ``applicable`` -> the entries of a record its extraction issues quarantine.
+        set_aside: dict[int, list[QuarantineEntry]] = {}
+        live = applicable
+        if self.ctx.field_issue_policy == "quarantine" and any(r.get(ISSUES_COLUMN) for r in applicable):
+            live = []
+            for position, record in enumerate(applicable):
+                problems = self._field_problems(record, used) if record.get(ISSUES_COLUMN) else None
+                if problems:
+                    set_aside[position] = problems
+                else:
+                    live.append(record)
+        columns, failed = self.columns.compute(Batch(live), bctx)
+        key_field, dest_fields = om.key_field, self.dest_fields
+        out_rows: list[int] = []
+        position = 0
+        for row, (record, values) in enumerate(zip(live, zip(*columns) if columns else [()] * len(live))):
+            while position in set_aside:
+                quarantined.extend(set_aside.pop(position))
+                position += 1
+            position += 1
+            source_id = record["id"]
+            problem = failed.get(row)
+            if problem is not None:
+                error = problem[1]
+                if not isinstance(error, TransformError):
+                    raise error
+                quarantined.append(QuarantineEntry(
+                    source_object=om.source, source_id=source_id, field=error.field, value=error.value,
+                    reason=f"[{om.name}] {error.reason}", stage="transform"))
+                continue
+            payload = dict(zip(dest_fields, values))
+            too_big = self._oversized_file(payload) if self.file_fields else None
+            taken = None if too_big else self._held_by_another(source_id, payload) if self.unique_fields else None
+            if too_big or taken:
+                field_name, value, reason = too_big or taken
+                quarantined.append(QuarantineEntry(
+                    source_object=om.source, source_id=source_id, field=field_name, value=value,
+                    reason=f"[{om.name}] {reason}", stage="transform"))
+                continue
+            if key_field:
+                payload[key_field] = source_id
+            outcome.records.append(OutgoingRecord(source_id=source_id, payload=payload,
+                                                  dest_id=existing.get(source_id)))
+            outcome.source_values[source_id] = dict(zip(used_order, map(record.get, used_order)))
+            out_rows.append(row)
+        for entries in set_aside.values():
+            quarantined.extend(entries)
+        if outcome.records:
+            self._digests(outcome.records, columns, out_rows, len(live))
+
+    def _digests(self, records: list[OutgoingRecord], columns: list[list[Any]], rows: list[int], n: int) -> None:
+        """Each outgoing record's payload digest, from the batch's columns (see payload_digests)."""
+        if len(rows) < n:
+            columns = [[column[row] for row in rows] for column in columns]
+        if len(self._digest_keys) > len(columns) or self.map.key_field:
+            ids = [record.source_id for record in records]
+            columns = list(columns)
+            if len(self._digest_keys) > len(columns):
+                columns.append(ids)
+            else:
+                columns[self.dest_fields.index(self.map.key_field)] = ids
+        for record, digest in zip(records, payload_digests(self._digest_keys, columns)):
+            record.digest = digest
+
+    def _transform_rows(self, applicable: list[dict[str, Any]], existing: dict[str, str],
+                        bctx: _BatchContext, outcome: TransformOutcome) -> None:
+        """Record by record: the reference the columnar path (:meth:`_transform_columns`) is held to,
+        and the way for a map that writes one destination field twice."""
+        om = self.map
         used, used_order = self.used, self._used_order
         quarantine_issues = self.ctx.field_issue_policy == "quarantine"
         for record in applicable:
@@ -442,7 +535,6 @@ class BatchTransformer:
             outcome.records.append(OutgoingRecord(source_id=source_id, payload=payload,
                                                   dest_id=existing.get(source_id)))
             outcome.source_values[source_id] = dict(zip(used_order, map(record.get, used_order)))
-        return outcome
 
     def first_holders(self) -> dict[str, dict[str, str]]:
         """Per ``unique`` field, each value more than one of this map's records holds → the id of the

@@ -61,6 +61,24 @@ class TransformContext(Protocol):
 Getter = Callable[[dict[str, Any], TransformContext], Any]
 
 
+class Batch(Protocol):
+    """The records of a batch as a column transform reads them (``engine.columnar.Batch``)."""
+
+    n: int
+    records: list[dict[str, Any]]
+
+    def column(self, name: str) -> list[Any]: ...
+
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any: ...
+
+
+#: What a transform bound to one field map computes for a whole batch at once: ``(batch, ctx) ->
+#: [value per record]``, the same values its :data:`Getter` gives record by record. It may raise
+#: (a value it cannot convert, a value a rule refuses): the engine then asks the getter record by
+#: record, which names the record and field. See :attr:`Transform.columns`.
+ColumnGetter = Callable[[Batch, TransformContext], list[Any]]
+
+
 @dataclass(frozen=True)
 class Transform:
     """A named transform, given as ``apply`` or as ``bind``; the other is derived from it.
@@ -77,6 +95,10 @@ class Transform:
     check: Callable[[Any, ObjectSchema], list[str]] = lambda fm, schema: []
     description: str = ""
     bind: Callable[[Any], Getter] | None = None  # FieldMap -> Getter
+    #: ``FieldMap -> ColumnGetter | None``: the same transform over a whole batch's column (list
+    #: comprehensions, no Python call per record and field), for the simple transforms most fields
+    #: use; None (or a binder answering None) means the engine calls the getter per record.
+    columns: Callable[[Any], ColumnGetter | None] | None = None
 
     def __post_init__(self) -> None:
         if self.bind is None:
@@ -130,8 +152,22 @@ def _first_of(sources: tuple[str, ...]) -> Getter:
     return first
 
 
+def _first_column(sources: tuple[str, ...]) -> Callable[[Batch], list[Any]] | None:
+    """:func:`_first_of` over a batch: the one source's column, empty text as none. Several sources
+    (rare) are left to the getter."""
+    if len(sources) != 1:
+        return None
+    (source,) = sources
+    return lambda batch: [None if value == "" else value for value in batch.column(source)]
+
+
 def _bind_copy(fm) -> Getter:
     return _first_of(fm.sources)
+
+
+def _columns_copy(fm) -> ColumnGetter | None:
+    first = _first_column(fm.sources)
+    return None if first is None else (lambda batch, ctx: first(batch))
 
 
 def _concat(record, fm, ctx):
@@ -210,6 +246,18 @@ def _bind_currency(fm) -> Getter:
     return money
 
 
+def _columns_currency(fm) -> ColumnGetter | None:
+    first, currency = _first_column(fm.sources), fm.options.get("currency")
+    if first is None:
+        return None
+
+    def money(batch, ctx):
+        code = currency or ctx.currency
+        return [None if value is None else Money(Decimal(value), code) for value in first(batch)]
+
+    return money
+
+
 def _converting(convert: Callable[[Any], Any]) -> Callable[[Any], Getter]:
     """A binder: the first source's value through ``convert``; no value stays none."""
     def bind(fm) -> Getter:
@@ -220,6 +268,17 @@ def _converting(convert: Callable[[Any], Any]) -> Callable[[Any], Getter]:
             return None if value is None else convert(value)
 
         return converted
+
+    return bind
+
+
+def _converting_columns(convert: Callable[[Any], Any]) -> Callable[[Any], ColumnGetter | None]:
+    """:func:`_converting` over a batch's column."""
+    def bind(fm) -> ColumnGetter | None:
+        first = _first_column(fm.sources)
+        if first is None:
+            return None
+        return lambda batch, ctx: [None if value is None else convert(value) for value in first(batch)]
 
     return bind
 
@@ -239,6 +298,13 @@ def _bind_date(fm) -> Getter:
     return date
 
 
+def _columns_date(fm) -> ColumnGetter | None:
+    first, datetime = _first_column(fm.sources), dt.datetime
+    if first is None:
+        return None
+    return lambda batch, ctx: [v.date() if isinstance(v, datetime) else v for v in first(batch)]
+
+
 def _bind_datetime(fm) -> Getter:
     first = _first_of(fm.sources)
 
@@ -249,6 +315,15 @@ def _bind_datetime(fm) -> Getter:
         return value
 
     return datetime
+
+
+def _columns_datetime(fm) -> ColumnGetter | None:
+    first, date, datetime, utc = _first_column(fm.sources), dt.date, dt.datetime, dt.UTC
+    if first is None:
+        return None
+    return lambda batch, ctx: [datetime(v.year, v.month, v.day, tzinfo=utc)
+                               if isinstance(v, date) and not isinstance(v, datetime) else v
+                               for v in first(batch)]
 
 
 def _email(record, fm, ctx):
@@ -298,6 +373,11 @@ def _bind_constant(fm) -> Getter:
     return lambda record, ctx: value
 
 
+def _columns_constant(fm) -> ColumnGetter:
+    value = fm.options.get("value")
+    return lambda batch, ctx: [value] * batch.n
+
+
 def _bind_value_map(fm) -> Getter:
     first, values = _first_of(fm.sources), fm.options.get("values") or {}
     for_empty, default = fm.options.get("default_for_empty"), fm.default
@@ -314,6 +394,21 @@ def _bind_value_map(fm) -> Getter:
                              f"no value-map entry for {value!r} in {fm.dest_field}; add it to the mapping")
 
     return pick
+
+
+def _columns_value_map(fm) -> ColumnGetter | None:
+    """:func:`_bind_value_map` over a column: values the map lists (or none) in one comprehension, the
+    rest through the getter's own ``pick`` (the default, or the error)."""
+    first, values = _first_column(fm.sources), fm.options.get("values") or {}
+    if first is None:
+        return None
+    for_empty, pick = fm.options.get("default_for_empty"), _bind_value_map(fm)
+
+    def picks(batch, ctx):
+        return [for_empty if value is None else values[value] if value in values else pick({fm.sources[0]: value}, ctx)
+                for value in first(batch)]
+
+    return picks
 
 
 def _check_value_map(fm, schema) -> list[str]:
@@ -369,6 +464,16 @@ def _bind_json_key(fm) -> Getter:
     return answer
 
 
+def _columns_json_key(fm) -> ColumnGetter | None:
+    first, key, read = _first_column(fm.sources), fm.options["key"], _type_reader(fm)
+    if first is None:
+        return None
+    if read is None:
+        return lambda batch, ctx: [json_answers(text).get(key) if text else None for text in first(batch)]
+    return lambda batch, ctx: [None if not text or (value := json_answers(text).get(key)) is None else read(value)
+                               for text in first(batch)]
+
+
 def _check_json_key(fm, schema) -> list[str]:
     return [] if fm.options.get("key") else ["json_key needs 'key' (the custom field or form field name)"]
 
@@ -406,6 +511,28 @@ def _bind_lookup(fm) -> Getter:
         return ref
 
     return lookup
+
+
+def _columns_lookup(fm) -> ColumnGetter | None:
+    """:func:`_bind_lookup` over a column, for the usual lookup: one source read as is (no ``through``),
+    the same parent maps for every record (no ``by_type``). A required parent that is missing makes
+    the getter name the record."""
+    first = _first_column(fm.sources)
+    if first is None or fm.options.get("through") or fm.options.get("by_type"):
+        return None
+    maps, required = _maps_for({}, fm), fm.required
+
+    def lookups(batch, ctx):
+        if not maps:
+            refs = [None] * batch.n
+        else:
+            resolve = ctx.resolve
+            refs = [None if value is None else resolve(maps, str(value)) for value in first(batch)]
+        if required and None in refs:
+            raise TransformError(fm.sources[0], None, "a required parent is missing: asked record by record")
+        return refs
+
+    return lookups
 
 
 def _maps_for(record, fm) -> list[str]:
@@ -469,8 +596,24 @@ def _bind_owner(fm) -> Getter:
     return owner
 
 
-def _bind_related(fm) -> Getter:
-    """A value from another staged object: the job's quote amount, the job's latest invoice ..."""
+def _columns_owner(fm) -> ColumnGetter | None:
+    """:func:`_bind_owner` over a column: each staff name asked once per batch (the same answer)."""
+    first, get = _first_column(fm.sources), _bind_owner(fm)
+    if first is None:
+        return None
+    source = fm.sources[0]
+
+    def owners(batch, ctx):
+        known: dict[Any, Any] = {}
+        return [known[name] if name in known else known.setdefault(name, get({source: name}, ctx))
+                for name in first(batch)]
+
+    return owners
+
+
+def _related_parts(fm) -> tuple[str, str, str, bool, Callable[[list[dict[str, Any]]], Any]]:
+    """What a ``related`` field reads, bound once: ``(own field, related object, its key field, via,
+    the value of a record's related rows (never empty))``. The getter and the column transform share it."""
     opts = fm.options
     object_name, template, key, read = opts["object"], opts.get("template"), opts.get("key"), _type_reader(fm)
     field = opts["field"] if "template" not in opts else None
@@ -480,13 +623,7 @@ def _bind_related(fm) -> Getter:
     via = "via" in opts
     own_field, key_field = (opts["via"], "id") if via else (opts.get("match", "id"), opts["by"])
 
-    def related(record, ctx):
-        value = record.get(own_field)
-        if (not value) if via else (value is None):
-            return None
-        rows = ctx.related(object_name, key_field, value)
-        if not rows:
-            return None
+    def of_rows(rows):
         if template is not None:  # one line per related row, from several of its fields
             values = [template.format_map(_Blank(_dated(r))).strip() for r in rows]
         else:
@@ -495,6 +632,42 @@ def _bind_related(fm) -> Getter:
             values = [json_answers(v).get(key) if v else None for v in values]
         values = [v if read is None else read(v) for v in values if v is not None]
         return aggregate(values) if values else None
+
+    return own_field, object_name, key_field, via, of_rows
+
+
+def _related_key(value: Any, via: bool) -> bool:
+    """Whether a record's own value can name related rows (``via``: a non-empty id; else any value)."""
+    return bool(value) if via else value is not None
+
+
+def _bind_related(fm) -> Getter:
+    """A value from another staged object: the job's quote amount, the job's latest invoice ..."""
+    own_field, object_name, key_field, via, of_rows = _related_parts(fm)
+
+    def related(record, ctx):
+        value = record.get(own_field)
+        if not _related_key(value, via):
+            return None
+        rows = ctx.related(object_name, key_field, value)
+        return of_rows(rows) if rows else None
+
+    return related
+
+
+def _columns_related(fm) -> ColumnGetter:
+    """:func:`_bind_related` over a batch: each record's related rows looked up once per batch for every
+    field that reads the same rows (a job's fourteen form answers come from one look-up per job)."""
+    own_field, object_name, key_field, via, of_rows = _related_parts(fm)
+
+    def rows_column(batch, ctx):
+        related = ctx.related
+        return [related(object_name, key_field, value) if _related_key(value, via) else None
+                for value in batch.column(own_field)]
+
+    def related(batch, ctx):
+        rows_of = batch.memo(("related", own_field, object_name, key_field, via), lambda: rows_column(batch, ctx))
+        return [of_rows(rows) if rows else None for rows in rows_of]
 
     return related
 
@@ -776,36 +949,36 @@ _ADDRESS_FIELDS = ("address_line1", "address_line2", "suburb", "state", "postcod
 TRANSFORMS: dict[str, Transform] = {
     t.name: t
     for t in (
-        Transform("copy", bind=_bind_copy, description="the source value unchanged"),
+        Transform("copy", bind=_bind_copy, columns=_columns_copy, description="the source value unchanged"),
         Transform("concat", _concat, description="non-empty sources joined with 'sep'"),
         Transform("template", bind=_bind_template, check=lambda fm, s: [] if fm.options.get("template") else
                   ["template needs 'template'"], description="'{job_number}: {name}' style"),
         Transform("full_name", _full_name, ("first_name", "last_name"), description="first/last, or split 'fallback'"),
         Transform("split_name", _split_name, ("name",), description="'Jane Q Citizen' → first 'Jane Q', last 'Citizen'"),
         Transform("address", _address, _ADDRESS_FIELDS, description="street, suburb, state, postcode, country"),
-        Transform("currency", bind=_bind_currency, description="money in the mapping's currency"),
-        Transform("number", bind=_bind_number),
-        Transform("date", bind=_bind_date),
-        Transform("datetime", bind=_bind_datetime),
-        Transform("boolean", bind=_bind_boolean),
+        Transform("currency", bind=_bind_currency, columns=_columns_currency, description="money in the mapping's currency"),
+        Transform("number", bind=_bind_number, columns=_converting_columns(Decimal)),
+        Transform("date", bind=_bind_date, columns=_columns_date),
+        Transform("datetime", bind=_bind_datetime, columns=_columns_datetime),
+        Transform("boolean", bind=_bind_boolean, columns=_converting_columns(bool)),
         Transform("email", _email, ("email",)),
         Transform("phone", _phone, ("phone", "mobile")),
         Transform("link", _link, description="a URL, or the domain of an e-mail address"),
         Transform("rich_text", _rich_text),
         Transform("file", _file, ("file_name", "file_uri", "sha256", "size_bytes", "content_type"),
                   description="a staged file to upload (compared by content)"),
-        Transform("constant", bind=_bind_constant),
-        Transform("value_map", bind=_bind_value_map, check=_check_value_map,
+        Transform("constant", bind=_bind_constant, columns=_columns_constant),
+        Transform("value_map", bind=_bind_value_map, columns=_columns_value_map, check=_check_value_map,
                   description="pick-list values one by one"),
-        Transform("json_key", bind=_bind_json_key, check=_check_json_key,
+        Transform("json_key", bind=_bind_json_key, columns=_columns_json_key, check=_check_json_key,
                   description="one custom field or form answer"),
-        Transform("lookup", bind=_bind_lookup, check=_check_lookup,
+        Transform("lookup", bind=_bind_lookup, columns=_columns_lookup, check=_check_lookup,
                   description="destination id of a parent via the crosswalk"),
         Transform("attach", bind=_bind_attach, check=_check_lookup,
                   description="parents a note/task/file hangs off"),
-        Transform("owner", bind=_bind_owner, default_sources=("assigned_user_name",),
+        Transform("owner", bind=_bind_owner, columns=_columns_owner, default_sources=("assigned_user_name",),
                   description="staff member → destination user"),
-        Transform("related", bind=_bind_related, check=_check_related,
+        Transform("related", bind=_bind_related, columns=_columns_related, check=_check_related,
                   description="a value from another staged object"),
         Transform("refs", bind=_bind_refs, check=_check_refs,
                   description="several parents for a field that takes a list (a deal's contacts)"),

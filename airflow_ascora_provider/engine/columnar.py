@@ -1,0 +1,176 @@
+"""A batch's fields computed a column at a time, and its payload digests from pre-encoded fragments.
+
+Record by record, a batch cost a Python call per record and field (a job has seventy), a dict look-up
+per value read, and for the payload hash a walk of every payload by the JSON encoder. Here each field
+map's transform runs once per batch over the batch's column of its source (``Transform.columns``:
+list comprehensions over Python lists), the payloads are zipped from the columns, and each payload's
+canonical JSON text is joined from per-column fragments.
+
+The per-record getter (``Transform.bind``) stays the rule: a transform without a column form (address,
+template, refs, related_rows, choose, file ...) is asked record by record, and so is a column
+transform that raises on any record of the batch (a value it cannot convert, a required parent that
+is missing): the getter then names the record and field, and the record is quarantined exactly as
+the record-by-record loop would. A record's first failing field in mapping order is the one
+reported, and an exception that is not a ``TransformError`` is raised when the loop would have
+reached it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from json.encoder import encode_basestring
+from typing import Any
+
+from airflow_ascora_provider.engine.context import json_writer, payload_hash, value_json
+from airflow_ascora_provider.mapping.spec import FieldMap
+from airflow_ascora_provider.mapping.transforms import TRANSFORMS, Getter, TransformError
+
+
+class Batch:
+    """The records of one batch as column transforms read them: each source column built once."""
+
+    __slots__ = ("records", "n", "_columns", "_memo")
+
+    def __init__(self, records: list[dict[str, Any]]):
+        self.records = records
+        self.n = len(records)
+        self._columns: dict[str, list[Any]] = {}
+        self._memo: dict[Any, Any] = {}
+
+    def column(self, name: str) -> list[Any]:
+        column = self._columns.get(name)
+        if column is None:
+            column = self._columns[name] = [record.get(name) for record in self.records]
+        return column
+
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """What several fields of the batch share (a job's related rows), computed once."""
+        if key in self._memo:
+            return self._memo[key]
+        value = self._memo[key] = compute()
+        return value
+
+
+class _Failed:
+    """A record's field that raised: the error, raised or quarantined if the record gets that far."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class FieldColumns:
+    """One map's fields, each as its column transform or its bound per-record getter, bound once per task.
+
+    :meth:`compute` gives, per field map in the mapping's order, the batch's values (the default put in
+    for none), and per record (by position) the first field that failed: ``(field index, error)``.
+    """
+
+    def __init__(self, fields: list[FieldMap]):
+        self.fields = []
+        for fm in fields:
+            transform = TRANSFORMS[fm.transform]
+            column = transform.columns(fm) if transform.columns is not None else None
+            required = ((fm.sources[0] if fm.sources else fm.dest_field, None,
+                         f"{fm.dest_field} is required by the mapping but has no value") if fm.required else None)
+            self.fields.append((column, transform.bind(fm), fm.default, required))
+
+    def compute(self, batch: Batch, ctx: Any) -> tuple[list[list[Any]], dict[int, tuple[int, Exception]]]:
+        columns: list[list[Any]] = []
+        failed: dict[int, tuple[int, Exception]] = {}
+        for index, (column, get, default, required) in enumerate(self.fields):
+            values = None
+            if column is not None:
+                try:
+                    values = column(batch, ctx)
+                except Exception:  # noqa: BLE001 - the getter, record by record, decides what it was
+                    values = None
+            if values is None:
+                values = _per_record(get, batch.records, ctx)
+                for row, value in enumerate(values):
+                    if type(value) is _Failed and row not in failed:
+                        failed[row] = (index, value.error)
+            if default is not None:
+                values = [default if value is None else value for value in values]
+            elif required is not None and None in values:
+                for row, value in enumerate(values):
+                    if value is None and row not in failed:
+                        failed[row] = (index, TransformError(*required))
+            columns.append(values)
+        return columns, failed
+
+
+def _per_record(get: Getter, records: list[dict[str, Any]], ctx: Any) -> list[Any]:
+    """The getter over every record; a record it raises for holds the error (see :class:`_Failed`)."""
+    try:
+        return [get(record, ctx) for record in records]
+    except Exception:  # noqa: BLE001 - asked again one by one, to know which records
+        pass
+    values = []
+    for record in records:
+        try:
+            values.append(get(record, ctx))
+        except Exception as exc:  # noqa: BLE001 - kept for the record, raised or quarantined there
+            values.append(_Failed(exc))
+    return values
+
+
+def payload_digests(keys: list[str], columns: list[list[Any]]) -> list[str | None]:
+    """Per record, :func:`~airflow_ascora_provider.engine.context.payload_hash` of the payload whose
+    ``keys`` (unique) hold the records' values in ``columns``, without encoding each payload whole.
+
+    The canonical text is ``{"key":value,...}`` in key order: each key is encoded once and each
+    value by :func:`~airflow_ascora_provider.engine.context.value_json` (text, none, numbers and
+    shared values such as one parent's reference without the encoder). A record with a value that
+    cannot be encoded gets None: the loader hashes its payload itself (and fails there as before).
+    """
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    parts = []
+    for index in order:
+        prefix = encode_basestring(keys[index]) + ":"
+        parts.append(_fragments(prefix, columns[index]))
+    if not parts:
+        return [payload_hash({})] * (len(columns[0]) if columns else 0)
+    blake2b = hashlib.blake2b
+    return [None if None in row else blake2b(("{" + ",".join(row) + "}").encode("utf-8"), digest_size=16).hexdigest()
+            for row in zip(*parts)]
+
+
+def _fragments(prefix: str, values: list[Any]) -> list[str | None]:
+    """``prefix + value_json(value)`` per value; None where the value cannot be encoded.
+
+    A column mostly holds one class of value (and none): its writer is chosen once for the column.
+    Values that are one object shared by many records (a parent's reference) are written once.
+    """
+    null = prefix + "null"
+    kinds = set(map(type, values))
+    kinds.discard(_NONE)
+    if len(kinds) == 1:
+        write = json_writer(kinds.pop())
+        try:
+            if write is encode_basestring or not _is_shared(values):
+                return [null if value is None else prefix + write(value) for value in values]
+            written: dict[int, str] = {}
+            return [null if value is None else written[key] if (key := id(value)) in written
+                    else written.setdefault(key, prefix + write(value)) for value in values]
+        except (TypeError, ValueError):
+            pass
+    elif not kinds:
+        return [null] * len(values)
+    out: list[str | None] = []
+    for value in values:
+        try:
+            out.append(prefix + value_json(value))
+        except (TypeError, ValueError):
+            out.append(None)
+    return out
+
+
+def _is_shared(values: list[Any]) -> bool:
+    """Whether the column's values are objects several records share (parents' references, owners)."""
+    return len(set(map(id, values))) < len(values) // 2
+
+
+_NONE = type(None)

@@ -1,0 +1,202 @@
+"""The column transforms give exactly what their per-record getters give.
+
+``Transform.columns`` computes a field for a whole batch at once (``engine.columnar``); the getter
+(``Transform.bind``) is the rule. These tests hold every column transform to its getter over batches
+with the edge cases (empty text, none, Decimal places, dates and datetimes, missing parents, values a
+value map does not list, answers that are not numbers), and the payload digests joined from column
+fragments to ``payload_hash`` of the same payloads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from decimal import Decimal
+
+import pytest
+
+from airflow_ascora_provider.engine.columnar import Batch, FieldColumns, payload_digests
+from airflow_ascora_provider.engine.context import _encode, payload_hash, value_json
+from airflow_ascora_provider.mapping.spec import FieldMap
+from airflow_ascora_provider.mapping.transforms import TRANSFORMS, TransformError
+from airflow_ascora_provider.mapping.values import (
+    Address, AttachTo, DestRef, Emails, FileRef, FullName, Link, Money, Phones, RichText, UserRef)
+from tests.unit.test_transform_fast_paths import ANSWERS, Ctx
+
+CTX = Ctx(refs={("company", "c1"): DestRef("company", "d-c1"), ("person", "c2"): DestRef("person", "d-p2")},
+          related={("form_response", "job_id", "j1"): [{"answers": ANSWERS}, {"answers": '{"Signed": "Al"}'}],
+                   ("form_response", "job_id", "j2"): [{"answers": ""}, {"answers": None}],
+                   ("quote", "id", "q1"): [{"total_ex_tax": Decimal("10.50"), "status": "Sent"}],
+                   ("quote", "id", "q2"): [{"total_ex_tax": None, "status": None}]})
+RECORDS = [
+    {"id": "j1", "name": "Job", "total": Decimal("10.50"), "when": dt.datetime(2026, 2, 3, 4, 5),
+     "day": dt.date(2026, 2, 3), "flag": 0, "status": "Open", "answers": ANSWERS, "customer_id": "c1",
+     "staff": "Sam", "quote_id": "q1", "text": "12"},
+    {"id": "j2", "name": "", "total": None, "when": dt.date(2026, 2, 3), "day": dt.datetime(2026, 2, 3, 4, 5),
+     "flag": "yes", "status": "", "answers": "", "customer_id": "c2", "staff": "", "quote_id": "q2",
+     "text": ""},
+    {"id": "j3", "name": None, "total": "7.000", "when": None, "day": None, "flag": None, "status": None,
+     "answers": '{"Pressure": "high"}', "customer_id": "nope", "staff": None, "quote_id": "", "text": None},
+    {"id": "j4", "total": 3, "status": "Held", "customer_id": 5, "quote_id": "missing", "text": "1e3"},
+]
+FIELDS = [
+    FieldMap("copy", "copy", ("name",), {}),
+    FieldMap("copy_n", "copy", ("total",), {}),
+    FieldMap("currency", "currency", ("total",), {}),
+    FieldMap("currency_nzd", "currency", ("total",), {"currency": "NZD"}),
+    FieldMap("number", "number", ("text",), {}),
+    FieldMap("date", "date", ("when",), {}),
+    FieldMap("date_of_date", "date", ("day",), {}),
+    FieldMap("datetime", "datetime", ("day",), {}),
+    FieldMap("datetime_of_datetime", "datetime", ("when",), {}),
+    FieldMap("boolean", "boolean", ("flag",), {}),
+    FieldMap("constant", "constant", (), {"value": "X"}),
+    FieldMap("value_map", "value_map", ("status",), {"values": {"Open": "OPEN", "Held": "HELD"},
+                                                     "default_for_empty": "NONE"}),
+    FieldMap("value_map_default", "value_map", ("status",), {"values": {"Open": "OPEN"}}, default="OTHER"),
+    FieldMap("value_map_unlisted", "value_map", ("status",), {"values": {"Open": "OPEN"}}),
+    FieldMap("json_key", "json_key", ("answers",), {"key": "Signed"}),
+    FieldMap("json_key_number", "json_key", ("answers",), {"key": "Pressure", "as": "number"}),
+    FieldMap("lookup", "lookup", ("customer_id",), {"map": "company"}),
+    FieldMap("lookup_two_maps", "lookup", ("customer_id",), {"map": ["company", "person"]}),
+    FieldMap("lookup_required", "lookup", ("customer_id",), {"map": "company"}, required=True),
+    FieldMap("owner", "owner", ("staff",), {}),
+    FieldMap("related_join", "related", (), {"object": "form_response", "by": "job_id", "field": "answers",
+                                             "key": "Signed", "aggregate": "join"}),
+    FieldMap("related_number", "related", (), {"object": "form_response", "by": "job_id", "field": "answers",
+                                               "key": "Pressure", "as": "number"}),
+    FieldMap("related_sum", "related", (), {"object": "quote", "via": "quote_id", "field": "total_ex_tax",
+                                            "aggregate": "sum"}),
+    FieldMap("related_template", "related", (), {"object": "quote", "via": "quote_id",
+                                                 "template": "{status}: {total_ex_tax}"}),
+    FieldMap("related_count", "related", (), {"object": "form_response", "by": "job_id", "field": "answers",
+                                              "aggregate": "count"}),
+]
+
+
+def _getter_values(fm, records):
+    get = TRANSFORMS[fm.transform].bind(fm)
+    out = []
+    for record in records:
+        try:
+            out.append(("value", get(record, CTX)))
+        except Exception as exc:  # noqa: BLE001 - what the rule does with this record, compared
+            out.append(("error", type(exc)))
+    return out
+
+
+@pytest.mark.parametrize("fm", FIELDS, ids=[fm.dest_field for fm in FIELDS])
+@pytest.mark.parametrize("rows", [slice(None), slice(0, 2), slice(0, 1), slice(0, 0)], ids=["all", "two", "one", "none"])
+def test_a_column_transform_answers_as_its_getter_does(fm, rows):
+    records = RECORDS[rows]
+    column = TRANSFORMS[fm.transform].columns(fm)
+    assert column is not None, "every field here has a column form"
+    expected = _getter_values(fm, records)
+    try:
+        got = column(Batch(records), CTX)
+    except Exception:  # noqa: BLE001 - allowed only where the getter raises for some record
+        assert any(kind == "error" for kind, _ in expected), fm.dest_field
+        return
+    assert all(kind == "value" for kind, _ in expected), (fm.dest_field, expected)
+    # repr: Decimal('10.50') is not Decimal('10.5') there, a date is not a datetime, True is not 1.
+    assert repr(got) == repr([value for _, value in expected])
+
+
+def test_transforms_without_a_column_form_are_left_to_the_getter():
+    for fm in (FieldMap("x", "copy", ("a", "b"), {}),
+               FieldMap("x", "lookup", ("customer_id",), {"map": "company", "through": {"object": "job",
+                                                                                    "field": "customer_id"}}),
+               FieldMap("x", "lookup", ("customer_id",), {"by_type": {"field": "t", "maps": {}}})):
+        assert TRANSFORMS[fm.transform].columns(fm) is None
+    assert {name for name, t in TRANSFORMS.items() if t.columns is None} >= {
+        "template", "address", "refs", "related_rows", "choose", "file", "attach"}
+
+
+def test_field_columns_report_each_records_first_failing_field_as_the_record_loop_does():
+    fields = [
+        FieldMap("a", "value_map", ("status",), {"values": {"Open": "OPEN"}}),  # j4 "Held": unlisted
+        FieldMap("b", "lookup", ("customer_id",), {"map": "company"}, required=True),  # j2..j4: missing
+        FieldMap("c", "copy", ("name",), {}, required=True),  # j2, j3, j4: none
+        FieldMap("d", "copy", ("name",), {}, default="D"),
+        FieldMap("e", "currency", ("total",), {}),  # j4: Decimal(3) fine
+    ]
+    columns, failed = FieldColumns(fields).compute(Batch(RECORDS), CTX)
+    assert set(failed) == {1, 2, 3}
+    assert failed[1][0] == 1 and "parent c2 was not loaded" in failed[1][1].reason
+    assert failed[2][0] == 1 and failed[3][0] == 0 and "no value-map entry for 'Held'" in failed[3][1].reason
+    assert columns[3] == ["Job", "D", "D", "D"]
+    assert repr(columns[4][0]) == repr(Money(Decimal("10.50"), "AUD"))
+
+    only_required = FieldColumns([FieldMap("c", "copy", ("name",), {}, required=True)])
+    _, failed = only_required.compute(Batch(RECORDS), CTX)
+    assert {row: error.reason for row, (_, error) in failed.items()} == {
+        row: "c is required by the mapping but has no value" for row in (1, 2, 3)}
+
+
+def test_an_error_that_is_not_a_transform_error_is_kept_for_its_record():
+    bad = FieldColumns([FieldMap("n", "number", ("text",), {})])
+    records = [{"text": "1"}, {"text": "not a number"}]
+    columns, failed = bad.compute(Batch(records), CTX)
+    assert columns[0][0] == Decimal("1") and set(failed) == {1}
+    assert not isinstance(failed[1][1], TransformError)
+
+
+@dataclasses.dataclass(frozen=True)
+class Slotted:
+    __slots__ = ("code",)
+    code: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Upper:
+    Zed: str
+    alpha: int
+
+
+class Text(str):
+    pass
+
+
+VALUES = [
+    None, "", "plain", 'quote " and \\ and \n', "ünïcødé ✓", Text("sub"), True, False, 0, -12, 10**20, 1.5, 1e300,
+    math.inf, Decimal("10.50"), Decimal("-0"), Decimal("1E+3"), dt.date(2026, 2, 3),
+    dt.datetime(2026, 2, 3, 4, 5, tzinfo=dt.UTC), dt.datetime(2026, 2, 3, 4, 5), Money(Decimal("10.50")),
+    Money(Decimal("1"), "NZD"), DestRef("company", "d1"), UserRef("u1", fallback=True), FullName("a", None),
+    Address("1 St", city="X", latitude=Decimal("-27.600")), Emails("a@x", ("b@x",)), Phones("1", ()),
+    Link("https://x"), RichText("**x**"), AttachTo((DestRef("a", "1"), DestRef("b", "2"))),
+    FileRef("abc", 3, "n.pdf", "application/pdf", "/tmp/n"), (1, "a"), ["x", None], {"b": 1, "a": [2]},
+    frozenset(), Slotted("s"), Upper("z", 1),
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=[f"{type(v).__name__}-{i}" for i, v in enumerate(VALUES)])
+def test_value_json_writes_a_value_as_the_encoder_does(value):
+    assert value_json(value) == _encode(value)
+
+
+def test_payload_digests_are_payload_hash():
+    keys = ["b", "a", "Zed", "_x", "ünï", "key with space"]
+    shared = DestRef("company", "d1")
+    columns = [
+        VALUES[: len(VALUES)],  # every class, one per record
+        [shared] * len(VALUES),  # one object shared by every record
+        [None] * len(VALUES),
+        [f"t{i}" for i in range(len(VALUES))],
+        [Decimal(i) / 4 if i % 3 else None for i in range(len(VALUES))],
+        [dt.date(2026, 1, 1 + i % 28) for i in range(len(VALUES))],
+    ]
+    digests = payload_digests(keys, columns)
+    for row, digest in enumerate(digests):
+        assert digest == payload_hash(dict(zip(keys, (column[row] for column in columns))))
+    assert payload_digests([], []) == []
+
+
+def test_a_value_the_encoder_refuses_leaves_the_digest_to_the_loader():
+    class Odd:
+        pass
+
+    digests = payload_digests(["a", "b"], [["x", "y"], [Odd(), "fine"]])
+    assert digests[0] is None and digests[1] == payload_hash({"a": "y", "b": "fine"})
+    with pytest.raises(TypeError):
+        payload_hash({"b": Odd()})
