@@ -82,6 +82,13 @@ def compressed_time(monkeypatch):
     monkeypatch.setattr(http_client.RetryPolicy, "__init__", init_policy)
     monkeypatch.setattr(http_client.ApiClient, "__init__", init_client)
 
+    # The pacers' rates are set in compressed time already (``published_limits``): their waits are
+    # real. Through the compressed clock a pacer would wake thirty times per wait and spin for the lock.
+    pacer_acquire, window_reserve = http_client.Pacer.acquire, http_client.RequestWindow.reserve
+    monkeypatch.setattr(http_client.Pacer, "acquire", lambda self, sleep=None: pacer_acquire(self, time.sleep))
+    monkeypatch.setattr(http_client.RequestWindow, "reserve",
+                        lambda self, weight, sleep=None: window_reserve(self, weight, time.sleep))
+
 
 @pytest.fixture
 def warmed_up(destination, tmp_path_factory):

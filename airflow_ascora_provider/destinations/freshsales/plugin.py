@@ -33,6 +33,8 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as all_ended
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -137,6 +139,10 @@ class FreshsalesDestination(Destination):
     #: twice as long each time (at most 8 s), for at most ``bulk_wait_limit`` seconds in all.
     bulk_first_wait = 0.5
     bulk_wait_limit = 600.0
+    #: Records of a batch written one call each (notes, tasks, files, updates) are sent this many at a
+    #: time, inside the same pace and hourly budget: a record that waits (a back-off, a call that
+    #: stalled) holds up only itself, not the records behind it.
+    concurrent_writes = 4
 
     def __init__(self, conn_id: str | None = None, **options: Any) -> None:
         super().__init__(conn_id, **options)
@@ -152,6 +158,7 @@ class FreshsalesDestination(Destination):
         self._products: dict[str, dict] = {}
         self._not_found: dict[str, bool] = {}  # products the last batch search did not find
         self._lead_contacts: dict[str, bool] = {}
+        self._writers: ThreadPoolExecutor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -520,15 +527,29 @@ class FreshsalesDestination(Destination):
         suspects = [i for i in bodies if not records[i].dest_id and records[i].source_id in self._suspects[target]]
         replaced = sum(1 for i in bodies if t.kind == "document" and records[i].dest_id)  # old file deleted
         self.hook.reserve(len(bodies) + len(suspects) + replaced, f"a batch of {len(bodies)} {target} records")
-        for i, body in bodies.items():
-            record = records[i]
-            try:
-                results[i] = self._write_one(t, record, body, key_field, suspect=i in suspects)
-            except _Refused as exc:
-                results[i] = WriteResult(record.source_id, None, error=str(exc), error_field=exc.field)
+        results.update(self._write_each(t, records, bodies, key_field, set(suspects)))
         for i in suspects:
             self._suspects[target].discard(records[i].source_id)
         return [results[i] for i in range(len(records))]
+
+    def _write_each(self, t: _Target, records: list[OutgoingRecord], bodies: dict[int, dict[str, Any]],
+                    key_field: str | None, suspects: set[int]) -> dict[int, WriteResult]:
+        """Write ``bodies`` one call each, ``concurrent_writes`` at a time; an error other than a record's
+        refusal is raised once every call in flight has ended (the ledger then sees none of the batch,
+        as after a crash, and the retry adopts what was written)."""
+        def write(i: int) -> WriteResult:
+            try:
+                return self._write_one(t, records[i], bodies[i], key_field, suspect=i in suspects)
+            except _Refused as exc:
+                return WriteResult(records[i].source_id, None, error=str(exc), error_field=exc.field)
+
+        if len(bodies) < 2 or self.concurrent_writes < 2:
+            return {i: write(i) for i in bodies}
+        if self._writers is None:
+            self._writers = ThreadPoolExecutor(self.concurrent_writes, thread_name_prefix="freshsales-write")
+        futures = {i: self._writers.submit(write, i) for i in bodies}
+        all_ended(futures.values())
+        return {i: future.result() for i, future in futures.items()}
 
     def _bulk_in_batch(self, t: _Target, records: list[OutgoingRecord], bodies: Mapping[int, dict[str, Any]],
                        key_field: str | None) -> list[int]:
@@ -1042,6 +1063,8 @@ class FreshsalesDestination(Destination):
         self.hook.update(t.entity, dest_id, body)
 
     def close(self) -> None:
+        if self._writers is not None:
+            self._writers.shutdown()
         self.hook.close()
 
     def api_stats(self) -> dict[str, Any]:
