@@ -99,10 +99,6 @@ TWENTY = DestinationUnderTest(
                                       "timeout": 30 / speedup},
     # 5 calls in any second: about 0.2 s a call.
     crash_pacing={"requests_per_minute": 300, "rate_window_seconds": 1.0},
-    over_time_bound=(
-        "1.63-1.84x at 5,000 records (clean 14.5 s). Paced at 100 calls a minute, every retry is a call "
-        "the limit counts: the faults add 270-430 calls (520 against 789-951; 40-48 batches of 60 cut "
-        "short and sent again), and the window pacer cannot win back calls, only idle time."),
 )
 
 
@@ -192,10 +188,6 @@ DYNAMICS = DestinationUnderTest(
     # pace of 90% of 6,000 a minute, with a window short enough to bind on a 400-record load.
     crash_pacing={"requests_per_window": 25, "window_seconds": 0.25, "batch_size": 10},
     serve=_dataverse_serve,
-    over_time_bound=(
-        "1.41-1.56x at 5,000 records (clean 11.8-15.7 s): the bound is met in some runs. 28 $batch calls "
-        "of up to 1,000 requests are cut short (15% of batches) and sent again whole or, for notes, after "
-        "a search for what landed; a cut batch is a tenth of the load's calls."),
 )
 
 
@@ -270,10 +262,6 @@ SALESFORCE = DestinationUnderTest(
     crash_pacing={"batch_size": 5},
     crash_faults=FaultPlan(rate_slow=1.0, slow_seconds=0.1),
     serve=_salesforce_serve,
-    over_time_bound=(
-        "1.55-1.68x at 5,000 records (clean 9.6-10.3 s). A third of the extra time is extraction "
-        "(Ascora-side stalls cost a learned deadline each, 5-10 s real), a third the schema step (one "
-        "Tooling API call per custom field, each fault a wait), a third the load."),
 )
 
 
@@ -374,11 +362,6 @@ FRESHSALES = DestinationUnderTest(
     # Batches of 5 at 300 calls a minute: about 0.2 s per single write call, so every kill lands
     # inside the load (bulk-capable batches of 4 or more new records are one job of 3 calls).
     crash_pacing={"requests_per_minute": 300, "batch_size": 5},
-    over_time_bound=(
-        "2.02-2.31x at 5,000 records (clean 22.5-24.4 s). Notes, tasks, documents and products are "
-        "created one call each with no upsert key: a stalled create cannot be sent again until it lands "
-        "(45 s real, looked for every 5 s), and each failed create costs a look-up and a back-off; 12 "
-        "stalls and about 240 failed calls add 25 s to a 17 s load."),
 )
 
 
@@ -434,9 +417,6 @@ ZOHO = DestinationUnderTest(
     # so that every kill lands inside the load.
     crash_pacing={"batch_size": 5},
     crash_faults=FaultPlan(rate_slow=1.0, slow_seconds=0.1),
-    over_time_bound=(
-        "1.51-1.55x at 5,000 records (clean 8.8 s): just over. Extraction and the schema step (one call "
-        "per custom field) take 2.4 s of the 4.4 s the faults add."),
 )
 
 
