@@ -22,7 +22,7 @@ from collections.abc import Callable
 from json.encoder import encode_basestring
 from typing import Any
 
-from airflow_ascora_provider.engine.context import json_writer, payload_hash, value_json
+from airflow_ascora_provider.engine.context import json_writer, value_json
 from airflow_ascora_provider.mapping.spec import FieldMap
 from airflow_ascora_provider.mapping.transforms import TRANSFORMS, Getter, TransformError
 
@@ -127,42 +127,40 @@ def payload_digests(keys: list[str], columns: list[list[Any]]) -> list[str | Non
     cannot be encoded gets None: the loader hashes its payload itself (and fails there as before).
     """
     order = sorted(range(len(keys)), key=keys.__getitem__)
-    parts = []
-    for index in order:
-        prefix = encode_basestring(keys[index]) + ":"
-        parts.append(_fragments(prefix, columns[index]))
-    if not parts:
-        return [payload_hash({})] * (len(columns[0]) if columns else 0)
+    if not order:
+        return []
+    # The payload's text with a ``%s`` for each value, keys written once: one formatting per record.
+    text = "{" + ",".join(encode_basestring(keys[index]).replace("%", "%%") + ":%s" for index in order) + "}"
+    parts = [_fragments(columns[index]) for index in order]
     blake2b = hashlib.blake2b
-    return [None if None in row else blake2b(("{" + ",".join(row) + "}").encode("utf-8"), digest_size=16).hexdigest()
+    return [None if None in row else blake2b((text % row).encode("utf-8"), digest_size=16).hexdigest()
             for row in zip(*parts)]
 
 
-def _fragments(prefix: str, values: list[Any]) -> list[str | None]:
-    """``prefix + value_json(value)`` per value; None where the value cannot be encoded.
+def _fragments(values: list[Any]) -> list[str | None]:
+    """``value_json(value)`` per value; None where the value cannot be encoded.
 
     A column mostly holds one class of value (and none): its writer is chosen once for the column.
     Values that are one object shared by many records (a parent's reference) are written once.
     """
-    null = prefix + "null"
     kinds = set(map(type, values))
     kinds.discard(_NONE)
     if len(kinds) == 1:
         write = json_writer(kinds.pop())
         try:
             if write is encode_basestring or not _is_shared(values):
-                return [null if value is None else prefix + write(value) for value in values]
+                return ["null" if value is None else write(value) for value in values]
             written: dict[int, str] = {}
-            return [null if value is None else written[key] if (key := id(value)) in written
-                    else written.setdefault(key, prefix + write(value)) for value in values]
+            return ["null" if value is None else written[key] if (key := id(value)) in written
+                    else written.setdefault(key, write(value)) for value in values]
         except (TypeError, ValueError):
             pass
     elif not kinds:
-        return [null] * len(values)
+        return ["null"] * len(values)
     out: list[str | None] = []
     for value in values:
         try:
-            out.append(prefix + value_json(value))
+            out.append(value_json(value))
         except (TypeError, ValueError):
             out.append(None)
     return out

@@ -13,6 +13,7 @@ import hashlib
 import json
 from json.encoder import encode_basestring as _encode_text
 import logging
+import operator
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from decimal import Decimal
@@ -219,14 +220,24 @@ def _writer_for(kind: type) -> Callable[[Any], str]:
 
 def _dataclass_writer(kind: type) -> Callable[[Any], str]:
     """``{"__type__":"Name","field":value ...}`` with the keys in order, as the encoder writes the
-    converter's dict (:func:`_dataclass_converter`): only compared fields."""
-    names = sorted(["__type__", *(f.name for f in dataclasses.fields(kind) if f.compare)])
-    type_text = _encode_text(kind.__name__)
-    keys = [(name, _encode_text(name) + ":") for name in names]
+    converter's dict (:func:`_dataclass_converter`): only compared fields. The text around the values
+    is made once per class; per value, its fields are read in one step and each written by its class's writer."""
+    fields = [f.name for f in dataclasses.fields(kind) if f.compare]
+    escaped = {name: _encode_text(name).replace("%", "%%") for name in fields}
+    type_text = _encode_text("__type__") + ":" + _encode_text(kind.__name__).replace("%", "%%")
+    # Keys in order; a field's value is the next ``%s``, in the order ``fields_in_order`` reads them.
+    names = sorted(["__type__", *fields])
+    text = "{" + ",".join(type_text if name == "__type__" else escaped[name] + ":%s" for name in names) + "}"
+    fields_in_order = [name for name in names if name != "__type__"]
+    if not fields_in_order:
+        return lambda value: text
+    if len(fields_in_order) == 1:
+        (only,) = fields_in_order
+        return lambda value: text % (value_json(getattr(value, only)),)
+    read, writers = operator.attrgetter(*fields_in_order), _WRITERS
 
     def write(value: Any) -> str:
-        return "{" + ",".join([key + (type_text if name == "__type__" else value_json(getattr(value, name)))
-                               for name, key in keys]) + "}"
+        return text % tuple([writers[type(field)](field) for field in read(value)])
 
     return write
 

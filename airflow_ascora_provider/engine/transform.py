@@ -425,7 +425,10 @@ class BatchTransformer:
                     set_aside[position] = problems
                 else:
                     live.append(record)
-        columns, failed = self.columns.compute(Batch(live), bctx)
+        batch = Batch(live)
+        columns, failed = self.columns.compute(batch, bctx)
+        # The source values (for the sample diff) from the batch's columns, most of them read already.
+        used_values = list(zip(*[batch.column(name) for name in used_order])) if used_order else [()] * len(live)
         key_field, dest_fields = om.key_field, self.dest_fields
         out_rows: list[int] = []
         position = 0
@@ -457,7 +460,7 @@ class BatchTransformer:
                 payload[key_field] = source_id
             outcome.records.append(OutgoingRecord(source_id=source_id, payload=payload,
                                                   dest_id=existing.get(source_id)))
-            outcome.source_values[source_id] = dict(zip(used_order, map(record.get, used_order)))
+            outcome.source_values[source_id] = dict(zip(used_order, used_values[row]))
             out_rows.append(row)
         for entries in set_aside.values():
             quarantined.extend(entries)

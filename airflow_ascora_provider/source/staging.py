@@ -17,6 +17,7 @@ the user has those providers installed, with no code change here.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -63,13 +64,36 @@ def rows_of(data: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
     """``data.to_pylist()``: the same dicts, built a row at a time from the columns' Python values.
 
     Arrow's own ``to_pylist`` builds each row with a Python comprehension over the column names, a
-    tenth of the time of turning staged rows into dicts.
+    tenth of the time of turning staged rows into dicts. Each column's values are
+    :func:`python_values`.
     """
     names = data.schema.names
     if not names:
         return [{} for _ in range(data.num_rows)]
-    columns = data.to_pydict()
-    return [dict(zip(names, values)) for values in zip(*[columns[name] for name in names])]
+    columns = [python_values(column) for column in data.columns]
+    return [dict(zip(names, values)) for values in zip(*columns)]
+
+
+def python_values(column: pa.Array | pa.ChunkedArray) -> list[Any]:
+    """``column.to_pylist()``. A UTC timestamp or a date Arrow turns into Python one value at a time
+    through its time-zone machinery (about 3 µs a timestamp: most of the time a job's rows took); here
+    it is the epoch plus the column's integers, the same values with the same ``tzinfo`` object."""
+    kind = column.type
+    try:
+        if pa.types.is_timestamp(kind) and kind.tz in (None, "UTC", "utc") and kind.unit in _UNITS:
+            epoch = pa.scalar(0, kind).as_py()  # 1970-01-01 with Arrow's own tzinfo for the zone
+            step = _UNITS[kind.unit]
+            return [None if n is None else epoch + step(n) for n in column.cast(pa.int64()).to_pylist()]
+        if pa.types.is_date32(kind):
+            return [None if n is None else _EPOCH_DAY + _dt.timedelta(days=n) for n in column.cast(pa.int32()).to_pylist()]
+    except (OverflowError, ValueError, pa.ArrowException):  # out of Python's range: Arrow's own answer
+        pass
+    return column.to_pylist()
+
+
+_UNITS = {"s": lambda n: _dt.timedelta(seconds=n), "ms": lambda n: _dt.timedelta(milliseconds=n),
+          "us": lambda n: _dt.timedelta(microseconds=n)}
+_EPOCH_DAY = _dt.date(1970, 1, 1)
 
 
 class PartWriter:

@@ -170,3 +170,36 @@ def test_payload_hash_of_a_dataclass_ignores_what_its_instance_holds_besides_its
     extra = Pair("x", Decimal("1.00"))
     object.__setattr__(extra, "cached", "not a field")
     assert payload_hash({"p": plain}) == payload_hash({"p": extra})
+
+
+_MICROS = [None, 0, -1, 1, 1_700_000_000_123_456, -62_135_596_800_000_000, 253_402_300_799_999_999]
+
+
+@pytest.mark.parametrize("column", [
+    pa.array(_MICROS, pa.timestamp("us", "UTC")),
+    pa.array(_MICROS, pa.timestamp("us")),
+    pa.array([None if v is None else v // 1000 for v in _MICROS], pa.timestamp("ms", "UTC")),
+    pa.array([None if v is None else v // 1_000_000 for v in _MICROS], pa.timestamp("s", "UTC")),
+    pa.chunked_array([pa.array(_MICROS[:3], pa.timestamp("us", "UTC")), pa.array(_MICROS[3:], pa.timestamp("us", "UTC"))]),
+    pa.array([None, 0, -1, 19_000, -719_162, 2_932_896], pa.date32()),
+    pa.array([0, 1], pa.timestamp("us", "Australia/Brisbane")),  # another zone: Arrow's own conversion
+    pa.array([None, None], pa.timestamp("us", "UTC")),
+], ids=["utc-us", "naive-us", "utc-ms", "utc-s", "chunked", "date32", "other-zone", "all-none"])
+def test_python_values_are_to_pylist(column):
+    """Timestamps and dates as the epoch plus their integers: the same values, the same tzinfo object."""
+    from airflow_ascora_provider.source.staging import python_values
+
+    got, expected = python_values(column), column.to_pylist()
+    assert repr(got) == repr(expected)
+    assert [getattr(v, "tzinfo", None) for v in got] == [getattr(v, "tzinfo", None) for v in expected]
+    assert all(a is None or getattr(a, "tzinfo", None) is getattr(b, "tzinfo", None) for a, b in zip(got, expected))
+
+
+def test_python_values_out_of_pythons_range_raise_as_arrow_does():
+    from airflow_ascora_provider.source.staging import python_values
+
+    column = pa.array([2**62], pa.timestamp("us", "UTC"))
+    with pytest.raises(Exception) as arrow:
+        column.to_pylist()
+    with pytest.raises(type(arrow.value)):
+        python_values(column)
