@@ -26,6 +26,7 @@ import dataclasses
 import datetime as dt
 import re
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Self
 from urllib.parse import quote, unquote
 
@@ -169,6 +170,7 @@ class AscoraHook(BaseHook):
         self._transport = transport
         self._settings: dict[str, Any] | None = None
         self._client: ApiClient | None = None
+        self._pages: ThreadPoolExecutor | None = None  # the next page's read (see _paged)
 
     # -- configuration ------------------------------------------------------------------------------
 
@@ -256,6 +258,9 @@ class AscoraHook(BaseHook):
         return self.get_conn().stats
 
     def close(self) -> None:
+        if self._pages is not None:
+            self._pages.shutdown(wait=True)  # a page read still out finishes before its client closes
+            self._pages = None
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -337,25 +342,37 @@ class AscoraHook(BaseHook):
 
         Offset paging over live data can skip or repeat a record that moves during the walk; Ascora
         offers nothing better (no cursor, no modified filter), so callers dedupe by id downstream.
+        When the answer says more pages follow, the next one is asked for before this one's records
+        are handed on: its wait (the service's time, a back-off) overlaps staging them.
         """
         size = self.page_size
         page = 1
+        ahead: Future | None = None
         while True:
-            body = self._get(path, {**(params or {}), "Page": page, "PageSize": size})
+            query = {**(params or {}), "Page": page, "PageSize": size}
+            body = ahead.result() if ahead is not None else self._get(path, query)
+            ahead = None
             if isinstance(body, dict):
                 results = body.get("results") or []
             else:  # a bare array: nothing to page
                 results, body = body or [], {"totalPages": 1}
             if not results:
                 return
-            yield from results
             total_pages = body.get("totalPages")
+            if isinstance(total_pages, int) and page < total_pages:
+                ahead = self._read_ahead().submit(self._get, path, {**query, "Page": page + 1})
+            yield from results
             if isinstance(total_pages, int):
                 if page >= total_pages:
                     return
             elif len(results) < size:  # no totalPages: a short page is the last one
                 return
             page += 1
+
+    def _read_ahead(self) -> ThreadPoolExecutor:
+        if self._pages is None:
+            self._pages = ThreadPoolExecutor(1, thread_name_prefix="ascora-page")
+        return self._pages
 
     def _single(self, path: str, entity: str) -> dict[str, Any]:
         body = self._get(path)

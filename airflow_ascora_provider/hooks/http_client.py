@@ -54,7 +54,10 @@ class RequestBudgetExhausted(ApiError):
 @dataclass
 class RetryPolicy:
     max_attempts: int = 6
-    base_delay: float = 0.5
+    # The first retry after a 5xx waits 0.25 s, then 0.5, 1, 2 ... (the AWS and Google client
+    # libraries start at 0.1-1 s): long enough not to pile onto a failing server, short enough that
+    # a 5xx costs a fraction of a call's own time.
+    base_delay: float = 0.25
     max_delay: float = 60.0
     max_retry_after: float = 600.0  # a server asking for a longer wait than max_delay is obeyed up to this
     min_retry_after: float = 0.2  # a Retry-After of 0 still waits this long, with jitter
@@ -247,7 +250,7 @@ class AnswerDeadline:
     as much as a hundred calls; gRPC deadlines and the "tail at scale" playbook give up much sooner.
     The first attempt of a call therefore waits ``factor`` times the slowest of the last ``keep``
     answers on its route (``GET /Attachments/Download/{id}``; the client's slowest until the route
-    has ``warm_up`` answers of its own), at least ``floor`` of the timeout (5 s of 30). Until the
+    has ``warm_up`` answers of its own), at least ``floor`` of the timeout (3 s of 30). Until the
     client has ``warm_up`` answers, and for every attempt after one that timed out, it waits the
     full timeout. A call that is slow for a reason (a large upload, a heavy batch) so costs one
     short wait at most, never a failure.
@@ -256,7 +259,7 @@ class AnswerDeadline:
     sent again, and creates without a key go through ``create_once``, which looks for what landed.
     """
 
-    def __init__(self, timeout: float, *, factor: float = 4.0, floor: float = 1 / 6, keep: int = 50,
+    def __init__(self, timeout: float, *, factor: float = 4.0, floor: float = 1 / 10, keep: int = 50,
                  warm_up: int = 10):
         self.timeout = timeout
         self.factor = factor

@@ -102,6 +102,22 @@ def test_paging_walks_every_page_once(make_hook, emulator):
     assert all("PageSize=3" in r.query and "SiteBillingType=All" in r.query for r in calls)
 
 
+def test_the_next_page_is_asked_for_while_this_one_is_consumed(make_hook, emulator):
+    """Page 2 is requested before page 1's records are handed on, so its wait overlaps their staging;
+    the records still come in page order, each once, and no page past the last is asked for."""
+    hook = make_hook()
+    pages = hook.iter_customers()
+    first = next(pages)
+    deadline = time.monotonic() + 2.0
+    while len(emulator.control.calls("GET", "/Customers/Customers")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(emulator.control.calls("GET", "/Customers/Customers")) == 2, "page 2 asked for ahead"
+    rest = list(pages)
+    assert [c["customerId"] for c in [first, *rest]] == [c["customerId"] for c in make_hook().iter_customers()]
+    pages_asked = [re.search(r"Page=(\d+)", r.query).group(1) for r in emulator.control.calls("GET", "/Customers/Customers")]
+    assert pages_asked == ["1", "2", "3"] * 2
+
+
 def test_paging_stops_on_an_empty_page(make_hook, emulator):
     hook = make_hook(page_size=7)  # exactly one full page; totalPages says 1, so no second call
     assert len(list(hook.iter_customers())) == 7

@@ -90,7 +90,7 @@ def test_a_half_written_batch_sends_only_the_rest_again():
     out, sleeps, resent = _create(server, ["a", "b", "c", "d"])
     assert out == {k: f"id-{k}" for k in "abcd"}
     assert server.sends == [["a", "b", "c", "d"], ["c", "d"]]
-    assert resent == [["c", "d"]] and sleeps == [0.5], "the client's back-off after a 5xx"
+    assert resent == [["c", "d"]] and sleeps == [0.25], "the client's back-off after a 5xx"
 
 
 def test_a_timeout_is_looked_for_until_it_lands_instead_of_being_sent_twice():
@@ -147,7 +147,7 @@ def test_deferred_errors_other_than_a_timeout_are_handled_at_once():
 def test_the_wait_is_the_clients_own_a_dropped_connection_none_a_429_its_retry_after():
     server = Server("503", "503")
     _, sleeps, _ = _create(server, ["a"])
-    assert sleeps == [0.5, 1.0]
+    assert sleeps == [0.25, 0.5]
 
     class Throttled(ApiError):
         retry_after = 3.0
