@@ -200,3 +200,21 @@ def test_a_value_the_encoder_refuses_leaves_the_digest_to_the_loader():
     assert digests[0] is None and digests[1] == payload_hash({"a": "y", "b": "fine"})
     with pytest.raises(TypeError):
         payload_hash({"b": Odd()})
+
+
+def test_a_value_whose_writer_fails_otherwise_leaves_every_digest_of_the_batch_to_the_loader(monkeypatch):
+    """Not a TypeError or ValueError (which leave only that record to the loader): the transform
+    still answers, its records without digests, and the loader hashes them as before."""
+    from airflow_ascora_provider.engine import transform
+
+    def broken(keys, columns):
+        raise RecursionError("deep")
+
+    monkeypatch.setattr(transform, "payload_digests", broken)
+    holder = type("Holder", (), {"_digest_keys": ["a"], "map": type("M", (), {"key_field": None, "name": "m"})(),
+                                 "dest_fields": ("a",)})()
+    from airflow_ascora_provider.destinations.spec import OutgoingRecord
+
+    records = [OutgoingRecord("1", {"a": "x"})]
+    transform.BatchTransformer._digests(holder, records, [["x"]], [0], 1)
+    assert records[0].digest is None
