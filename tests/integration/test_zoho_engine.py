@@ -139,6 +139,43 @@ def test_more_custom_fields_than_the_edition_allows_is_a_plan_error_before_any_w
         zoho.stop()
 
 
+def test_the_schema_step_reads_a_modules_fields_again_only_when_it_needs_them(small_tenant, tmp_path):
+    """A field list is read after the plugin changed it only when something asks for it (a pick-list's
+    current values), not after every field created; the plan still ends fully applied, and the
+    edition's per-module cap still counts the fields created earlier in the step."""
+    from airflow_ascora_provider.destinations.zoho.plugin import ZohoPlanError
+    from airflow_ascora_provider.engine.schema import apply_schema, plan_for
+
+    ctx, ascora, zoho, plan = _setup(small_tenant, tmp_path, apply=False)
+    try:
+        zoho.control.reset_log()
+        apply_schema(ctx.destination, plan)
+        reads = zoho.control.calls("GET", "/crm/v8/settings/fields")
+        fields = [c for c in plan.changes if c.kind == "custom_field"]
+        picklists = [c for c in plan.changes if c.kind == "picklist_option"]
+        assert len(fields) > 10 and len(reads) <= len(picklists) + len({c.object for c in plan.changes}), (
+            len(reads), len(fields), len(picklists))
+        fresh = type(ctx.destination)(accounts_url=zoho.url, **CLIENT)
+        fresh.describe_schema()
+        assert plan_for(ctx.mapping, fresh).changes == []
+    finally:
+        ctx.close()
+        ascora.stop()
+        zoho.stop()
+
+    ctx, ascora, zoho, plan = _setup(small_tenant, tmp_path / "capped", options={"max_custom_fields": 1},
+                                     apply=False)
+    try:
+        deals = [c for c in plan.changes if c.kind == "custom_field" and c.object == "Deals"]
+        ctx.destination.apply_schema_change(deals[0])
+        with pytest.raises(ZohoPlanError, match="allows 1 custom fields per module; Deals has 1"):
+            ctx.destination.apply_schema_change(deals[1])
+    finally:
+        ctx.close()
+        ascora.stop()
+        zoho.stop()
+
+
 def test_a_credit_budget_that_runs_out_mid_load_resumes_later_without_duplicates(small_tenant, tmp_path):
     from airflow_ascora_provider.destinations.spec import QuotaExhausted
     from airflow_ascora_provider.destinations.zoho.plugin import ZohoDestination
