@@ -310,6 +310,17 @@ class CallStats:
     transport_errors: int = 0
     hedged: int = 0  # reads sent a second time because the first was slow (see ApiClient)
     by_path: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, route: str | None = None, **counters: int) -> None:
+        """Add to the counters (and a call to ``route``), under a lock: a client's calls may come from
+        several threads (hedged reads, a plugin's concurrent writes), and ``+=`` on an attribute can
+        lose one that lands between the read and the write. The request budget is checked on these."""
+        with self._lock:
+            for name, n in counters.items():
+                setattr(self, name, getattr(self, name) + n)
+            if route is not None:
+                self.by_path[route] = self.by_path.get(route, 0) + 1
 
     @property
     def wasted(self) -> int:
@@ -459,8 +470,7 @@ class ApiClient:
         except BaseException:
             first.add_done_callback(_close_answer)
             raise
-        self.stats.calls += 1
-        self.stats.hedged += 1
+        self.stats.count(calls=1, hedged=1)
         copies = [first, self._hedges.submit(self._attempt, method, path, dict(kwargs))]
         failure: BaseException | None = None
         for done in as_completed(copies):
@@ -518,35 +528,30 @@ def send_with_retries(send: Callable[[], R], method: str, path: str, *, retry: R
         attempt += 1
         if before_attempt is not None:
             before_attempt()
-        stats.calls += 1
-        route = route_of(method, path)
-        stats.by_path[route] = stats.by_path.get(route, 0) + 1
+        stats.count(route_of(method, path), calls=1)
         try:
             response = send()
         except transport_errors as exc:
             if fatal(exc):
                 raise
-            stats.transport_errors += 1
+            stats.count(transport_errors=1)
             if attempt >= retry.max_attempts:
                 raise
             delay = retry.after_transport_error(attempt)
             log.warning("%s: %s %s transport error (%s); retry %d in %.1fs",
                         name, method, path, type(exc).__name__, attempt, delay)
-            stats.retries += 1
+            stats.count(retries=1)
             retry.sleep(delay)
             continue
         if response.status_code not in RETRYABLE_STATUS:
             return response
-        if response.status_code == 429:
-            stats.throttled += 1
-        else:
-            stats.server_errors += 1
+        stats.count(**({"throttled": 1} if response.status_code == 429 else {"server_errors": 1}))
         if attempt >= retry.max_attempts:
             return response
         delay = retry.wait_for(response, attempt)
         log.warning("%s: %s %s answered %s; retry %d in %.1fs", name, method, path, response.status_code, attempt, delay)
         response.close()
-        stats.retries += 1
+        stats.count(retries=1)
         retry.sleep(delay)
 
 

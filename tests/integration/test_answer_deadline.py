@@ -194,3 +194,24 @@ def test_the_hedge_delay_follows_the_routes_answers():
         deadline.observe(seconds, "GET /x")
     assert deadline.hedge_after("GET /x") == pytest.approx(0.6)  # twice the 95th percentile (0.3 of 4)
     assert deadline.hedge_after("GET /y") is None
+
+
+def test_call_counts_from_many_threads_are_exact():
+    """Hedged reads and a plugin's concurrent writes count calls from several threads; the request
+    budget is checked against these counts, so none may be lost."""
+    import threading
+
+    from airflow_ascora_provider.hooks.http_client import CallStats
+
+    stats = CallStats()
+
+    def work():
+        for _ in range(20_000):
+            stats.count("GET /x", calls=1, retries=1)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (stats.calls, stats.retries, stats.by_path["GET /x"]) == (160_000, 160_000, 160_000)
