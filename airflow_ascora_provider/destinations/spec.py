@@ -12,6 +12,7 @@ the same entry-point group (``airflow_ascora_provider.destinations``) as third-p
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -167,6 +168,15 @@ class WriteResult:
     @property
     def in_doubt(self) -> bool:
         return self.settle is not None
+
+    @classmethod
+    def all_in_doubt(cls, source_ids: list[str], settle: Callable[[], list[WriteResult]]) -> list[WriteResult]:
+        """In-doubt results for the records of one request that timed out as a whole (a batch of
+        notes): ``settle()`` finishes the request once and answers for all of them, in order; each
+        record's own ``settle`` takes its result from that one answer."""
+        settled = functools.cache(settle)
+        return [cls(source_id, None, settle=functools.partial(lambda k: settled()[k], k))
+                for k, source_id in enumerate(source_ids)]
 
 
 @dataclass(frozen=True)

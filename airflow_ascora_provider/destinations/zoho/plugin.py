@@ -432,7 +432,20 @@ class ZohoDestination(Destination):
                 answers = self.hook.upsert(target, items, [key_field], reserved=True)
                 answers = self._replace_appended_rows(target, items, answers)
             elif target == NOTES and all(keys):
-                answers = self._insert_notes_once(items, [str(k) for k in keys])
+                from airflow_ascora_provider.hooks.create_once import InDoubt
+
+                try:
+                    answers = self._insert_notes_once(items, [str(k) for k in keys])
+                except InDoubt as doubt:  # settled by the engine at the end of the unit
+                    finish, answers = doubt.settle, []
+
+                    def settled() -> list[WriteResult]:
+                        answered = finish()
+                        return [_result(records[i].source_id, answered[k], created=True)
+                                for k, i in enumerate(creates)]
+
+                    results.update(zip(creates, WriteResult.all_in_doubt(
+                        [records[i].source_id for i in creates], settled)))
             else:
                 answers = self.hook.insert(target, items, reserved=True)
             for i, answer in zip(creates, answers):
@@ -467,7 +480,8 @@ class ZohoDestination(Destination):
     def _insert_notes_once(self, items: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
         """Insert notes exactly once (``hooks.create_once``): they have no upsert, so after a failed
         attempt the notes that landed are found by the key line of their body and only the others are
-        sent again, their credits reserved again."""
+        sent again, their credits reserved again. A batch that timed out and had not landed at the
+        first look raises ``InDoubt`` (its ``settle()`` answers for every note of the batch)."""
         from airflow_ascora_provider.hooks.create_once import create_once
 
         def send(pending: list[int]) -> dict[int, dict[str, Any]]:
@@ -483,7 +497,7 @@ class ZohoDestination(Destination):
 
         answers = create_once(list(range(len(items))), send, landed, what=f"Zoho CRM: inserting {len(items)} notes",
                               client_timeout=float(self.hook.settings()["timeout"]),
-                              retry=self.hook.client.retry, before_resend=reserve)
+                              retry=self.hook.client.retry, before_resend=reserve, defer=True)
         return [answers[i] for i in range(len(items))]
 
     def _replacing_rows(self, target: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
