@@ -578,9 +578,30 @@ class DynamicsDestination(Destination):
                 ops.append(BatchOperation("POST", meta.set_name, body))
                 owners.append(i)
         if meta.logical == "annotation" and any(op.method == "POST" for op in ops):
-            answers = self._write_notes_once(target, meta, ops, [records[i].source_id for i in owners])
+            from airflow_ascora_provider.hooks.create_once import InDoubt
+
+            try:
+                answers = self._write_notes_once(target, meta, ops, [records[i].source_id for i in owners])
+            except InDoubt as doubt:  # settled by the engine at the end of the unit
+                finish, sent, refused = doubt.settle, sorted(set(owners)), list(results)
+
+                def settled() -> list[WriteResult]:
+                    answered = finish()
+                    out = self._results_of(meta, records, owners, ops, [answered[k] for k in range(len(ops))],
+                                           list(refused))
+                    return [out[i] for i in sent]
+
+                for i, result in zip(sent, WriteResult.all_in_doubt([records[i].source_id for i in sent], settled)):
+                    results[i] = result
+                return [r for r in results if r is not None]  # every record: its refusal or its settle
         else:
             answers = self.hook.execute_batch(ops) if ops else []
+        return self._results_of(meta, records, owners, ops, answers, results)
+
+    def _results_of(self, meta: TableMeta, records: list[OutgoingRecord], owners: list[int], ops: list,
+                    answers: list, results: list[WriteResult | None]) -> list[WriteResult]:
+        """Each record's result from the answers to its change sets (``owners[k]`` sent ``ops[k]``); a
+        record refused before anything was sent keeps its refusal."""
         for i, op, answer in zip(owners, ops, answers):
             record = records[i]
             if results[i] is not None and not results[i].ok:
@@ -614,7 +635,8 @@ class DynamicsDestination(Destination):
                     for sid, dest_id in found.items() if sid in creates}
 
         answers = create_once(list(range(len(ops))), send, landed, what=f"dataverse: writing {len(ops)} notes",
-                              client_timeout=float(self.hook.settings["timeout"]), retry=self.hook.client.retry)
+                              client_timeout=float(self.hook.settings["timeout"]), retry=self.hook.client.retry,
+                              defer=True)
         return [answers[k] for k in range(len(ops))]
 
     def _field_named(self, meta: TableMeta, message: str) -> str | None:
