@@ -91,3 +91,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def in_doubt_settled(monkeypatch):
+    """Per target object, the most creates a ``MapLoader`` held in doubt when it settled them: what shows
+    that a load went on past a timed-out create instead of waiting for it (``engine.load``)."""
+    from airflow_ascora_provider.engine.load import MapLoader
+
+    seen: dict[str, int] = {}
+    settle = MapLoader.settle
+
+    def counting(self):
+        seen[self.map.target] = max(seen.get(self.map.target, 0), len(self._in_doubt))
+        return settle(self)
+
+    monkeypatch.setattr(MapLoader, "settle", counting)
+    return seen

@@ -128,24 +128,15 @@ def test_killed_mid_load_then_retried_has_no_duplicates_and_rolls_back_exactly(s
         dataverse.stop()
 
 
-def test_stalled_note_batches_are_settled_after_the_unit_not_waited_for(small_tenant, tmp_path, monkeypatch):
+def test_stalled_note_batches_are_settled_after_the_unit_not_waited_for(small_tenant, tmp_path, in_doubt_settled):
     """Notes (annotations) have no alternate key: a $batch of new notes that stalls past the client's
     timeout may still land. The load goes on and settles it at the end of its unit: no note twice,
     none missing, no intent left open."""
     from airflow_ascora_provider.destinations.dynamics365.plugin import DynamicsDestination
-    from airflow_ascora_provider.engine.load import MapLoader
     from airflow_ascora_provider.engine.reconcile import reconcile
     from airflow_ascora_provider.engine.runner import load_everything
     from airflow_ascora_provider.sandbox.emulator import FaultPlan
 
-    settled: dict[str, int] = {}
-    settle = MapLoader.settle
-
-    def counting(self):
-        settled[self.map.target] = max(settled.get(self.map.target, 0), len(self._in_doubt))
-        return settle(self)
-
-    monkeypatch.setattr(MapLoader, "settle", counting)
     ctx, ascora, dataverse, _ = _setup(small_tenant, tmp_path)
     state = dataverse.app.state.dataverse
     try:
@@ -155,7 +146,7 @@ def test_stalled_note_batches_are_settled_after_the_unit_not_waited_for(small_te
                                                paths=["/api/data/v9.2/$batch"]))
         load_everything(ctx)
         dataverse.control.set_faults(FaultPlan())
-        assert settled.get("annotation", 0) >= 1, settled
+        assert in_doubt_settled.get("annotation", 0) >= 1, in_doubt_settled
         for table, ids in _ascora_ids(state.snapshot()["records"]).items():
             assert len(ids) == len(set(ids)), f"duplicate {table} rows"
         assert not ctx.ledger.pending_intents("dynamics365")

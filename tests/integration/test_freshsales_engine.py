@@ -391,12 +391,10 @@ def test_killed_mid_load_then_retried_has_no_duplicates_and_rolls_back(rig):
     assert all(not rows for k, rows in after.items() if k not in before)
 
 
-def test_stalled_creates_are_settled_after_the_unit_not_waited_for(extracted, tmp_path, caplog):
+def test_stalled_creates_are_settled_after_the_unit_not_waited_for(extracted, tmp_path, in_doubt_settled):
     """Notes and tasks have no upsert key: a create whose request stalls past the client's timeout may
     still land. The load goes on without it and settles it at the end of its unit (one look finds the
     late write), so nothing is written twice, nothing is missing and no intent is left open."""
-    import logging
-
     from airflow_ascora_provider.engine.reconcile import reconcile
     from airflow_ascora_provider.engine.runner import load_everything
     from airflow_ascora_provider.sandbox.emulator import FaultPlan
@@ -409,12 +407,10 @@ def test_stalled_creates_are_settled_after_the_unit_not_waited_for(extracted, tm
         stalled = FaultPlan(rate_slow=0.3, slow_seconds=1.0, seed=11,
                             paths=["/crm/sales/api/notes", "/crm/sales/api/tasks"])
         rig.freshsales.control.set_faults(stalled)
-        with caplog.at_level(logging.INFO, logger="airflow_ascora_provider.engine.load"):
-            stats = load_everything(ctx)
+        stats = load_everything(ctx)
         rig.freshsales.control.set_faults(FaultPlan())
         assert rig.freshsales.control.counters["slow"] >= 3
-        settled = [r.getMessage() for r in caplog.records if "settling" in r.getMessage()]
-        assert settled, "some create was left in doubt and settled"
+        assert in_doubt_settled.get("note", 0) + in_doubt_settled.get("task", 0) > 0, in_doubt_settled
         records = rig.records()
         _assert_no_duplicates(records)
         for target in ("task", "note"):
