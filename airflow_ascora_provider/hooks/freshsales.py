@@ -182,6 +182,10 @@ class HourlyQuota:
                 self.remaining = max(0, self.remaining - 1)
 
     def observe(self, headers: Mapping[str, str]) -> None:
+        """Take an answer's count. Answers to calls made at the same time (a plugin's concurrent writes)
+        arrive in any order, so within one window the count only goes down: an answer that left with
+        more calls remaining than one already seen is older news. A later reset time is a new window,
+        whose count is taken as it is."""
         remaining = _int_header(headers, "x-ratelimit-remaining")
         if remaining is None:
             return
@@ -189,10 +193,16 @@ class HourlyQuota:
             limit = _int_header(headers, "x-ratelimit-limit")
             if limit is not None:
                 self.limit = limit
-            self.remaining = remaining
             reset = _int_header(headers, "x-ratelimit-reset")
-            if reset is not None:  # an epoch second, or seconds from now (both are seen in the wild)
-                self.resets_at = float(reset) if reset > 1_000_000_000 else self.clock() + reset
+            # an epoch second, or seconds from now (both are seen in the wild)
+            resets_at = None if reset is None else float(reset) if reset > 1_000_000_000 else self.clock() + reset
+            new_window = resets_at is not None and (self.resets_at is None or resets_at > self.resets_at + 1.0)
+            if new_window or self.remaining is None:
+                self.remaining = remaining
+            else:
+                self.remaining = min(self.remaining, remaining)
+            if resets_at is not None:
+                self.resets_at = resets_at if new_window or self.resets_at is None else self.resets_at
 
     @property
     def per_window(self) -> int | None:
