@@ -165,11 +165,12 @@ class HourlyQuota:
         self.clock = clock
         self.remaining: int | None = limit
         self.resets_at: float | None = None
+        self._answered_window: float | None = None  # the reset time of the window answers last counted
         self._lock = threading.Lock()
 
     def _roll(self, now: float) -> None:
         if self.resets_at is not None and now >= self.resets_at:
-            self.remaining, self.resets_at = self.limit, None
+            self.remaining, self.resets_at, self._answered_window = self.limit, None, None
 
     def spend(self) -> None:
         """One request is about to go out (local count; replaced by the headers of its answer)."""
@@ -196,13 +197,17 @@ class HourlyQuota:
             reset = _int_header(headers, "x-ratelimit-reset")
             # an epoch second, or seconds from now (both are seen in the wild)
             resets_at = None if reset is None else float(reset) if reset > 1_000_000_000 else self.clock() + reset
-            new_window = resets_at is not None and (self.resets_at is None or resets_at > self.resets_at + 1.0)
+            # The first answer of a window is taken as it is (what was counted locally before it is a
+            # guess: the plan's limit, a window this process opened itself).
+            new_window = self._answered_window is None or (
+                resets_at is not None and resets_at > self._answered_window + 1.0)
             if new_window or self.remaining is None:
                 self.remaining = remaining
+                self._answered_window = resets_at if resets_at is not None else self.clock() + self.window
             else:
                 self.remaining = min(self.remaining, remaining)
             if resets_at is not None:
-                self.resets_at = resets_at if new_window or self.resets_at is None else self.resets_at
+                self.resets_at = resets_at
 
     @property
     def per_window(self) -> int | None:

@@ -38,3 +38,15 @@ def test_reset_given_as_seconds_from_now_is_the_same_window():
     now[0] += 0.4
     quota.observe(_headers(25, 119))  # older news from the same window
     assert quota.remaining == 20
+
+
+def test_the_first_answer_of_a_window_replaces_the_local_guess():
+    """The plan says 2,000 an hour, the account's answers say 1,000,000: after calls counted locally the
+    first answer's count is taken as it is, not the lower local guess (the soak ran out at 2,000)."""
+    now = [1_800_000_000.0]
+    quota = HourlyQuota(2000, clock=lambda: now[0])
+    for _ in range(1990):
+        quota.spend()
+    quota.observe(_headers(999_000, int(now[0]) + 3600, limit=1_000_000))
+    assert quota.remaining == 999_000
+    quota.ensure(100, "a batch")
