@@ -593,7 +593,7 @@ class DynamicsDestination(Destination):
 
                 for i, result in zip(sent, WriteResult.all_in_doubt([records[i].source_id for i in sent], settled)):
                     results[i] = result
-                return [r for r in results if r is not None]  # every record: its refusal or its settle
+                return _answered(records, results)
         else:
             answers = self.hook.execute_batch(ops) if ops else []
         return self._results_of(meta, records, owners, ops, answers, results)
@@ -614,8 +614,7 @@ class DynamicsDestination(Destination):
                 message = f"{answer.error_code} {answer.error_message}".strip()
                 results[i] = WriteResult(record.source_id, None, error=message,
                                          error_field=self._field_named(meta, answer.error_message))
-        return [r if r is not None else WriteResult(records[i].source_id, None, error="no answer for this record")
-                for i, r in enumerate(results)]
+        return _answered(records, results)
 
     def _write_notes_once(self, target: str, meta: TableMeta, ops: list, source_ids: list[str]) -> list:
         """A batch with new notes, sent so each note lands once (``hooks.create_once``): a note has no
@@ -819,3 +818,9 @@ def _parse_datetime(value: str) -> dt.datetime:
 @hookimpl
 def register_destinations(register):
     register(DynamicsDestination)
+
+
+def _answered(records: list[OutgoingRecord], results: list[WriteResult | None]) -> list[WriteResult]:
+    """One result per record: a record nothing answered for is reported as such, never left out."""
+    return [r if r is not None else WriteResult(records[i].source_id, None, error="no answer for this record")
+            for i, r in enumerate(results)]
