@@ -210,9 +210,11 @@ def _writer_for(kind: type) -> Callable[[Any], str]:
         return int.__repr__
     if issubclass(kind, (str, int, float, list, tuple, dict)):  # what the encoder writes itself
         return _encode
-    if issubclass(kind, (Decimal, dt.date)):
-        convert = _CONVERTERS[kind]
-        return lambda value: _encode_text(convert(value))
+    if issubclass(kind, Decimal):  # digits, sign and point: nothing to escape
+        return lambda value: '"' + format(value.normalize(), "f") + '"'
+    if issubclass(kind, dt.date):  # an ISO date or timestamp: nothing to escape either
+        iso = kind.isoformat
+        return lambda value: '"' + iso(value) + '"'
     if dataclasses.is_dataclass(kind) and not hasattr(kind, "__slots__"):
         return _dataclass_writer(kind)
     return _encode

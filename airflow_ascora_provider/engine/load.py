@@ -98,7 +98,9 @@ class MapLoader:
         # doubt while the next batch looks for it: it settles after every batch.
         self._settle_each_batch = object_map.name in object_map.lookups()
 
-    def load(self, records: Iterable[dict[str, Any]], total: int | None = None) -> LoadStats:
+    def load(self, records: Iterable[dict[str, Any]], total: int | None = None, *, settle: bool = True) -> LoadStats:
+        """Load ``records``; with ``settle=False`` creates left in doubt wait for the caller's
+        :meth:`settle` (after other maps' records went out)."""
         stats = LoadStats()
         started = time.monotonic()
         progress = Progress(f"load {self.map.name}", total)
@@ -120,7 +122,8 @@ class MapLoader:
             if self._settle_each_batch:
                 stats.add(self.settle())
             progress.tick(len(batch))
-        stats.add(self.settle())
+        if settle:
+            stats.add(self.settle())
         stats.considered += elsewhere
         stats.not_for_this_map += elsewhere
         stats.seconds = time.monotonic() - started

@@ -370,15 +370,17 @@ class DataverseHook(BaseHook):
 
     @property
     def once_client(self) -> ApiClient:
-        """A client that sends exactly once (no retries), sharing the pace of :attr:`client`: for a
-        ``$batch`` of creates without an alternate key (notes), which a blind retry after a batch cut
-        short or an answer lost would write twice. The caller looks for what landed first."""
+        """A client that sends exactly once (no retries), sharing the pace and the answer deadline of
+        :attr:`client`: for a ``$batch`` of creates without an alternate key (notes), which a blind
+        retry after a batch cut short or an answer lost would write twice. The caller looks for what
+        landed first."""
         if self._once is None:
             s, client = self.settings, self.client
             self._once = ApiClient(
                 s["base_url"] + API_PATH, headers=ODATA_HEADERS, timeout=s["timeout"],
                 retry=RetryPolicy(max_attempts=1), pacer=client.pacer, budget=s["request_budget"],
-                name="dataverse", transport=httpx.HTTPTransport(verify=s["ca_bundle"] or True, retries=0))
+                name="dataverse", transport=httpx.HTTPTransport(verify=s["ca_bundle"] or True, retries=0),
+                deadline=client.deadline)
         return self._once
 
     def call_stats(self) -> dict[str, int]:

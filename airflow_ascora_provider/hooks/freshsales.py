@@ -399,14 +399,14 @@ class FreshsalesHook(BaseHook):
     def once_client(self) -> ApiClient:
         """A client that sends exactly once: for creates, where a retry after a lost answer would
         write the record twice. Callers check whether the first attempt landed before sending again.
-        Shares the pacer (and so the per-minute pace) with :attr:`client`."""
+        Shares the pacer (and so the per-minute pace) and the learned answer deadline with :attr:`client`."""
         if self._once is None:
             s = self.settings()
             self._once = ApiClient(
                 s["base_url"],
                 headers={"Authorization": f"Token token={s['api_key']}", "Accept": "application/json"},
                 timeout=s["timeout"], retry=RetryPolicy(max_attempts=1), pacer=self.client.pacer,
-                budget=s["request_budget"], name="freshsales")
+                budget=s["request_budget"], name="freshsales", deadline=self.client.deadline)
         return self._once
 
     def stats(self) -> dict[str, Any]:

@@ -373,13 +373,17 @@ class ApiClient:
         budget: int | None = None,
         transport: httpx.BaseTransport | None = None,
         name: str = "api",
+        deadline: AnswerDeadline | None = None,
     ):
         self.name = name
         self.retry = retry or RetryPolicy()
         self.pacer = pacer or Pacer(None)
         self.budget = budget
         self.stats = CallStats()
-        self.deadline = AnswerDeadline(timeout)
+        # Another client of the same service (a hook's send-once client beside its main one) shares
+        # what the service's answers taught: on its own, a client that sends a few creates would
+        # stay cold and wait the whole timeout for each stalled one.
+        self.deadline = deadline if deadline is not None else AnswerDeadline(timeout)
         self.hedge_reads = not isinstance(self.pacer, RequestWindow)
         self._hedges: ThreadPoolExecutor | None = None
         self._http = httpx.Client(

@@ -388,12 +388,14 @@ class ZohoHook(BaseHook):
     def once_client(self) -> ApiClient:
         """A client that sends exactly once, for inserts that have no upsert key (notes): a retry after
         a lost answer, a timeout or a batch half-written before a 5xx would write them twice. The
-        caller looks for what landed before sending the rest again."""
+        caller looks for what landed before sending the rest again. It waits for answers as long as
+        :attr:`client` has learned to (one service, one deadline)."""
         self.access_token()
         if self._once is None:
             s = self.settings()
             self._once = ApiClient(self._api_domain or "", timeout=s["timeout"],
-                                   retry=RetryPolicy(max_attempts=1), pacer=Pacer(None), name="zoho")
+                                   retry=RetryPolicy(max_attempts=1), pacer=Pacer(None), name="zoho",
+                                   deadline=self.client.deadline)
         return self._once
 
     def call_stats(self) -> dict[str, int]:

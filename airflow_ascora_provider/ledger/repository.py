@@ -524,7 +524,7 @@ class Ledger:
                     _resolve_quarantine(conn, run_id, destination, source_object, list(dict.fromkeys(ids)))
 
     def _rows_for_ids(self, query, destination: str, source_object: str, target_object: str | None,
-                      source_ids: Iterable[str]) -> Iterator[Any]:
+                      source_ids: Iterable[str], *, raw: bool = False) -> Iterator[Any]:
         """Rows of ``query`` for many source ids, deduplicated and sent in chunks under the drivers'
         bound-parameter limits; what every read-many method below shares."""
         ids = list(dict.fromkeys(str(i) for i in source_ids))
@@ -533,7 +533,12 @@ class Ledger:
         params = {"b_destination": destination, "b_source_object": source_object, "b_target_object": target_object}
         with self._read() as conn:
             for chunk in _chunks(ids):
-                yield from conn.execute(query, {**params, "b_ids": list(chunk)})
+                result = conn.execute(query, {**params, "b_ids": list(chunk)})
+                if raw:  # the driver's own tuples: no Row built per entry, for plain text columns
+                    yield from result.cursor.fetchall()
+                    result.close()
+                else:
+                    yield from result
 
     def crosswalk_get_many(
         self,
@@ -558,7 +563,8 @@ class Ledger:
         timestamps and hashes made the query four times as slow to read and build.
         """
         return {source_id: dest_id for source_id, dest_id in
-                self._rows_for_ids(self._cw_dest_ids, destination, source_object, target_object, source_ids)}
+                self._rows_for_ids(self._cw_dest_ids, destination, source_object, target_object, source_ids,
+                                   raw=True)}
 
     def crosswalk_lookup(
         self, destination: str, source_object: str, source_id: str, target_object: str | None = None

@@ -618,12 +618,19 @@ def _related_parts(fm) -> tuple[str, str, str, bool, Callable[[list[dict[str, An
     object_name, template, key, read = opts["object"], opts.get("template"), opts.get("key"), _type_reader(fm)
     field = opts["field"] if "template" not in opts else None
     aggregate = _aggregate(fm)
+    # One row's value is the field's value when the aggregate picks a value (not a sum, count or join).
+    single = template is None and fm.options.get("aggregate", "last") in ("first", "last")
     # With ``via`` this record points at the related one (by its id); otherwise the related records
     # point at this one (``by``), or with ``match`` share a value with it (same site).
     via = "via" in opts
     own_field, key_field = (opts["via"], "id") if via else (opts.get("match", "id"), opts["by"])
 
     def of_rows(rows):
+        if len(rows) == 1 and single:  # most records have one related row: the steps below, inline
+            value = rows[0].get(field)
+            if key:
+                value = json_answers(value).get(key) if value else None
+            return None if value is None else value if read is None else read(value)
         if template is not None:  # one line per related row, from several of its fields
             values = [template.format_map(_Blank(_dated(r))).strip() for r in rows]
         else:

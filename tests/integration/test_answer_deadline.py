@@ -215,3 +215,22 @@ def test_call_counts_from_many_threads_are_exact():
     for thread in threads:
         thread.join()
     assert (stats.calls, stats.retries, stats.by_path["GET /x"]) == (160_000, 160_000, 160_000)
+
+
+def test_a_client_sharing_a_warm_deadline_gives_up_on_a_stall_at_once(service):
+    """A hook's send-once client (notes, uploads) makes a handful of calls: with a deadline of its own
+    it would still be warming up, and each stalled create would cost the whole timeout. Sharing the
+    main client's, it gives up after what the service's answers taught."""
+    url, handler = service
+    main, _ = _client(url, timeout=6.0)
+    _warm(lambda: main.json("POST", "/records", json={}))
+    once = ApiClient(url, timeout=6.0, retry=RetryPolicy(max_attempts=1), deadline=main.deadline)
+    alone = ApiClient(url, timeout=6.0, retry=RetryPolicy(max_attempts=1))
+    assert alone.deadline.first_attempt("POST /notes") == 6.0  # cold: the whole timeout
+
+    handler.script = [3.0]  # the create is stuck
+    started = time.monotonic()
+    with pytest.raises(Exception, match="ReadTimeout"):
+        once.json("POST", "/notes", json={})
+    assert time.monotonic() - started < 1.5  # the learned 0.6 s, not 6 s (nor the 3 s stall)
+    assert main.deadline is once.deadline
