@@ -14,6 +14,7 @@ from typing import Any
 
 from airflow_ascora_provider.engine.context import MigrationContext
 from airflow_ascora_provider.engine.load import LoadStats, MapLoader, PendingBatch, batch_size_for
+from airflow_ascora_provider.engine.transform import staged_reads
 from airflow_ascora_provider.mapping.spec import Mapping
 
 MAX_UNITS_PER_WAVE = 1000
@@ -73,7 +74,7 @@ def run_unit(ctx: MigrationContext, unit: dict[str, Any]) -> LoadStats:
 
 def _load_unit(ctx: MigrationContext, unit: dict[str, Any], *, settle: bool = True) -> tuple[MapLoader, LoadStats]:
     loader = MapLoader(ctx, ctx.mapping.maps[unit["map"]])
-    records = ctx.snapshot.iter_range(loader.map.source, unit["start"], unit["stop"])
+    records = ctx.snapshot.iter_range(loader.map.source, unit["start"], unit["stop"], staged_reads(loader.map))
     return loader, loader.load(records, unit["stop"] - unit["start"], settle=settle)
 
 
@@ -82,7 +83,7 @@ def prepare_unit(ctx: MigrationContext, unit: dict[str, Any], *, resuming: bool 
     """Every batch of a unit up to (not including) the write: what a bulk job would carry."""
     om = ctx.mapping.maps[unit["map"]]
     loader = MapLoader(ctx, om)
-    records = ctx.snapshot.iter_range(om.source, unit["start"], unit["stop"])
+    records = ctx.snapshot.iter_range(om.source, unit["start"], unit["stop"], staged_reads(om))
     return loader, [loader.prepare(batch, resuming=resuming)
                     for batch in loader.transformer.batches(records, batch_size_for(ctx))]
 

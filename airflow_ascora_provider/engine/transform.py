@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -214,6 +215,41 @@ def _related_reads(object_map: ObjectMap) -> tuple[dict[str, set[str]], dict[tup
     return columns, keys
 
 
+def staged_reads(object_map: ObjectMap) -> list[str]:
+    """The staged columns of the map's source object that loading it reads, in staging order.
+
+    A job is staged with forty-odd columns and its map reads about twenty-five: reading the rest from
+    Parquet and turning them into Python values cost a sixth of the transform. Besides the fields the
+    map names as sources and its condition reads, every own field an option names (a related row's
+    ``match`` or ``via``, a template's placeholders, a name's ``fallback``, a ``by_type`` field ...) is
+    read, found by name among the object's columns: a column read for nothing costs a little, one
+    left out would read as empty and load a wrong value.
+    """
+    staged = get_object(object_map.source).arrow_schema.names
+    names = set(staged)
+    wanted = {"id", ISSUES_COLUMN} | object_map.used_source_fields()
+    for fm in object_map.fields:
+        wanted |= _fields_named(fm.options, names)
+    return [name for name in staged if name in wanted]
+
+
+def _fields_named(value: Any, names: set[str]) -> set[str]:
+    """The ``names`` that ``value`` (an option, or any text, list or mapping inside one) names."""
+    if isinstance(value, str):
+        found = {value} & names
+        if "{" in value:  # a template: its placeholders (``{site.name}`` reads ``site``)
+            try:
+                found |= {re.split(r"[.\[]", field, maxsplit=1)[0] for field in template_fields(value)} & names
+            except ValueError:  # not a template after all
+                pass
+        return found
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return set().union(*(_fields_named(item, names) for item in value))
+    return set()
+
+
 class UserDirectory:
     """Staff name → destination user, from the user-resolution step's result in the ledger."""
 
@@ -303,7 +339,7 @@ class BatchTransformer:
         self._foreseen: tuple[list[dict[str, Any]], dict[str, set[str]], TransformOutcome | None] | None = None
         # A chunk is transformed in one go (see batches) unless the map looks up its own records, which
         # the chunk's earlier batches may only just have written.
-        self._whole_chunks = self.columns is not None and object_map.name not in object_map.lookups()
+        self._looks_up_itself = object_map.name in object_map.lookups()
 
     def batches(self, records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
         """``records`` in batches of ``size``, prepared per chunk of :data:`CHUNK_RECORDS` records:
@@ -324,7 +360,8 @@ class BatchTransformer:
                     wanted[name].update(ids)
             self._warm = self._fetch(wanted)
             self._asked = {(name, i) for name, ids in wanted.items() if name != self.map.name for i in ids}
-            outcomes = self._transform_together(batches, self._warm) if self._whole_chunks else [None] * len(batches)
+            whole = self.columns is not None and not self._looks_up_itself
+            outcomes = self._transform_together(batches, self._warm) if whole else [None] * len(batches)
             for batch, ask, outcome in zip(batches, asks, outcomes):
                 self._foreseen = (batch, ask, outcome)
                 yield batch

@@ -200,8 +200,11 @@ class Snapshot:
             return schema.empty_table()
         return pa.Table.from_batches(batches)
 
-    def iter_range(self, object_name: str, start: int, stop: int) -> Iterator[dict[str, Any]]:
-        """Rows ``start``..``stop`` of an object: the unit a mapped load task works on."""
+    def iter_range(self, object_name: str, start: int, stop: int,
+                   columns: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Rows ``start``..``stop`` of an object (``columns`` of them, or all): the unit a mapped load
+        task works on."""
+        cols = list(columns) if columns is not None else None
         offset = 0
         for part in self._parts(object_name):
             with part.open("rb") as handle:
@@ -212,7 +215,7 @@ class Snapshot:
                     continue
                 if offset >= stop:
                     return
-                table = parquet.read()
+                table = parquet.read(columns=cols)
                 lo, hi = max(0, start - offset), min(rows, stop - offset)
                 # Row dicts a batch at a time: a whole part as dicts is ten times its Arrow size.
                 for batch in table.slice(lo, hi - lo).to_batches(max_chunksize=RANGE_BATCH_ROWS):

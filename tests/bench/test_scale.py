@@ -83,14 +83,14 @@ done(seconds=seconds, records=sum(s.considered for s in stats.values()),
     "transform": r"""
 from airflow_ascora_provider.engine.context import payload_hash
 from airflow_ascora_provider.engine.load import batch_size_for
-from airflow_ascora_provider.engine.transform import BatchTransformer
+from airflow_ascora_provider.engine.transform import BatchTransformer, staged_reads
 ctx = context()
 size = batch_size_for(ctx)
 records = outgoing = quarantined = 0
 started = time.perf_counter()
 for om in ctx.mapping.maps.values():
     transformer = BatchTransformer(ctx, om)
-    for batch in transformer.batches(ctx.snapshot.iter_records(om.source), size):
+    for batch in transformer.batches(ctx.snapshot.iter_records(om.source, staged_reads(om)), size):
         outcome = transformer.transform(batch)
         for record in outcome.records:
             record.digest or payload_hash(record.payload)  # what the loader hashes (MapLoader.prepare)
