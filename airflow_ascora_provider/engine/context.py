@@ -208,6 +208,8 @@ def _writer_for(kind: type) -> Callable[[Any], str]:
         return lambda value: "true" if value else "false"
     if kind is int:
         return int.__repr__
+    if kind in (list, tuple):  # most are a value's other e-mails or phones: texts, often none
+        return _write_sequence
     if issubclass(kind, (str, int, float, list, tuple, dict)):  # what the encoder writes itself
         return _encode
     if issubclass(kind, Decimal):  # digits, sign and point: nothing to escape
@@ -218,6 +220,15 @@ def _writer_for(kind: type) -> Callable[[Any], str]:
     if dataclasses.is_dataclass(kind) and not hasattr(kind, "__slots__"):
         return _dataclass_writer(kind)
     return _encode
+
+
+def _write_sequence(value: list | tuple) -> str:
+    """A list or tuple as the encoder writes it: texts directly, anything else by the encoder."""
+    if not value:
+        return "[]"
+    if all(type(item) is str for item in value):
+        return "[" + ",".join(map(_encode_text, value)) + "]"
+    return _encode(value)
 
 
 def _dataclass_writer(kind: type) -> Callable[[Any], str]:

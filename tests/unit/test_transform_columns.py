@@ -166,7 +166,7 @@ VALUES = [
     Address("1 St", city="X", latitude=Decimal("-27.600")), Emails("a@x", ("b@x",)), Phones("1", ()),
     Link("https://x"), RichText("**x**"), AttachTo((DestRef("a", "1"), DestRef("b", "2"))),
     FileRef("abc", 3, "n.pdf", "application/pdf", "/tmp/n"), (1, "a"), ["x", None], {"b": 1, "a": [2]},
-    frozenset(), Slotted("s"), Upper("z", 1),
+    frozenset(), Slotted("s"), Upper("z", 1), (), [], ("only",), ["é \" \n", "b"], [Decimal("1")],
 ]
 
 
