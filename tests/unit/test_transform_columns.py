@@ -218,3 +218,27 @@ def test_a_value_whose_writer_fails_otherwise_leaves_every_digest_of_the_batch_t
     records = [OutgoingRecord("1", {"a": "x"})]
     transform.BatchTransformer._digests(holder, records, [["x"]], [0], 1)
     assert records[0].digest is None
+
+
+def test_the_cycle_collector_is_paused_for_a_chunk_and_runs_again_after():
+    import gc
+
+    from airflow_ascora_provider.engine.transform import _collector_paused
+
+    assert gc.isenabled()
+    with _collector_paused():
+        assert not gc.isenabled()
+        with _collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner pause leaves it to the outer one
+    assert gc.isenabled()
+    with pytest.raises(ValueError), _collector_paused():
+        raise ValueError("a transform failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _collector_paused():
+            pass
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()
