@@ -94,9 +94,6 @@ class MapLoader:
         self.ledger = ctx.ledger
         self.dest = ctx.destination
         self._in_doubt: list[tuple[OutgoingRecord, str, dict[str, Any] | None, bool, Any]] = []
-        # A map whose records look up records of the same map (a parent record) cannot leave a parent in
-        # doubt while the next batch looks for it: it settles after every batch.
-        self._settle_each_batch = object_map.name in object_map.lookups()
 
     def load(self, records: Iterable[dict[str, Any]], total: int | None = None, *, settle: bool = True) -> LoadStats:
         """Load ``records``; with ``settle=False`` creates left in doubt wait for the caller's
@@ -119,7 +116,7 @@ class MapLoader:
             mine = applicable()
         for batch in self.transformer.batches(mine, batch_size_for(self.ctx)):
             stats.add(self.load_batch(batch))
-            if self._settle_each_batch:
+            if self.transformer.looks_up_itself:  # a parent is never in doubt when a child needs it
                 stats.add(self.settle())
             progress.tick(len(batch))
         if settle:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from graphlib import TopologicalSorter
+from collections.abc import Iterator
 from typing import Any
 
 from airflow_ascora_provider.engine.context import MigrationContext
@@ -74,8 +75,13 @@ def run_unit(ctx: MigrationContext, unit: dict[str, Any]) -> LoadStats:
 
 def _load_unit(ctx: MigrationContext, unit: dict[str, Any], *, settle: bool = True) -> tuple[MapLoader, LoadStats]:
     loader = MapLoader(ctx, ctx.mapping.maps[unit["map"]])
-    records = ctx.snapshot.iter_range(loader.map.source, unit["start"], unit["stop"], staged_reads(loader.map))
-    return loader, loader.load(records, unit["stop"] - unit["start"], settle=settle)
+    return loader, loader.load(_unit_records(ctx, unit), unit["stop"] - unit["start"], settle=settle)
+
+
+def _unit_records(ctx: MigrationContext, unit: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The unit's staged rows, only the columns its map reads."""
+    om = ctx.mapping.maps[unit["map"]]
+    return ctx.snapshot.iter_range(om.source, unit["start"], unit["stop"], staged_reads(om))
 
 
 def prepare_unit(ctx: MigrationContext, unit: dict[str, Any], *, resuming: bool = False
@@ -83,9 +89,8 @@ def prepare_unit(ctx: MigrationContext, unit: dict[str, Any], *, resuming: bool 
     """Every batch of a unit up to (not including) the write: what a bulk job would carry."""
     om = ctx.mapping.maps[unit["map"]]
     loader = MapLoader(ctx, om)
-    records = ctx.snapshot.iter_range(om.source, unit["start"], unit["stop"], staged_reads(om))
     return loader, [loader.prepare(batch, resuming=resuming)
-                    for batch in loader.transformer.batches(records, batch_size_for(ctx))]
+                    for batch in loader.transformer.batches(_unit_records(ctx, unit), batch_size_for(ctx))]
 
 
 def start_unit(ctx: MigrationContext, unit: dict[str, Any]) -> tuple[LoadStats | None, dict[str, Any] | None]:

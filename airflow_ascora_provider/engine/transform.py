@@ -12,9 +12,9 @@ import gc
 import json
 import logging
 import re
-from contextlib import contextmanager
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -361,9 +361,10 @@ class BatchTransformer:
         # The batch batches() handed out last, what its records ask (see _prefetch) and, when its chunk
         # was transformed whole, its outcome.
         self._foreseen: tuple[list[dict[str, Any]], dict[str, set[str]], TransformOutcome | None] | None = None
-        # A chunk is transformed in one go (see batches) unless the map looks up its own records, which
-        # the chunk's earlier batches may only just have written.
-        self._looks_up_itself = object_map.name in object_map.lookups()
+        # A map whose records look up records of the same map (a parent record): a chunk is then not
+        # transformed in one go (see batches), since its earlier batches may only just have written a
+        # parent, and the loader settles creates in doubt after every batch.
+        self.looks_up_itself = object_map.name in object_map.lookups()
 
     def batches(self, records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
         """``records`` in batches of ``size``, prepared per chunk of :data:`CHUNK_RECORDS` records:
@@ -391,7 +392,7 @@ class BatchTransformer:
                         wanted[name].update(ids)
                 self._warm = self._fetch(wanted)
                 self._asked = {(name, i) for name, ids in wanted.items() if name != self.map.name for i in ids}
-                whole = self.columns is not None and not self._looks_up_itself
+                whole = self.columns is not None and not self.looks_up_itself
                 outcomes = self._transform_together(batches, self._warm) if whole else [None] * len(batches)
             for batch, ask, outcome in zip(batches, asks, outcomes):
                 self._foreseen = (batch, ask, outcome)
