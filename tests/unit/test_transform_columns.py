@@ -242,3 +242,40 @@ def test_the_cycle_collector_is_paused_for_a_chunk_and_runs_again_after():
         assert not gc.isenabled()  # a caller that had it off keeps it off
     finally:
         gc.enable()
+
+
+def test_what_a_paused_chunk_still_holds_is_not_walked_by_the_next_young_collection():
+    """Leaving the pause sets off no collection (the young counts are reset, the chunk's containers
+    are in the oldest generation), and nothing stays frozen: a cycle made during the pause is still
+    collected."""
+    import gc
+    import weakref
+
+    from airflow_ascora_provider.engine.transform import _collector_paused
+
+    class Node:
+        pass
+
+    collections: list[int] = []
+
+    def record(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    try:
+        with _collector_paused():
+            held = [{"row": i} for i in range(50_000)]
+            cycle = Node()
+            cycle.me = cycle
+            gone = weakref.ref(cycle)
+            del cycle
+            gc.callbacks.append(record)
+        after = [{"after": i} for i in range(100)]  # the allocations that set off the walk before
+    finally:
+        gc.callbacks.remove(record)
+    assert collections == []
+    assert not any(o is held[0] for o in gc.get_objects(generation=0))
+    assert gc.get_freeze_count() == 0
+    assert len(held) == 50_000 and held[-1] == {"row": 49_999} and len(after) == 100
+    gc.collect()
+    assert gone() is None
