@@ -167,6 +167,8 @@ VALUES = [
     Link("https://x"), RichText("**x**"), AttachTo((DestRef("a", "1"), DestRef("b", "2"))),
     FileRef("abc", 3, "n.pdf", "application/pdf", "/tmp/n"), (1, "a"), ["x", None], {"b": 1, "a": [2]},
     frozenset(), Slotted("s"), Upper("z", 1), (), [], ("only",), ["é \" \n", "b"], [Decimal("1")],
+    [[1, "a"], (DestRef("a", "1"),), None], [1.5, None, True, {"z": [], "a": ("x",)}], [Money(Decimal("2.50"))],
+    (dt.date(2026, 1, 2), dt.datetime(2026, 1, 2, 3, tzinfo=dt.UTC)), [frozenset(), Slotted("t")],
 ]
 
 
