@@ -32,6 +32,7 @@ Design choices worth knowing:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,7 +40,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, create_engine, event, func, select, tuple_
+from sqlalchemy import String, any_, bindparam, create_engine, event, func, literal_column, select, tuple_
+from sqlalchemy import cast as sa_cast
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection, Engine
@@ -153,6 +156,27 @@ def _adopt_engine(engine: Engine) -> None:
 def _chunks(seq: Sequence, n: int = IN_CHUNK) -> Iterator[Sequence]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
+
+
+def _among(column: Any, dialect: str) -> Any:
+    """``column`` is one of the ids bound as ``b_ids``: a single parameter, however many ids.
+
+    An expanding ``IN`` is rendered anew for every list length and binds one parameter an id, in
+    chunks of :data:`IN_CHUNK`: for the crosswalk reads a transform makes per chunk of 2,000 records
+    that was 40% of the read's time (2.1 against 1.3 µs an id on SQLite). PostgreSQL takes the ids as
+    one array (``= ANY``), SQLite as one JSON text (``json_each``); either way the statement is
+    compiled once and the database probes its index once an id, as with ``IN``.
+    See :func:`_bound_ids` for the value to bind.
+    """
+    ids = bindparam("b_ids")
+    if dialect == "postgresql":
+        return column == any_(sa_cast(ids, ARRAY(String)))
+    return column.in_(select(literal_column("value")).select_from(func.json_each(ids)))
+
+
+def _bound_ids(ids: Sequence[str], dialect: str) -> Any:
+    """``ids`` as :func:`_among` binds them."""
+    return list(ids) if dialect == "postgresql" else json.dumps(list(ids), ensure_ascii=False)
 
 
 def _require(**values: Any) -> None:
@@ -346,7 +370,7 @@ class Ledger:
             cw.c.destination == bindparam("b_destination"),
             cw.c.source_object == bindparam("b_source_object"),
             cw.c.target_object == bindparam("b_target_object"),
-            cw.c.source_id.in_(bindparam("b_ids", expanding=True)),
+            _among(cw.c.source_id, self.dialect),
         )
         self._intents_by_ids = select(
             wi.c.source_object, wi.c.source_id, wi.c.target_object, wi.c.op, wi.c.before_image
@@ -524,7 +548,7 @@ class Ledger:
                     _resolve_quarantine(conn, run_id, destination, source_object, list(dict.fromkeys(ids)))
 
     def _rows_for_ids(self, query, destination: str, source_object: str, target_object: str | None,
-                      source_ids: Iterable[str], *, raw: bool = False) -> Iterator[Any]:
+                      source_ids: Iterable[str]) -> Iterator[Any]:
         """Rows of ``query`` for many source ids, deduplicated and sent in chunks under the drivers'
         bound-parameter limits; what every read-many method below shares."""
         ids = list(dict.fromkeys(str(i) for i in source_ids))
@@ -533,12 +557,7 @@ class Ledger:
         params = {"b_destination": destination, "b_source_object": source_object, "b_target_object": target_object}
         with self._read() as conn:
             for chunk in _chunks(ids):
-                result = conn.execute(query, {**params, "b_ids": list(chunk)})
-                if raw:  # the driver's own tuples: no Row built per entry, for plain text columns
-                    yield from result.cursor.fetchall()
-                    result.close()
-                else:
-                    yield from result
+                yield from conn.execute(query, {**params, "b_ids": list(chunk)})
 
     def crosswalk_get_many(
         self,
@@ -562,9 +581,16 @@ class Ledger:
         What a transform resolves a parent by: the two columns alone, not whole entries, whose
         timestamps and hashes made the query four times as slow to read and build.
         """
-        return {source_id: dest_id for source_id, dest_id in
-                self._rows_for_ids(self._cw_dest_ids, destination, source_object, target_object, source_ids,
-                                   raw=True)}
+        ids = list(dict.fromkeys(str(i) for i in source_ids))
+        if not ids:
+            return {}
+        params = {"b_destination": destination, "b_source_object": source_object, "b_target_object": target_object,
+                  "b_ids": _bound_ids(ids, self.dialect)}
+        with self._read() as conn:
+            result = conn.execute(self._cw_dest_ids, params)
+            found = dict(result.cursor.fetchall())  # the driver's own tuples: no Row built per entry
+            result.close()
+        return found
 
     def crosswalk_lookup(
         self, destination: str, source_object: str, source_id: str, target_object: str | None = None

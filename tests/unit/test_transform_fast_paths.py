@@ -14,7 +14,6 @@ from decimal import Decimal
 
 import pyarrow as pa
 import pytest
-import sqlalchemy as sa
 
 from airflow_ascora_provider.engine.context import payload_hash
 from airflow_ascora_provider.ledger import Ledger, Write
@@ -131,19 +130,24 @@ def test_rows_of_is_to_pylist(data):
     assert repr(rows_of(data)) == repr(data.to_pylist())
 
 
-def test_crosswalk_dest_ids_are_what_the_entries_hold(tmp_path):
-    ledger = Ledger(sa.create_engine(f"sqlite:///{tmp_path / 'ledger.sqlite'}"))
+@pytest.mark.parametrize("ledger_url", ["sqlite", "postgres"], indirect=True)
+def test_crosswalk_dest_ids_are_what_the_entries_hold(ledger_url):
+    """The ids go to the database as one array (PostgreSQL) or one JSON text (SQLite): any number of
+    them, ids JSON or SQL would have to escape, duplicates and ids with no entry."""
+    url, schema = ledger_url
+    ledger = Ledger(url, schema=schema)
     ledger.migrate()
-    ids = [f"C{i:04d}" for i in range(1200)]  # more than one IN chunk
+    ids = [f"C{i:04d}" for i in range(1200)] + ['C"q', "C\\b", "C'x", "Cé-ü", "C%s", "C\u2028"]
     ledger.record_writes("r1", "twenty", [Write("customer", i, "company", f"d-{i}", "create", "h", None)
                                           for i in ids])
     ledger.record_writes("r1", "twenty", [Write("customer", i, "person", f"p-{i}", "create", "h", None)
-                                          for i in ids[:10]])
-    wanted = ids + ["missing"] + ids[:3]
+                                          for i in ids[:10] + ids[-6:]])
+    wanted = ids + ["missing"] + ids[:3] + ids[-6:]
     for target in ("company", "person"):
         entries = ledger.crosswalk_get_many("twenty", "customer", wanted, target)
-        assert ledger.crosswalk_dest_ids("twenty", "customer", wanted, target) == {
-            source_id: entry.dest_id for (source_id, _), entry in entries.items()}
+        found = ledger.crosswalk_dest_ids("twenty", "customer", wanted, target)
+        assert found == {source_id: entry.dest_id for (source_id, _), entry in entries.items()}
+        assert len(found) == (len(ids) if target == "company" else 16)
     assert ledger.crosswalk_dest_ids("twenty", "customer", [], "company") == {}
     assert ledger.crosswalk_dest_ids("twenty", "job", ids, "company") == {}
 
