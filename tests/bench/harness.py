@@ -811,6 +811,85 @@ def load_by_map(ctx, only: tuple[str, ...] = ()) -> Iterator[tuple[str, str, Any
             yield unit["map"], ctx.mapping.maps[unit["map"]].target, stats, delta
 
 
+# --------------------------------------------------------------------------- the transform as the DAG's units run it
+
+def bench_context(args: dict[str, Any]):
+    """The :class:`MigrationContext` a stage (or a worker of one) rebuilds from a prepared ledger:
+    ``args`` names the destination, ledger URL, staging folder and emulator URL."""
+    from airflow_ascora_provider.destinations.manager import get_destination
+    from airflow_ascora_provider.engine.context import MigrationContext
+    from airflow_ascora_provider.ledger import Ledger
+    from airflow_ascora_provider.mapping.spec import load_mapping
+
+    row = TARGETS[args["destination"]]
+    ledger = Ledger(args["ledger"])
+    mapping = load_mapping(ledger.approved_mapping(row.name)["mapping_text"])
+    ctx = MigrationContext("bench", row.name, ledger, args["staging"], args.get("snapshot", "scale"), mapping,
+                           fallback_owner_email=row.fallback_owner)
+    ctx.use_destination(get_destination(row.name, None, **row.options(args["url"], None)))
+    return ctx
+
+
+def transform_records(ctx, om, records) -> tuple[int, int, int]:
+    """``(records, outgoing, quarantined)``: ``records`` through the map's transform, validation and
+    payload hash, with a fresh transformer (what one load task builds), writing nothing."""
+    from airflow_ascora_provider.engine.context import payload_hash
+    from airflow_ascora_provider.engine.load import batch_size_for
+    from airflow_ascora_provider.engine.transform import BatchTransformer
+
+    transformer = BatchTransformer(ctx, om)
+    seen = outgoing = quarantined = 0
+    for batch in transformer.batches(records, batch_size_for(ctx)):
+        outcome = transformer.transform(batch)
+        for record in outcome.records:
+            record.digest or payload_hash(record.payload)  # what the loader hashes (MapLoader.prepare)
+        seen += len(batch)
+        outgoing += len(outcome.records)
+        quarantined += len(outcome.quarantined)
+    return seen, outgoing, quarantined
+
+
+def warm_up_transform(ctx, rows: int = 50) -> float:
+    """Seconds taken to transform the first ``rows`` records of every map, writing nothing: what a
+    task's process imports and builds once before its first record (pandas, which pyarrow imports on
+    its first conversion of Python values, 0.8 s here where no bytecode is cached; Airflow's plugins,
+    which the object-storage path's lineage hook loads on the first staging read, 0.4 s), kept out of
+    a transform's clock. Each map's later run builds its transformer (indexes, first holders,
+    crosswalk reads) anew, so what a task sets up per map is still counted."""
+    from airflow_ascora_provider.engine.transform import staged_reads
+
+    started = time.perf_counter()
+    for om in ctx.mapping.maps.values():
+        transform_records(ctx, om, ctx.snapshot.iter_range(om.source, 0, rows, staged_reads(om)))
+    return time.perf_counter() - started
+
+
+_worker_ctx = None  # a transform worker's context, built once as the worker starts
+
+
+def start_transform_worker(args: dict[str, Any], ready) -> None:
+    """A pool worker's start: context and imports first (:func:`warm_up_transform`), then ``ready`` is
+    told, so the stage's clock (test_scale's ``transform_workers``) starts when every worker can take
+    a unit at once."""
+    global _worker_ctx
+    _worker_ctx = bench_context(args)
+    warm_up_transform(_worker_ctx)
+    ready.put(os.getpid())
+
+
+def transform_unit(unit: dict[str, Any]) -> dict[str, Any]:
+    """One load unit (a map's row range) transformed in this worker, as its load task would, writing
+    nothing; with the worker's CPU time for it and the worker's peak RSS so far."""
+    from airflow_ascora_provider.engine.transform import staged_reads
+
+    om = _worker_ctx.mapping.maps[unit["map"]]
+    started = time.process_time()
+    records = _worker_ctx.snapshot.iter_range(om.source, unit["start"], unit["stop"], staged_reads(om))
+    seen, outgoing, quarantined = transform_records(_worker_ctx, om, records)
+    return {"records": seen, "outgoing": outgoing, "quarantined": quarantined,
+            "cpu": time.process_time() - started, "peak_mb": own_peak_rss_mb(), "pid": os.getpid()}
+
+
 def fmt_table(headers: list[str], rows: list[list[Any]]) -> str:
     """A fixed-width table for the terminal (the same figures go into docs/performance.md)."""
     cells = [[f"{c:,.2f}" if isinstance(c, float) else f"{c:,}" if isinstance(c, int) else str(c) for c in r]
