@@ -33,6 +33,9 @@ REJECTED = "_rejected"
 FILES = "files"
 PART_ROWS = 50_000
 RANGE_BATCH_ROWS = 2_000  # rows turned into dicts at a time by iter_range
+# Rows of a Parquet row group, the least a reader decodes: a load unit (engine.runner.plan_units, at
+# least 2,000 rows) reads the groups its range touches, not its whole 50,000-row part.
+ROW_GROUP_ROWS = 2_000
 
 REJECTED_SCHEMA = pa.schema(
     [
@@ -96,6 +99,18 @@ _UNITS = {"s": lambda n: _dt.timedelta(seconds=n), "ms": lambda n: _dt.timedelta
 _EPOCH_DAY = _dt.date(1970, 1, 1)
 
 
+def _groups_between(metadata: pq.FileMetaData, lo: int, hi: int) -> tuple[list[int], int]:
+    """The row groups of a Parquet file that hold its rows ``lo``..``hi``, and the first row of the first."""
+    groups, first, row = [], None, 0
+    for index in range(metadata.num_row_groups):
+        end = row + metadata.row_group(index).num_rows
+        if end > lo and row < hi:
+            groups.append(index)
+            first = row if first is None else first
+        row = end
+    return groups, first or 0
+
+
 class PartWriter:
     """Writes rows into part files of at most ``part_rows`` rows: memory stays bounded by one part."""
 
@@ -119,7 +134,7 @@ class PartWriter:
         name = f"part-{len(self.parts):05d}.parquet"
         self.folder.mkdir(parents=True, exist_ok=True)
         with (self.folder / name).open("wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
+            pq.write_table(table, handle, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         self.parts.append(name)
         self.rows += len(self._buffer)
         self._buffer = []
@@ -203,7 +218,13 @@ class Snapshot:
     def iter_range(self, object_name: str, start: int, stop: int,
                    columns: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
         """Rows ``start``..``stop`` of an object (``columns`` of them, or all): the unit a mapped load
-        task works on."""
+        task works on.
+
+        Only the row groups the range touches are read (see :data:`ROW_GROUP_ROWS`). A unit of a
+        large tenant is 2,000 rows of a 50,000-row part: reading the part whole and slicing it made
+        every unit decode twenty-five times the rows it used, a cost that grew with the tenant. A
+        part written as one group (a snapshot staged before row groups) is read whole, as before.
+        """
         cols = list(columns) if columns is not None else None
         offset = 0
         for part in self._parts(object_name):
@@ -215,10 +236,11 @@ class Snapshot:
                     continue
                 if offset >= stop:
                     return
-                table = parquet.read(columns=cols)
                 lo, hi = max(0, start - offset), min(rows, stop - offset)
+                groups, first = _groups_between(parquet.metadata, lo, hi)
+                table = parquet.read_row_groups(groups, columns=cols)
                 # Row dicts a batch at a time: a whole part as dicts is ten times its Arrow size.
-                for batch in table.slice(lo, hi - lo).to_batches(max_chunksize=RANGE_BATCH_ROWS):
+                for batch in table.slice(lo - first, hi - lo).to_batches(max_chunksize=RANGE_BATCH_ROWS):
                     yield from rows_of(batch)
                 offset += rows
 
