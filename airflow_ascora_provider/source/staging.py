@@ -31,6 +31,7 @@ from airflow_ascora_provider.source.model import ObjectSchema, get_object
 MANIFEST = "manifest.json"
 REJECTED = "_rejected"
 FILES = "files"
+DERIVED = "_derived"
 PART_ROWS = 50_000
 RANGE_BATCH_ROWS = 2_000  # rows turned into dicts at a time by iter_range
 # Rows of a Parquet row group, the least a reader decodes: a load unit (engine.runner.plan_units, at
@@ -170,6 +171,26 @@ class Snapshot:
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+
+    # -- what the load derives from the snapshot once ------------------------------------------
+    def read_derived(self, name: str) -> Any | None:
+        """A value :meth:`write_derived` stored for this snapshot, or None when there is none (or it
+        is unreadable: a file another task is still writing reads as absent, and is made again)."""
+        try:
+            return json.loads((self.path / DERIVED / safe_name(name)).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def write_derived(self, name: str, value: Any) -> None:
+        """Keep ``value`` (JSON) with the snapshot for every later task of any run that loads it.
+
+        For what a task would otherwise work out from a whole staged object, the same for every task
+        (the first holder of each unique value): one task writes it, the others read it. Two tasks
+        writing at once write the same text, so either may win. The name must say everything the value
+        depends on beyond the snapshot (a mapping's hash, say)."""
+        folder = self.path / DERIVED
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / safe_name(name)).write_text(json.dumps(value, sort_keys=True))
 
     def objects(self) -> list[str]:
         return [name for name, info in self.manifest()["objects"].items() if info.get("staged", 0) >= 0]

@@ -99,3 +99,32 @@ def test_the_rule_is_read_from_the_mapping_only(snapshot, tmp_path):
     records = list(ctx.snapshot.iter_records(om.source))
     outcome = BatchTransformer(ctx, om).transform(records)
     assert not [q for q in outcome.quarantined if "unique in the mapping" in q.reason]
+
+
+def test_the_first_holders_are_worked_out_once_per_snapshot_and_kept_for_later_tasks(snapshot, tmp_path, monkeypatch):
+    """Each load unit is a task of its own; the pass over the map's whole source is made by the first
+    one, and the others read its answer from the snapshot, unless what the answer depends on changed."""
+    from airflow_ascora_provider.engine.transform import USERS_WATERMARK, BatchTransformer
+
+    ctx = _context(snapshot, tmp_path, "twenty")
+    shared = [(om, held) for om in ctx.mapping.maps.values() if any(fm.options.get("unique") for fm in om.fields)
+              if any((held := BatchTransformer(ctx, om).first_holders()).values())]
+    assert shared, "no map shares a unique value: the test proves nothing"
+    om, first = shared[0]
+    kept = ctx.snapshot.path / "_derived" / BatchTransformer(ctx, om)._first_holders_name()
+    assert kept.exists()
+
+    passes = []
+    real = BatchTransformer._find_first_holders
+    monkeypatch.setattr(BatchTransformer, "_find_first_holders", lambda self: passes.append(self) or real(self))
+    assert BatchTransformer(ctx, om).first_holders() == first
+    assert passes == []  # read, not worked out again
+
+    kept.write_text('{"email": {"a@')  # a file another task is still writing reads as absent
+    assert BatchTransformer(ctx, om).first_holders() == first
+    assert len(passes) == 1 and kept.read_text().startswith('{"')
+
+    # Other users resolved (a fresh user-resolution step): another answer may hold, worked out anew.
+    ctx.ledger.set_watermark(ctx.destination_name, USERS_WATERMARK, '{"by_name": {}}')
+    assert BatchTransformer(ctx, om).first_holders() == first
+    assert len(passes) == 2
