@@ -160,7 +160,9 @@ class Text(str):
 
 VALUES = [
     None, "", "plain", 'quote " and \\ and \n', "ünïcødé ✓", Text("sub"), True, False, 0, -12, 10**20, 1.5, 1e300,
-    math.inf, Decimal("10.50"), Decimal("-0"), Decimal("1E+3"), dt.date(2026, 2, 3),
+    math.inf, Decimal("10.50"), Decimal("-0"), Decimal("1E+3"), Decimal("0.00"), Decimal("-0.00"), Decimal("100"),
+    Decimal("100.00"), Decimal("-12.3400"), Decimal("0.000001"), Decimal("1E-7"), Decimal("1.5E+3"), Decimal("0E-7"),
+    Decimal("NaN"), Decimal("-Infinity"), Decimal("12345678901234567890.120"), dt.date(2026, 2, 3),
     dt.datetime(2026, 2, 3, 4, 5, tzinfo=dt.UTC), dt.datetime(2026, 2, 3, 4, 5), Money(Decimal("10.50")),
     Money(Decimal("1"), "NZD"), DestRef("company", "d1"), UserRef("u1", fallback=True), FullName("a", None),
     Address("1 St", city="X", latitude=Decimal("-27.600")), Emails("a@x", ("b@x",)), Phones("1", ()),
@@ -281,3 +283,24 @@ def test_what_a_paused_chunk_still_holds_is_not_walked_by_the_next_young_collect
     assert len(held) == 50_000 and held[-1] == {"row": 49_999} and len(after) == 100
     gc.collect()
     assert gone() is None
+
+
+def test_an_amount_is_written_as_its_normal_form_whatever_its_places_or_exponent():
+    """The digest text of an amount is ``format(value.normalize(), "f")`` (what ledgers already hold);
+    the shortcut through ``str`` must give the same text for every amount, not just staged ones."""
+    from airflow_ascora_provider.engine.context import _decimal_text
+
+    amounts = [value for value in VALUES if isinstance(value, Decimal)]
+    for digits in ("0", "1", "10", "105", "1050", "123456789", "100000000000000000000"):
+        for exponent in range(-12, 8):
+            for sign in (0, 1):
+                amounts.append(Decimal((sign, tuple(int(d) for d in digits), exponent)))
+    amounts += [Decimal("sNaN"), Decimal("Infinity"), Decimal("-0E+5"), Decimal(".5"), Decimal("5.")]
+    for amount in amounts:
+        try:
+            expected = format(amount.normalize(), "f")
+        except ArithmeticError as refused:  # a signalling NaN: refused both ways
+            with pytest.raises(type(refused)):
+                _decimal_text(amount)
+            continue
+        assert _decimal_text(amount) == expected, amount
