@@ -43,6 +43,9 @@ RECORDS = [
 FIELDS = [
     FieldMap("copy", "copy", ("name",), {}),
     FieldMap("copy_n", "copy", ("total",), {}),
+    FieldMap("copy_dates", "copy", ("day",), {}),  # no text at all: the column is taken as it is
+    FieldMap("copy_flag", "copy", ("flag",), {}),  # a number, text, empty text, none
+    FieldMap("copy_absent", "copy", ("nowhere",), {}),
     FieldMap("currency", "currency", ("total",), {}),
     FieldMap("currency_nzd", "currency", ("total",), {"currency": "NZD"}),
     FieldMap("number", "number", ("text",), {}),
