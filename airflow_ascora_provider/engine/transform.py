@@ -291,6 +291,7 @@ class UserDirectory:
 
     def __init__(self, ctx: MigrationContext):
         text = ctx.ledger.get_watermark(ctx.destination_name, USERS_WATERMARK)
+        self.text = text or ""  # the step's result as stored: what a value derived from the users depends on
         data = json.loads(text) if text else {}
         self.by_name: dict[str, dict[str, Any]] = data.get("by_name", {})
         self.fallback_user_id: str | None = data.get("fallback_user_id")
@@ -673,8 +674,9 @@ class BatchTransformer:
 
         Finding them is a pass over the map's whole source; every load unit of the map needs the same
         answer, so the first task works it out and keeps it with the snapshot (``Snapshot.derived``;
-        :meth:`_first_holders_name` says what it depends on), and the others read it: per unit, the pass grew with the tenant
-        (142 ms a unit for the contacts of a 1,000,000-record tenant, 29 units; 5.5 ms to read).
+        :meth:`_first_holders_name` says what it depends on), and the others read it: per unit, the
+        pass grew with the tenant (142 ms a unit for the contacts of a 1,000,000-record tenant, 29
+        units; 5.5 ms to read).
         """
         if self._first_holders is None:
             self._first_holders = self.ctx.snapshot.derived(self._first_holders_name(), self._find_first_holders)
@@ -684,8 +686,7 @@ class BatchTransformer:
         """The name the first holders of this map are kept under (``Snapshot.derived``): everything they
         depend on beyond the snapshot, hashed. The map as approved (the mapping's hash), the date its
         conditions measure from, the users its fields may resolve."""
-        users = self.ctx.ledger.get_watermark(self.ctx.destination_name, USERS_WATERMARK) or ""
-        key = json.dumps([self.ctx.mapping.hash, self.map.name, self.ctx.as_of.isoformat(), users])
+        key = json.dumps([self.ctx.mapping.hash, self.map.name, self.ctx.as_of.isoformat(), self.users.text])
         return f"first-holders-{self.map.name}-{hashlib.blake2b(key.encode(), digest_size=12).hexdigest()}"
 
     def _find_first_holders(self) -> dict[str, dict[str, str]]:

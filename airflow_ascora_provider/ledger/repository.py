@@ -162,8 +162,8 @@ def _among(column: Any, dialect: str) -> Any:
     """``column`` is one of the ids bound as ``b_ids``: a single parameter, however many ids.
 
     An expanding ``IN`` is rendered anew for every list length and binds one parameter an id, in
-    chunks of :data:`IN_CHUNK`: for the crosswalk reads a transform makes per chunk of 2,000 records
-    that was 40% of the read's time (2.1 against 1.3 µs an id on SQLite). PostgreSQL takes the ids as
+    chunks under the drivers' limits: for the crosswalk reads a transform makes per chunk of 2,000
+    records that was 40% of the read's time (2.1 against 1.3 µs an id on SQLite). PostgreSQL takes the ids as
     one array (``= ANY``), SQLite as one JSON text (``json_each``); either way the statement is
     compiled once and the database probes its index once an id, as with ``IN``.
     See :func:`_bound_ids` for the value to bind.
@@ -359,11 +359,12 @@ class Ledger:
         self._intent_insert = self._insert(wi).on_conflict_do_nothing(
             index_elements=[wi.c.destination, wi.c.source_object, wi.c.source_id, wi.c.target_object]
         )  # never overwrite: the first intent holds the true before-image
-        # Per-batch reads, built once: an expanding IN keeps one cached compiled form per statement.
+        # Per-batch reads, built once: the ids are one parameter (see _among), so each statement is
+        # compiled once, whatever the number of ids.
         self._cw_by_ids = select(cw).where(
             cw.c.destination == bindparam("b_destination"),
             cw.c.source_object == bindparam("b_source_object"),
-            cw.c.source_id.in_(bindparam("b_ids", expanding=True)),
+            _among(cw.c.source_id, self.dialect),
         )
         self._cw_by_ids_target = self._cw_by_ids.where(cw.c.target_object == bindparam("b_target_object"))
         self._cw_dest_ids = select(cw.c.source_id, cw.c.dest_id).where(
@@ -378,7 +379,7 @@ class Ledger:
             wi.c.destination == bindparam("b_destination"),
             wi.c.source_object == bindparam("b_source_object"),
             wi.c.target_object == bindparam("b_target_object"),
-            wi.c.source_id.in_(bindparam("b_ids", expanding=True)),
+            _among(wi.c.source_id, self.dialect),
         )
         self._cw_delete = cw.delete().where(
             cw.c.destination == bindparam("b_destination"),
@@ -548,16 +549,22 @@ class Ledger:
                     _resolve_quarantine(conn, run_id, destination, source_object, list(dict.fromkeys(ids)))
 
     def _rows_for_ids(self, query, destination: str, source_object: str, target_object: str | None,
-                      source_ids: Iterable[str]) -> Iterator[Any]:
-        """Rows of ``query`` for many source ids, deduplicated and sent in chunks under the drivers'
-        bound-parameter limits; what every read-many method below shares."""
+                      source_ids: Iterable[str], *, raw: bool = False) -> list[Any]:
+        """Rows of ``query`` for many source ids, deduplicated and bound as one parameter (see
+        :func:`_among`); what every read-many method below shares. ``raw``: the driver's own tuples,
+        no Row built per entry (for plain text columns)."""
         ids = list(dict.fromkeys(str(i) for i in source_ids))
         if not ids:
-            return
-        params = {"b_destination": destination, "b_source_object": source_object, "b_target_object": target_object}
+            return []
+        params = {"b_destination": destination, "b_source_object": source_object,
+                  "b_target_object": target_object, "b_ids": _bound_ids(ids, self.dialect)}
         with self._read() as conn:
-            for chunk in _chunks(ids):
-                yield from conn.execute(query, {**params, "b_ids": list(chunk)})
+            result = conn.execute(query, params)
+            if not raw:
+                return result.all()
+            rows = result.cursor.fetchall()
+            result.close()
+            return rows
 
     def crosswalk_get_many(
         self,
@@ -581,16 +588,8 @@ class Ledger:
         What a transform resolves a parent by: the two columns alone, not whole entries, whose
         timestamps and hashes made the query four times as slow to read and build.
         """
-        ids = list(dict.fromkeys(str(i) for i in source_ids))
-        if not ids:
-            return {}
-        params = {"b_destination": destination, "b_source_object": source_object, "b_target_object": target_object,
-                  "b_ids": _bound_ids(ids, self.dialect)}
-        with self._read() as conn:
-            result = conn.execute(self._cw_dest_ids, params)
-            found = dict(result.cursor.fetchall())  # the driver's own tuples: no Row built per entry
-            result.close()
-        return found
+        return dict(self._rows_for_ids(self._cw_dest_ids, destination, source_object, target_object, source_ids,
+                                       raw=True))
 
     def crosswalk_lookup(
         self, destination: str, source_object: str, source_id: str, target_object: str | None = None

@@ -20,9 +20,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import re
-import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -229,7 +228,7 @@ class Snapshot:
         so a task reading it never sees half a file, and two tasks keeping the same value at once
         leave one whole copy."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        aside = path.parent / f".{path.name}.{os.getpid()}-{threading.get_ident()}"
+        aside = path.parent / f".{path.name}.{uuid.uuid4().hex}"
         with aside.open("wb") as handle:
             write(handle)
         aside.replace(path)
