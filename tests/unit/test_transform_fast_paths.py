@@ -188,9 +188,16 @@ _MICROS = [None, 0, -1, 1, 1_700_000_000_123_456, -62_135_596_800_000_000, 253_4
     pa.array([None, 0, -1, 19_000, -719_162, 2_932_896], pa.date32()),
     pa.array([0, 1], pa.timestamp("us", "Australia/Brisbane")),  # another zone: Arrow's own conversion
     pa.array([None, None], pa.timestamp("us", "UTC")),
-], ids=["utc-us", "naive-us", "utc-ms", "utc-s", "chunked", "date32", "other-zone", "all-none"])
+    pa.array([None, Decimal("0"), Decimal("-0.000001"), Decimal("123.450000"), Decimal("-99999999999999999.999999"),
+              Decimal("1E-6"), Decimal("10")], pa.decimal128(24, 6)),
+    pa.array([Decimal("0"), Decimal("-7"), Decimal("10" * 18)], pa.decimal128(38, 0)),
+    pa.array([Decimal("-0.01"), None], pa.decimal256(40, 2)),
+    pa.array([Decimal("1E+3"), Decimal("-2E+3")], pa.decimal128(5, -3)),  # written with an exponent
+], ids=["utc-us", "naive-us", "utc-ms", "utc-s", "chunked", "date32", "other-zone", "all-none", "amounts",
+        "whole-amounts", "decimal256", "negative-scale"])
 def test_python_values_are_to_pylist(column):
-    """Timestamps and dates as the epoch plus their integers: the same values, the same tzinfo object."""
+    """Timestamps and dates as the epoch plus their integers, amounts from their text: the same values
+    (to the places and sign), the same tzinfo object."""
     from airflow_ascora_provider.source.staging import python_values
 
     got, expected = python_values(column), column.to_pylist()
