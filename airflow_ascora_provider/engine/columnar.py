@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from json.encoder import encode_basestring
+from operator import attrgetter
 from typing import Any
 
-from airflow_ascora_provider.engine.context import json_writer, value_json
+from airflow_ascora_provider.engine.context import dataclass_text, json_writer, value_json
 from airflow_ascora_provider.mapping.spec import FieldMap
 from airflow_ascora_provider.mapping.transforms import TRANSFORMS, Getter, TransformError
 
@@ -131,39 +132,80 @@ def payload_digests(keys: list[str], columns: list[list[Any]]) -> list[str | Non
         return []
     # The payload's text with a ``%s`` for each value, keys written once: one formatting per record.
     text = "{" + ",".join(encode_basestring(keys[index]).replace("%", "%%") + ":%s" for index in order) + "}"
-    parts = [_fragments(columns[index]) for index in order]
+    parts: list[list[str | None]] = []
+    unwritten: set[int] = set()  # the records with a value no writer takes
+    for index in order:
+        fragments, missing = _fragments(columns[index])
+        parts.append(fragments)
+        unwritten.update(missing)
     blake2b = hashlib.blake2b
-    return [None if None in row else blake2b((text % row).encode("utf-8"), digest_size=16).hexdigest()
-            for row in zip(*parts)]
+    if not unwritten:
+        # Each record's values consumed as zip hands them out (zip then reuses its tuple), formatted,
+        # encoded and hashed with no Python step between: a third cheaper than a loop over the rows.
+        return [blake2b(data, digest_size=16).hexdigest()
+                for data in map(str.encode, map(text.__mod__, zip(*parts)))]
+    return [None if row in unwritten else blake2b((text % values).encode(), digest_size=16).hexdigest()
+            for row, values in enumerate(zip(*parts))]
 
 
-def _fragments(values: list[Any]) -> list[str | None]:
-    """``value_json(value)`` per value; None where the value cannot be encoded.
+def _fragments(values: list[Any]) -> tuple[list[str | None], list[int]]:
+    """``value_json(value)`` per value, and the positions of the values that cannot be encoded
+    (None there).
 
     A column mostly holds one class of value (and none): its writer is chosen once for the column.
     Values that are one object shared by many records (a parent's reference) are written once.
+    Whether a record holds a value no writer takes is told by position, not by looking for None in
+    every record's fragments (as long as formatting them).
     """
     kinds = set(map(type, values))
+    had_none = _NONE in kinds
     kinds.discard(_NONE)
     if len(kinds) == 1:
-        write = json_writer(kinds.pop())
+        kind = kinds.pop()
+        write = json_writer(kind)
         try:
             if write is encode_basestring or not _is_shared(values):
-                return ["null" if value is None else write(value) for value in values]
+                shape = dataclass_text(kind)
+                if shape is not None and shape[1]:
+                    return _dataclass_fragments(values, had_none, *shape), []
+                if not had_none:  # no test a value: the writer mapped in C
+                    return list(map(write, values)), []
+                return ["null" if value is None else write(value) for value in values], []
             written: dict[int, str] = {}
             return ["null" if value is None else written[key] if (key := id(value)) in written
-                    else written.setdefault(key, write(value)) for value in values]
+                    else written.setdefault(key, write(value)) for value in values], []
         except (TypeError, ValueError):
             pass
     elif not kinds:
-        return ["null"] * len(values)
+        return ["null"] * len(values), []
     out: list[str | None] = []
-    for value in values:
+    missing: list[int] = []
+    for position, value in enumerate(values):
         try:
             out.append(value_json(value))
         except (TypeError, ValueError):
             out.append(None)
-    return out
+            missing.append(position)
+    return out, missing
+
+
+def _dataclass_fragments(values: list[Any], had_none: bool, text: str, fields: tuple[str, ...]) -> list[str]:
+    """The fragments of a column of one value class (amounts, names, parents ...) a field at a time:
+    each field's values written as a column of their own (:func:`_fragments`), then put into the
+    class's text together. A value written alone cost a Python call and a look-up of each field's
+    writer (an amount 900 ns). Raises TypeError when a field holds a value no writer takes."""
+    present = [value for value in values if value is not None] if had_none else values
+    parts = []
+    for name in fields:
+        fragments, missing = _fragments(list(map(attrgetter(name), present)))
+        if missing:
+            raise TypeError(f"a {name} no writer takes")
+        parts.append(fragments)
+    written = list(map(text.__mod__, zip(*parts)))
+    if not had_none:
+        return written
+    following = iter(written).__next__
+    return ["null" if value is None else following() for value in values]
 
 
 def _is_shared(values: list[Any]) -> bool:

@@ -14,6 +14,7 @@ import json
 from json.encoder import encode_basestring as _encode_text
 import logging
 import operator
+import zoneinfo
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from decimal import Decimal
@@ -133,8 +134,13 @@ def _converter_for(kind: type) -> Callable[[Any], Any]:
 
 
 def _decimal_text(value: Decimal) -> str:
-    """An amount as the digest writes it: ``format(value.normalize(), "f")``, plain digits without
-    trailing zeros (``10.50`` and ``10.5`` are one amount).
+    """An amount as the digest writes it (see :func:`_write_decimal`), without the quotes."""
+    return _write_decimal(value)[1:-1]
+
+
+def _write_decimal(value: Decimal) -> str:
+    """An amount as the digest writes it: ``format(value.normalize(), "f")`` in quotes, plain digits
+    without trailing zeros (``10.50`` and ``10.5`` are one amount).
 
     An amount read from staging has a fixed number of places and no exponent, and for those the
     trimmed ``str`` is the same text at a third of the cost (amounts are a tenth of a payload's
@@ -143,10 +149,10 @@ def _decimal_text(value: Decimal) -> str:
     text = str(value)
     if "E" not in text:
         if "." in text:
-            return text.rstrip("0").rstrip(".")
+            return '"' + text.rstrip("0").rstrip(".") + '"'
         if text[-1:].isdigit():
-            return text
-    return format(value.normalize(), "f")
+            return '"' + text + '"'
+    return '"' + format(value.normalize(), "f") + '"'
 
 
 def _dataclass_converter(kind: type) -> Callable[[Any], Any]:
@@ -222,7 +228,7 @@ def _writer_for(kind: type) -> Callable[[Any], str]:
     if kind is type(None):
         return lambda value: "null"
     if kind is bool:
-        return lambda value: "true" if value else "false"
+        return {True: "true", False: "false"}.__getitem__  # no Python frame a value
     if kind is int:
         return int.__repr__
     if kind in (list, tuple):  # most are a value's other e-mails or phones: texts, often none
@@ -230,13 +236,48 @@ def _writer_for(kind: type) -> Callable[[Any], str]:
     if issubclass(kind, (str, int, float, list, tuple, dict)):  # what the encoder writes itself
         return _encode
     if issubclass(kind, Decimal):  # digits, sign and point: nothing to escape
-        return lambda value: '"' + _decimal_text(value) + '"'
+        return _write_decimal
+    if kind is dt.datetime:
+        return _write_datetime
+    if kind is dt.date:
+        return _write_date
     if issubclass(kind, dt.date):  # an ISO date or timestamp: nothing to escape either
         iso = kind.isoformat
         return lambda value: '"' + iso(value) + '"'
     if dataclasses.is_dataclass(kind) and not hasattr(kind, "__slots__"):
         return _dataclass_writer(kind)
     return _encode
+
+
+# The texts of the days written so far (``"2026-12-05``, by ordinal): a tenant's timestamps fall on a
+# few thousand days, and ``isoformat`` (1.1 µs a UTC timestamp, its offset worked out through the
+# zone each time) was the dearest value a payload's digest writes. Cleared when it holds a century.
+_DAY_TEXTS: dict[int, str] = {}
+_ARROW_UTC, _PYTHON_UTC = zoneinfo.ZoneInfo("UTC"), dt.timezone.utc  # staging's timestamps hold Arrow's
+
+
+def _day_text(ordinal: int) -> str:
+    day = _DAY_TEXTS.get(ordinal)
+    if day is None:
+        if len(_DAY_TEXTS) > 36_600:
+            _DAY_TEXTS.clear()
+        day = _DAY_TEXTS[ordinal] = '"' + dt.date.fromordinal(ordinal).isoformat()
+    return day
+
+
+def _write_datetime(value: dt.datetime) -> str:
+    """``'"' + value.isoformat() + '"'``: a UTC or naive timestamp of whole seconds (staging's) from its
+    day's text and its time; any other (a fraction of a second, another zone) by ``isoformat``."""
+    zone = value.tzinfo
+    if value.microsecond or (zone is not None and zone is not _ARROW_UTC and zone is not _PYTHON_UTC):
+        return '"' + value.isoformat() + '"'
+    return ('%sT%02d:%02d:%02d+00:00"' if zone is not None else '%sT%02d:%02d:%02d"') % (
+        _day_text(value.toordinal()), value.hour, value.minute, value.second)
+
+
+def _write_date(value: dt.date) -> str:
+    """``'"' + value.isoformat() + '"'``, from the day's text."""
+    return _day_text(value.toordinal()) + '"'
 
 
 def _write_sequence(value: list | tuple) -> str:
@@ -251,17 +292,31 @@ def _write_sequence(value: list | tuple) -> str:
     return "[" + ",".join([writers[type(item)](item) for item in value]) + "]"
 
 
+def dataclass_text(kind: type) -> tuple[str, tuple[str, ...]] | None:
+    """How the writers write a value class as a dataclass (see :func:`_dataclass_writer`): its text with
+    a ``%s`` for each compared field, and those fields in that order; None for any other class."""
+    if not (dataclasses.is_dataclass(kind) and isinstance(kind, type) and not hasattr(kind, "__slots__")):
+        return None
+    shape = _DATACLASS_TEXTS.get(kind)
+    if shape is None:
+        fields = [f.name for f in dataclasses.fields(kind) if f.compare]
+        escaped = {name: _encode_text(name).replace("%", "%%") for name in fields}
+        type_text = _encode_text("__type__") + ":" + _encode_text(kind.__name__).replace("%", "%%")
+        # Keys in order; a field's value is the next ``%s``, in the order of the fields given.
+        names = sorted(["__type__", *fields])
+        text = "{" + ",".join(type_text if name == "__type__" else escaped[name] + ":%s" for name in names) + "}"
+        shape = _DATACLASS_TEXTS[kind] = (text, tuple(name for name in names if name != "__type__"))
+    return shape
+
+
+_DATACLASS_TEXTS: dict[type, tuple[str, tuple[str, ...]]] = {}
+
+
 def _dataclass_writer(kind: type) -> Callable[[Any], str]:
     """``{"__type__":"Name","field":value ...}`` with the keys in order, as the encoder writes the
     converter's dict (:func:`_dataclass_converter`): only compared fields. The text around the values
     is made once per class; per value, its fields are read in one step and each written by its class's writer."""
-    fields = [f.name for f in dataclasses.fields(kind) if f.compare]
-    escaped = {name: _encode_text(name).replace("%", "%%") for name in fields}
-    type_text = _encode_text("__type__") + ":" + _encode_text(kind.__name__).replace("%", "%%")
-    # Keys in order; a field's value is the next ``%s``, in the order ``fields_in_order`` reads them.
-    names = sorted(["__type__", *fields])
-    text = "{" + ",".join(type_text if name == "__type__" else escaped[name] + ":%s" for name in names) + "}"
-    fields_in_order = [name for name in names if name != "__type__"]
+    text, fields_in_order = dataclass_text(kind)
     if not fields_in_order:
         return lambda value: text
     writers = _WRITERS

@@ -547,17 +547,20 @@ class BatchTransformer:
         batch = Batch(live)
         columns, failed = self.columns.compute(batch, bctx)
         key_field, dest_fields = om.key_field, self.dest_fields
+        # Every payload in one step over the columns; the loop below only decides each record's fate.
+        payloads = [dict(zip(dest_fields, values)) for values in zip(*columns)] if columns else [{} for _ in live]
+        checks_files, checks_unique, dest_id_of = bool(self.file_fields), bool(self.unique_fields), existing.get
         sent: list[OutgoingRecord] = []
         out_rows: list[int] = []
         position = 0
-        for row, (record, values) in enumerate(zip(live, zip(*columns) if columns else [()] * len(live))):
-            while position in set_aside:
-                outcomes[owners[position]].quarantined.extend(set_aside.pop(position))
+        for row, (source_id, payload) in enumerate(zip(batch.column("id"), payloads)):
+            if set_aside:
+                while position in set_aside:
+                    outcomes[owners[position]].quarantined.extend(set_aside.pop(position))
+                    position += 1
                 position += 1
-            position += 1
             outcome = outcomes[live_owners[row]]
-            source_id = record["id"]
-            problem = failed.get(row)
+            problem = failed.get(row) if failed else None
             if problem is not None:
                 error = problem[1]
                 if not isinstance(error, TransformError):
@@ -566,9 +569,8 @@ class BatchTransformer:
                     source_object=om.source, source_id=source_id, field=error.field, value=error.value,
                     reason=f"[{om.name}] {error.reason}", stage="transform"))
                 continue
-            payload = dict(zip(dest_fields, values))
-            too_big = self._oversized_file(payload) if self.file_fields else None
-            taken = None if too_big else self._held_by_another(source_id, payload) if self.unique_fields else None
+            too_big = self._oversized_file(payload) if checks_files else None
+            taken = None if too_big else self._held_by_another(source_id, payload) if checks_unique else None
             if too_big or taken:
                 field_name, value, reason = too_big or taken
                 outcome.quarantined.append(QuarantineEntry(
@@ -577,7 +579,7 @@ class BatchTransformer:
                 continue
             if key_field:
                 payload[key_field] = source_id
-            record_out = OutgoingRecord(source_id=source_id, payload=payload, dest_id=existing.get(source_id))
+            record_out = OutgoingRecord(source_id, payload, dest_id_of(source_id))
             outcome.records.append(record_out)
             sent.append(record_out)
             out_rows.append(row)
@@ -589,7 +591,7 @@ class BatchTransformer:
     def _digests(self, records: list[OutgoingRecord], columns: list[list[Any]], rows: list[int], n: int) -> None:
         """Each outgoing record's payload digest, from the batch's columns (see payload_digests)."""
         if len(rows) < n:
-            columns = [[column[row] for row in rows] for column in columns]
+            columns = [list(map(column.__getitem__, rows)) for column in columns]
         if len(self._digest_keys) > len(columns) or self.map.key_field:
             ids = [record.source_id for record in records]
             columns = list(columns)

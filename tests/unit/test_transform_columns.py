@@ -13,7 +13,9 @@ import dataclasses
 import datetime as dt
 import math
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
+import pandas as pd
 import pytest
 
 from airflow_ascora_provider.engine.columnar import Batch, FieldColumns, payload_digests
@@ -22,7 +24,7 @@ from airflow_ascora_provider.mapping.spec import FieldMap
 from airflow_ascora_provider.mapping.transforms import TRANSFORMS, TransformError
 from airflow_ascora_provider.mapping.values import (
     Address, AttachTo, DestRef, Emails, FileRef, FullName, Link, Money, Phones, RichText, UserRef)
-from tests.unit.test_transform_fast_paths import ANSWERS, Ctx
+from tests.unit.test_transform_fast_paths import ANSWERS, Ctx, Pair
 
 CTX = Ctx(refs={("company", "c1"): DestRef("company", "d-c1"), ("person", "c2"): DestRef("person", "d-p2")},
           related={("form_response", "job_id", "j1"): [{"answers": ANSWERS}, {"answers": '{"Signed": "Al"}'}],
@@ -174,6 +176,12 @@ VALUES = [
     frozenset(), Slotted("s"), Upper("z", 1), (), [], ("only",), ["é \" \n", "b"], [Decimal("1")],
     [[1, "a"], (DestRef("a", "1"),), None], [1.5, None, True, {"z": [], "a": ("x",)}], [Money(Decimal("2.50"))],
     (dt.date(2026, 1, 2), dt.datetime(2026, 1, 2, 3, tzinfo=dt.UTC)), [frozenset(), Slotted("t")],
+    # Timestamps as staging reads them (Arrow's UTC zone) and every other kind isoformat writes differently.
+    dt.datetime(2026, 2, 3, 4, 5, 6, tzinfo=ZoneInfo("UTC")), dt.datetime(2026, 2, 3, 4, 5, 6, 7, tzinfo=dt.UTC),
+    dt.datetime(2026, 2, 3, 4, 5, 6, 7), dt.datetime(1, 1, 1), dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC),
+    dt.datetime(2026, 2, 3, tzinfo=ZoneInfo("Australia/Brisbane")),
+    dt.datetime(2026, 2, 3, tzinfo=dt.timezone(dt.timedelta(hours=-3, seconds=-7))), dt.date(1, 1, 1),
+    dt.date(9999, 12, 31), pd.Timestamp("2026-02-03 04:05:06.000000001", tz="UTC"),
 ]
 
 
@@ -197,6 +205,29 @@ def test_payload_digests_are_payload_hash():
     for row, digest in enumerate(digests):
         assert digest == payload_hash(dict(zip(keys, (column[row] for column in columns))))
     assert payload_digests([], []) == []
+
+
+@pytest.mark.parametrize("column", [
+    [Money(Decimal("10.50")), None, Money(Decimal("-0.000"), "NZD"), Money(Decimal("1E+3"))],
+    [Address("1 St", city="X", latitude=Decimal("-27.600")), Address(None), None, Address("2 St", country="AU")],
+    [AttachTo((DestRef("a", "1"), DestRef("b", "2"))), AttachTo(()), None, AttachTo((DestRef("a", "3"),))],
+    [FullName("a", None), FullName(None, "ü \"q\""), FullName("x", "y")],
+    [Upper("z", 1), Upper("é", -2)],
+    [Pair("x", Decimal("1.0")), None, Pair(None, None)] * 3,
+], ids=["money", "address", "attach", "names", "upper", "pairs"])
+def test_a_column_of_one_value_class_is_written_a_field_at_a_time_as_payload_hash_writes_it(column):
+    digests = payload_digests(["v", "n"], [column, list(range(len(column)))])
+    assert digests == [payload_hash({"v": value, "n": row}) for row, value in enumerate(column)]
+
+
+def test_a_value_class_holding_what_no_writer_takes_leaves_that_record_to_the_loader():
+    class Odd:
+        pass
+
+    column = [Pair("x", Decimal("1")), Pair("y", Odd()), None]
+    digests = payload_digests(["v"], [column])
+    assert digests[1] is None
+    assert digests[0] == payload_hash({"v": column[0]}) and digests[2] == payload_hash({"v": None})
 
 
 def test_a_value_the_encoder_refuses_leaves_the_digest_to_the_loader():
