@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
+    """Lists of ``size`` items (the last may be shorter), each taken from the stream only when asked
+    for, in one C-level step rather than an append an item."""
+    stream = iter(items)
+    while batch := list(islice(stream, size)):
         yield batch

@@ -164,16 +164,19 @@ def _fragments(values: list[Any]) -> tuple[list[str | None], list[int]]:
         kind = kinds.pop()
         write = json_writer(kind)
         try:
-            if write is encode_basestring or not _is_shared(values):
-                shape = dataclass_text(kind)
-                if shape is not None and shape[1]:
-                    return _dataclass_fragments(values, had_none, *shape), []
-                if not had_none:  # no test a value: the writer mapped in C
-                    return list(map(write, values)), []
-                return ["null" if value is None else write(value) for value in values], []
-            written: dict[int, str] = {}
-            return ["null" if value is None else written[key] if (key := id(value)) in written
-                    else written.setdefault(key, write(value)) for value in values], []
+            # Only value objects are shared between records (one parent's reference, one owner):
+            # texts, amounts and dates are each record's own, and counting their identities cost
+            # a fiftieth of the transform.
+            shape = dataclass_text(kind) if write is not encode_basestring else None
+            if shape is not None and _is_shared(values):
+                written: dict[int, str] = {}
+                return ["null" if value is None else written[key] if (key := id(value)) in written
+                        else written.setdefault(key, write(value)) for value in values], []
+            if shape is not None and shape[1]:
+                return _dataclass_fragments(values, had_none, *shape), []
+            if not had_none:  # no test a value: the writer mapped in C
+                return list(map(write, values)), []
+            return ["null" if value is None else write(value) for value in values], []
         except (TypeError, ValueError):
             pass
     elif not kinds:

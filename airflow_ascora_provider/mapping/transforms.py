@@ -161,9 +161,10 @@ def _first_column(sources: tuple[str, ...]) -> Callable[[Batch], list[Any]] | No
 
     def first(batch: Batch) -> list[Any]:
         column = batch.column(source)
-        if str not in set(map(type, column)):
-            # Amounts, dates, flags: no empty text to find, and asking (``amount == ""``) costs a
-            # Decimal its abstract-class checks, a quarter of a microsecond a value.
+        # Amounts, dates, flags: no empty text to find, and asking (``amount == ""``) costs a Decimal
+        # its abstract-class checks, a quarter of a microsecond a value. Texts: most columns hold no
+        # empty one, and looking for it in C costs a third of the comprehension that replaces it.
+        if str not in set(map(type, column)) or "" not in column:
             return list(column)
         return [None if value == "" else value for value in column]
 
