@@ -40,7 +40,7 @@ from airflow_ascora_provider.mapping.transforms import (
 )
 from airflow_ascora_provider.mapping.values import DestRef, FileRef, Link, UserRef
 from airflow_ascora_provider.source.model import ISSUES_COLUMN, get_object
-from airflow_ascora_provider.source.staging import rows_of
+from airflow_ascora_provider.source.staging import dicts_of, rows_of
 
 log = logging.getLogger(__name__)
 USERS_WATERMARK = "users"
@@ -548,7 +548,7 @@ class BatchTransformer:
         columns, failed = self.columns.compute(batch, bctx)
         key_field, dest_fields = om.key_field, self.dest_fields
         # Every payload in one step over the columns; the loop below only decides each record's fate.
-        payloads = [dict(zip(dest_fields, values)) for values in zip(*columns)] if columns else [{} for _ in live]
+        payloads = dicts_of(dest_fields, zip(*columns)) if columns else [{} for _ in live]
         checks_files, checks_unique, dest_id_of = bool(self.file_fields), bool(self.unique_fields), existing.get
         sent: list[OutgoingRecord] = []
         out_rows: list[int] = []

@@ -214,3 +214,16 @@ def test_python_values_out_of_pythons_range_raise_as_arrow_does():
         column.to_pylist()
     with pytest.raises(type(arrow.value)):
         python_values(column)
+
+
+def test_dicts_of_are_the_rows_zipped_each_its_own_dict():
+    from airflow_ascora_provider.source.staging import dicts_of
+
+    names = ("b", "a", "ünï")
+    rows = [(1, None, "x"), ("", [], Decimal("1.0")), (None, None, None)]
+    made = dicts_of(names, iter(rows))
+    assert made == [dict(zip(names, row)) for row in rows]
+    assert [list(d) for d in made] == [list(names)] * 3  # the names' order, as dict(zip) keeps it
+    made[0]["b"] = "changed"
+    assert made[1]["b"] == "" and made[2]["b"] is None
+    assert dicts_of(names, []) == [] and dicts_of((), [(), ()]) == [{}, {}]
