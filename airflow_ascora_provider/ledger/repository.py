@@ -57,11 +57,6 @@ log = logging.getLogger(__name__)
 IN_CHUNK = 500
 PAGE_SIZE = 1000
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-#: How much of a SQLite ledger file its readers map into memory rather than copy page by page into
-#: each connection's 2 MB cache. A transform reads the crosswalk by id, a B-tree probe an id all over
-#: a file that reaches 300 MB at a million records: mapped, those probes take 2.4 against 3.0-3.5 µs
-#: an id there (the file's pages stay in the OS cache every process of the machine shares).
-SQLITE_MMAP_BYTES = 1 << 30
 _SQLITE_BEGIN_OPTION = "ascora_sqlite_begin"
 
 
@@ -146,7 +141,6 @@ def _sqlite_on_begin(conn: Connection) -> None:
         try:
             cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA journal_mode = WAL")
-            cur.execute(f"PRAGMA mmap_size = {SQLITE_MMAP_BYTES}")
         finally:
             cur.close()
         proxied.info["ascora_ledger_ready"] = True
