@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from json.encoder import encode_basestring
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from airflow_ascora_provider.engine.context import dataclass_text, json_writer, value_json
@@ -42,7 +42,11 @@ class Batch:
     def column(self, name: str) -> list[Any]:
         column = self._columns.get(name)
         if column is None:
-            column = self._columns[name] = [record.get(name) for record in self.records]
+            try:  # staged records hold every column read: each value taken in C
+                column = list(map(itemgetter(name), self.records))
+            except KeyError:  # a field this object does not stage reads as none
+                column = [record.get(name) for record in self.records]
+            self._columns[name] = column
         return column
 
     def memo(self, key: Any, compute: Callable[[], Any]) -> Any:

@@ -263,7 +263,9 @@ def _columns_currency(fm) -> ColumnGetter | None:
 
     def money(batch, ctx):
         code = currency or ctx.currency
-        return [None if value is None else Money(Decimal(value), code) for value in first(batch)]
+        # A staged amount is a Decimal already: ``Decimal(amount)`` would only copy it.
+        return [None if value is None else Money(value if type(value) is Decimal else Decimal(value), code)
+                for value in first(batch)]
 
     return money
 
