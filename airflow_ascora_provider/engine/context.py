@@ -244,9 +244,13 @@ def _writer_for(kind: type) -> Callable[[Any], str]:
     if issubclass(kind, dt.date):  # an ISO date or timestamp: nothing to escape either
         iso = kind.isoformat
         return lambda value: '"' + iso(value) + '"'
-    if dataclasses.is_dataclass(kind) and not hasattr(kind, "__slots__"):
+    if dataclass_text(kind) is not None:
         return _dataclass_writer(kind)
     return _encode
+
+
+# Classes written as their base class is, never field by field, even when declared as dataclasses.
+_WRITTEN_AS_WHAT_THEY_ARE = (str, int, float, list, tuple, dict, Decimal, dt.date)
 
 
 # The texts of the days written so far (``"2026-12-05``, by ordinal): a tenant's timestamps fall on a
@@ -295,7 +299,8 @@ def _write_sequence(value: list | tuple) -> str:
 def dataclass_text(kind: type) -> tuple[str, tuple[str, ...]] | None:
     """How the writers write a value class as a dataclass (see :func:`_dataclass_writer`): its text with
     a ``%s`` for each compared field, and those fields in that order; None for any other class."""
-    if not (dataclasses.is_dataclass(kind) and isinstance(kind, type) and not hasattr(kind, "__slots__")):
+    if (not (dataclasses.is_dataclass(kind) and isinstance(kind, type)) or hasattr(kind, "__slots__")
+            or issubclass(kind, _WRITTEN_AS_WHAT_THEY_ARE)):
         return None
     shape = _DATACLASS_TEXTS.get(kind)
     if shape is None:

@@ -163,6 +163,11 @@ class Text(str):
     pass
 
 
+@dataclasses.dataclass(frozen=True, init=False)
+class CodeText(str):
+    system: str = "internal"  # a field, yet the value is written as the text it is
+
+
 VALUES = [
     None, "", "plain", 'quote " and \\ and \n', "ünïcødé ✓", Text("sub"), True, False, 0, -12, 10**20, 1.5, 1e300,
     math.inf, Decimal("10.50"), Decimal("-0"), Decimal("1E+3"), Decimal("0.00"), Decimal("-0.00"), Decimal("100"),
@@ -214,7 +219,8 @@ def test_payload_digests_are_payload_hash():
     [FullName("a", None), FullName(None, "ü \"q\""), FullName("x", "y")],
     [Upper("z", 1), Upper("é", -2)],
     [Pair("x", Decimal("1.0")), None, Pair(None, None)] * 3,
-], ids=["money", "address", "attach", "names", "upper", "pairs"])
+    [CodeText("a"), CodeText("b \"c\"")],  # a dataclass that is a text: written as the text
+], ids=["money", "address", "attach", "names", "upper", "pairs", "text-dataclass"])
 def test_a_column_of_one_value_class_is_written_a_field_at_a_time_as_payload_hash_writes_it(column):
     digests = payload_digests(["v", "n"], [column, list(range(len(column)))])
     assert digests == [payload_hash({"v": value, "n": row}) for row, value in enumerate(column)]
