@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -47,7 +48,6 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.exc import OperationalError
 
 from airflow_ascora_provider.ledger import migrations
 from airflow_ascora_provider.ledger import schema as s
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 IN_CHUNK = 500
 PAGE_SIZE = 1000
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-_MIGRATE_ATTEMPTS = 5
+_WAL_SWITCH_ATTEMPTS = 10
 _SQLITE_BEGIN_OPTION = "ascora_sqlite_begin"
 
 
@@ -143,12 +143,29 @@ def _sqlite_on_begin(conn: Connection) -> None:
         cur = dbapi_conn.cursor()
         try:
             cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cur.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(cur)
         finally:
             cur.close()
         proxied.info["ascora_ledger_ready"] = True
     mode = conn.get_execution_options().get(_SQLITE_BEGIN_OPTION, "DEFERRED")
     conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode = WAL``, tried again while another connection holds the file.
+
+    On a new file, connections that open it together (tasks migrating the ledger at once) race to
+    switch it to WAL, and SQLite answers the losers "database is locked" at once rather than through
+    the busy timeout. Once one has switched it, the others' switch is a no-op that succeeds.
+    """
+    for attempt in range(_WAL_SWITCH_ATTEMPTS):
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == _WAL_SWITCH_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def _adopt_engine(engine: Engine) -> None:
@@ -394,22 +411,8 @@ class Ledger:
     # ------------------------------------------------------------------ schema
 
     def migrate(self) -> int:
-        """Bring the ledger to the latest version; safe to call from every task. Returns it.
-
-        On a new SQLite file, connections that open it together race to switch it to WAL, and SQLite
-        answers one of them "database is locked" at once rather than through the busy timeout (a
-        lock it must not wait for). Every step checks the version under the write lock before it
-        applies, so trying again is safe; it is tried a few times, a little later each time.
-        """
-        for attempt in range(_MIGRATE_ATTEMPTS):
-            try:
-                return migrations.upgrade(self._read, self._write, self.schema)
-            except OperationalError as exc:
-                if self.dialect != "sqlite" or "locked" not in str(exc) or attempt == _MIGRATE_ATTEMPTS - 1:
-                    raise
-                log.info("Ledger migration met a locked SQLite file; trying again (%s)", exc)
-                time.sleep(0.05 * (attempt + 1))
-        raise AssertionError("unreachable")
+        """Bring the ledger to the latest version; safe to call from every task. Returns it."""
+        return migrations.upgrade(self._read, self._write, self.schema)
 
     def version(self) -> int:
         with self._read() as conn:
