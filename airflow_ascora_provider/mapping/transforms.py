@@ -185,6 +185,31 @@ def _concat(record, fm, ctx):
     return fm.options.get("sep", " ").join(parts) or None
 
 
+def _source_columns(batch: Batch, sources: tuple[str, ...]) -> tuple[list[list[Any]], bool]:
+    """The batch's column of each source, and whether they hold only texts and none (then a value's
+    truth is whether it is a non-empty text, and ``filter(None, row)`` drops exactly the empty ones)."""
+    columns = [batch.column(source) for source in sources]
+    kinds = set().union(*(map(type, column) for column in columns)) if columns else set()
+    return columns, kinds <= _TEXT_OR_NONE
+
+
+_TEXT_OR_NONE = {str, type(None)}
+
+
+def _columns_concat(fm) -> ColumnGetter:
+    sources, sep = tuple(fm.sources), fm.options.get("sep", " ")
+
+    def concat(batch, ctx):
+        columns, texts = _source_columns(batch, sources)
+        if not columns:
+            return [None] * batch.n
+        if texts:
+            return [sep.join(filter(None, row)) or None for row in zip(*columns)]
+        return [sep.join([str(v) for v in row if v not in (None, "")]) or None for row in zip(*columns)]
+
+    return concat
+
+
 def _bind_template(fm) -> Getter:
     template = fm.options["template"]
 
@@ -194,6 +219,41 @@ def _bind_template(fm) -> Getter:
         except (KeyError, ValueError) as exc:
             raise TransformError(fm.dest_field, template, f"template cannot be filled: {exc}") from exc
         return text.strip() or None
+
+    return fill
+
+
+def _columns_template(fm) -> ColumnGetter | None:
+    """A template of plain placeholders (``{job_number} {name}``) over columns of texts: one ``%``
+    formatting a record. Attribute or index placeholders, format specs and conversions, and columns
+    holding anything but text, are left to the getter (``format`` of a non-text value is its own)."""
+    template = fm.options.get("template")
+    if not isinstance(template, str):
+        return None
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:
+        return None
+    pattern, fields = [], []
+    for literal, name, spec, conversion in parsed:
+        pattern.append(literal.replace("%", "%%"))
+        if name is None:
+            continue
+        if spec or conversion or not name.isidentifier():
+            return None
+        pattern.append("%s")
+        fields.append(name)
+    text = "".join(pattern)
+    sources = tuple(fields)
+
+    def fill(batch, ctx):
+        columns, texts = _source_columns(batch, sources)
+        if not texts:
+            raise TypeError("a placeholder holds a value that is not text: the getter formats it")
+        if not columns:
+            return [text.strip() or None] * batch.n
+        columns = [["" if v is None else v for v in column] if None in column else column for column in columns]
+        return [(text % row).strip() or None for row in zip(*columns)]
 
     return fill
 
@@ -229,19 +289,63 @@ def _full_name(record, fm, ctx):
     return split_name(record.get(fallback)) if fallback else None
 
 
+def _columns_full_name(fm) -> ColumnGetter:
+    first_source, last_source = (tuple(fm.sources) + (None, None))[:2]
+    fallback = fm.options.get("fallback")
+
+    def names(batch, ctx):
+        none = [None] * batch.n
+        firsts = batch.column(first_source) if first_source else none
+        lasts = batch.column(last_source) if last_source else none
+        if fallback:
+            return [FullName(first or None, last or None) if first or last else split_name(whole)
+                    for first, last, whole in zip(firsts, lasts, batch.column(fallback))]
+        return [FullName(first or None, last or None) if first or last else None
+                for first, last in zip(firsts, lasts)]
+
+    return names
+
+
 def _split_name(record, fm, ctx):
     return split_name(_first(record, fm))
 
 
 def _address(record, fm, ctx):
-    vals = dict(zip(("line1", "line2", "city", "state", "postcode", "country", "latitude", "longitude"),
-                    _values(record, fm)))
+    vals = dict(zip(_ADDRESS_PARTS, _values(record, fm)))
     address = Address(**vals)
     if address.is_empty():
         return None
     if not address.country and fm.options.get("default_country"):
         address = Address(**{**vals, "country": fm.options["default_country"]})
     return address
+
+
+def _columns_address(fm) -> ColumnGetter:
+    """:func:`_address` over columns: a record with no street, suburb, state or postcode gets none
+    without an Address built first (a third of the records of a tenant's contacts)."""
+    sources = tuple(fm.sources)[:len(_ADDRESS_PARTS)]
+    default_country = fm.options.get("default_country")
+    has_country = len(sources) > _COUNTRY
+
+    def addresses(batch, ctx):
+        columns = [batch.column(source) for source in sources]
+        if not columns:
+            return [None] * batch.n
+        out = []
+        for row in zip(*columns):
+            if not any(row[:_COUNTRY]):
+                out.append(None)
+            elif default_country and not (has_country and row[_COUNTRY]):
+                out.append(Address(**{**dict(zip(_ADDRESS_PARTS, row)), "country": default_country}))
+            else:
+                out.append(Address(*row))
+        return out
+
+    return addresses
+
+
+_ADDRESS_PARTS = ("line1", "line2", "city", "state", "postcode", "country", "latitude", "longitude")
+_COUNTRY = _ADDRESS_PARTS.index("country")  # the parts before it decide whether there is an address
 
 
 def _bind_currency(fm) -> Getter:
@@ -352,6 +456,26 @@ def _phone(record, fm, ctx):
     return Phones(values[0], tuple(values[1:]))
 
 
+def _listing(kind: type) -> Callable[[Any], ColumnGetter]:
+    """:func:`_email` / :func:`_phone` over columns: the non-empty values, the first as the primary."""
+    def bind(fm) -> ColumnGetter:
+        sources = tuple(fm.sources)
+
+        def listed(batch, ctx):
+            columns = [batch.column(source) for source in sources]
+            if not columns:
+                return [None] * batch.n
+            out = []
+            for row in zip(*columns):
+                values = [v for v in row if v]
+                out.append(kind(values[0], tuple(values[1:])) if values else None)
+            return out
+
+        return listed
+
+    return bind
+
+
 def _link(record, fm, ctx):
     value = _first(record, fm)
     if not value:
@@ -367,6 +491,14 @@ def _link(record, fm, ctx):
 def _rich_text(record, fm, ctx):
     value = _first(record, fm)
     return None if not value else RichText(str(value))
+
+
+def _columns_rich_text(fm) -> ColumnGetter | None:
+    if len(fm.sources) != 1:
+        return None
+    (source,) = fm.sources
+    return lambda batch, ctx: [RichText(v if type(v) is str else str(v)) if v else None
+                               for v in batch.column(source)]
 
 
 def _file(record, fm, ctx):
@@ -969,21 +1101,21 @@ TRANSFORMS: dict[str, Transform] = {
     t.name: t
     for t in (
         Transform("copy", bind=_bind_copy, columns=_columns_copy, description="the source value unchanged"),
-        Transform("concat", _concat, description="non-empty sources joined with 'sep'"),
-        Transform("template", bind=_bind_template, check=lambda fm, s: [] if fm.options.get("template") else
+        Transform("concat", _concat, columns=_columns_concat, description="non-empty sources joined with 'sep'"),
+        Transform("template", bind=_bind_template, columns=_columns_template, check=lambda fm, s: [] if fm.options.get("template") else
                   ["template needs 'template'"], description="'{job_number}: {name}' style"),
-        Transform("full_name", _full_name, ("first_name", "last_name"), description="first/last, or split 'fallback'"),
+        Transform("full_name", _full_name, ("first_name", "last_name"), columns=_columns_full_name, description="first/last, or split 'fallback'"),
         Transform("split_name", _split_name, ("name",), description="'Jane Q Citizen' → first 'Jane Q', last 'Citizen'"),
-        Transform("address", _address, _ADDRESS_FIELDS, description="street, suburb, state, postcode, country"),
+        Transform("address", _address, _ADDRESS_FIELDS, columns=_columns_address, description="street, suburb, state, postcode, country"),
         Transform("currency", bind=_bind_currency, columns=_columns_currency, description="money in the mapping's currency"),
         Transform("number", bind=_bind_number, columns=_converting_columns(Decimal)),
         Transform("date", bind=_bind_date, columns=_columns_date),
         Transform("datetime", bind=_bind_datetime, columns=_columns_datetime),
         Transform("boolean", bind=_bind_boolean, columns=_converting_columns(bool)),
-        Transform("email", _email, ("email",)),
-        Transform("phone", _phone, ("phone", "mobile")),
+        Transform("email", _email, ("email",), columns=_listing(Emails)),
+        Transform("phone", _phone, ("phone", "mobile"), columns=_listing(Phones)),
         Transform("link", _link, description="a URL, or the domain of an e-mail address"),
-        Transform("rich_text", _rich_text),
+        Transform("rich_text", _rich_text, columns=_columns_rich_text),
         Transform("file", _file, ("file_name", "file_uri", "sha256", "size_bytes", "content_type"),
                   description="a staged file to upload (compared by content)"),
         Transform("constant", bind=_bind_constant, columns=_columns_constant),
