@@ -23,6 +23,7 @@ from json.encoder import encode_basestring
 from operator import attrgetter, itemgetter
 from typing import Any
 
+from airflow_ascora_provider.destinations.spec import OutgoingRecord
 from airflow_ascora_provider.engine.context import dataclass_text, json_writer, value_json
 from airflow_ascora_provider.mapping.spec import FieldMap
 from airflow_ascora_provider.mapping.transforms import TRANSFORMS, Getter, TransformError
@@ -105,6 +106,59 @@ class FieldColumns:
                         failed[row] = (index, TransformError(*required))
             columns.append(values)
         return columns, failed
+
+
+class PayloadColumns:
+    """A batch's destination fields as columns: what each :class:`ColumnRecord` builds its payload from."""
+
+    __slots__ = ("names", "columns", "key_field")
+
+    def __init__(self, names: tuple[str, ...], columns: list[list[Any]], key_field: str | None):
+        self.names = names
+        self.columns = columns
+        self.key_field = key_field
+
+    def payload(self, row: int, source_id: str) -> dict[str, Any]:
+        payload = dict(zip(self.names, [column[row] for column in self.columns]))
+        if self.key_field:
+            payload[self.key_field] = source_id
+        return payload
+
+
+class ColumnRecord(OutgoingRecord):
+    """An :class:`OutgoingRecord` whose payload is built from its batch's columns when first read.
+
+    The loader decides most records of a re-run unchanged by their digest alone and never reads their
+    payload (``MapLoader.prepare``); building every record's payload dict anyway was a twentieth of the
+    transform's time. Read (to write it, diff it, or hash it when the digest could not be worked out),
+    it is the same dict the record-by-record loop builds, made once; set, it is what was set.
+    """
+
+    def __init__(self, source_id: str, dest_id: str | None, columns: PayloadColumns, row: int):
+        self.source_id = source_id
+        self.dest_id = dest_id
+        self.digest = None
+        self._columns = columns
+        self._row = row
+        self._payload: dict[str, Any] | None = None
+
+    @property  # type: ignore[override]
+    def payload(self) -> dict[str, Any]:
+        payload = self._payload
+        if payload is None:
+            payload = self._payload = self._columns.payload(self._row, self.source_id)
+        return payload
+
+    @payload.setter
+    def payload(self, value: dict[str, Any]) -> None:
+        self._payload = value
+
+    def __eq__(self, other: object) -> bool:  # as an OutgoingRecord: the same record, however its payload was built
+        if not isinstance(other, OutgoingRecord):
+            return NotImplemented
+        return (self.source_id, self.payload, self.dest_id) == (other.source_id, other.payload, other.dest_id)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as OutgoingRecord
 
 
 def _per_record(get: Getter, records: list[dict[str, Any]], ctx: Any) -> list[Any]:

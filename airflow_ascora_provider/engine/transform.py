@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 
 from airflow_ascora_provider.destinations.spec import OutgoingRecord
 from airflow_ascora_provider.engine.batching import chunked
-from airflow_ascora_provider.engine.columnar import Batch, FieldColumns, payload_digests
+from airflow_ascora_provider.engine.columnar import (
+    Batch, ColumnRecord, FieldColumns, PayloadColumns, payload_digests)
 from airflow_ascora_provider.engine.context import MigrationContext
 from airflow_ascora_provider.ledger import QuarantineEntry
 from airflow_ascora_provider.mapping.spec import FieldMap, ObjectMap
@@ -40,7 +41,7 @@ from airflow_ascora_provider.mapping.transforms import (
 )
 from airflow_ascora_provider.mapping.values import DestRef, FileRef, Link, UserRef
 from airflow_ascora_provider.source.model import ISSUES_COLUMN, get_object
-from airflow_ascora_provider.source.staging import dicts_of, rows_of
+from airflow_ascora_provider.source.staging import rows_of
 
 log = logging.getLogger(__name__)
 USERS_WATERMARK = "users"
@@ -546,14 +547,16 @@ class BatchTransformer:
                     live_owners.append(owners[position])
         batch = Batch(live)
         columns, failed = self.columns.compute(batch, bctx)
-        key_field, dest_fields = om.key_field, self.dest_fields
-        # Every payload in one step over the columns; the loop below only decides each record's fate.
-        payloads = dicts_of(dest_fields, zip(*columns)) if columns else [{} for _ in live]
-        checks_files, checks_unique, dest_id_of = bool(self.file_fields), bool(self.unique_fields), existing.get
+        # Payloads are built from the columns when read (ColumnRecord); the loop below only decides
+        # each record's fate, reading the few fields the file and unique checks need.
+        payloads = PayloadColumns(self.dest_fields, columns, om.key_field)
+        file_columns = [columns[self.dest_fields.index(name)] for name in self.file_fields]
+        unique_columns = [columns[self.dest_fields.index(fm.dest_field)] for fm in self.unique_fields]
+        dest_id_of = existing.get
         sent: list[OutgoingRecord] = []
         out_rows: list[int] = []
         position = 0
-        for row, (source_id, payload) in enumerate(zip(batch.column("id"), payloads)):
+        for row, source_id in enumerate(batch.column("id")):
             if set_aside:
                 while position in set_aside:
                     outcomes[owners[position]].quarantined.extend(set_aside.pop(position))
@@ -569,17 +572,16 @@ class BatchTransformer:
                     source_object=om.source, source_id=source_id, field=error.field, value=error.value,
                     reason=f"[{om.name}] {error.reason}", stage="transform"))
                 continue
-            too_big = self._oversized_file(payload) if checks_files else None
-            taken = None if too_big else self._held_by_another(source_id, payload) if checks_unique else None
+            too_big = self._oversized_file([column[row] for column in file_columns]) if file_columns else None
+            taken = None if too_big else self._held_by_another(
+                source_id, [column[row] for column in unique_columns]) if unique_columns else None
             if too_big or taken:
                 field_name, value, reason = too_big or taken
                 outcome.quarantined.append(QuarantineEntry(
                     source_object=om.source, source_id=source_id, field=field_name, value=value,
                     reason=f"[{om.name}] {reason}", stage="transform"))
                 continue
-            if key_field:
-                payload[key_field] = source_id
-            record_out = OutgoingRecord(source_id, payload, dest_id_of(source_id))
+            record_out = ColumnRecord(source_id, dest_id_of(source_id), payloads, row)
             outcome.records.append(record_out)
             sent.append(record_out)
             out_rows.append(row)
@@ -647,13 +649,15 @@ class BatchTransformer:
                     source_object=om.source, source_id=source_id, field=exc.field, value=exc.value,
                     reason=f"[{om.name}] {exc.reason}", stage="transform"))
                 continue
-            too_big = self._oversized_file(payload) if self.file_fields else None
+            too_big = self._oversized_file([payload.get(name) for name in self.file_fields]) \
+                if self.file_fields else None
             if too_big:
                 outcome.quarantined.append(QuarantineEntry(
                     source_object=om.source, source_id=source_id, field=too_big[0], value=too_big[1],
                     reason=f"[{om.name}] {too_big[2]}", stage="transform"))
                 continue
-            taken = self._held_by_another(source_id, payload) if self.unique_fields else None
+            taken = self._held_by_another(source_id, [payload.get(fm.dest_field) for fm in self.unique_fields]) \
+                if self.unique_fields else None
             if taken:
                 outcome.quarantined.append(QuarantineEntry(
                     source_object=om.source, source_id=source_id, field=taken[0], value=taken[1],
@@ -716,11 +720,12 @@ class BatchTransformer:
                     shared[fm.dest_field].setdefault(key, first)
         return shared
 
-    def _held_by_another(self, source_id: str, payload: dict[str, Any]) -> tuple[str, Any, str] | None:
-        """``(field, value, reason)`` when a unique value of this record is kept by an earlier record."""
+    def _held_by_another(self, source_id: str, values: list[Any]) -> tuple[str, Any, str] | None:
+        """``(field, value, reason)`` when a unique value of this record (``values``, one a unique field)
+        is kept by an earlier record."""
         holders = self.first_holders()
-        for fm in self.unique_fields:
-            key = unique_key(payload.get(fm.dest_field))
+        for fm, value in zip(self.unique_fields, values):
+            key = unique_key(value)
             first = holders[fm.dest_field].get(key) if key is not None else None
             if first is not None and first != source_id:
                 source = fm.sources[0] if fm.sources else fm.dest_field
@@ -729,10 +734,11 @@ class BatchTransformer:
                         "(unique in the mapping)")
         return None
 
-    def _oversized_file(self, payload: dict[str, Any]) -> tuple[str, str, str] | None:
+    def _oversized_file(self, values: list[Any]) -> tuple[str, str, str] | None:
+        """``(field, file name, reason)`` when a file of this record (``values``, one a file field) is
+        over the destination's limit."""
         limit = self.ctx.destination.capabilities.max_file_bytes
-        for name in self.file_fields:
-            value = payload.get(name)
+        for name, value in zip(self.file_fields, values):
             if isinstance(value, FileRef) and limit and value.size > limit:
                 return (name, value.name, f"file is {value.size / 1e6:.1f} MB; {self.ctx.destination_name} "
                         f"accepts at most {limit / 1e6:.0f} MB (kept in Ascora: move it by hand or link it)")

@@ -423,3 +423,28 @@ def test_an_amount_is_written_as_its_normal_form_whatever_its_places_or_exponent
                 _decimal_text(amount)
             continue
         assert _decimal_text(amount) == expected, amount
+
+
+def test_a_column_record_builds_the_payload_the_loop_builds_once_and_only_when_read():
+    from airflow_ascora_provider.destinations.spec import OutgoingRecord
+    from airflow_ascora_provider.engine.columnar import ColumnRecord, PayloadColumns
+
+    columns = PayloadColumns(("name", "amount"), [["A", "B"], [Decimal("1.50"), None]], "ascoraId")
+    records = [ColumnRecord("s1", None, columns, 0), ColumnRecord("s2", "d2", columns, 1)]
+    assert all(record._payload is None for record in records)  # nothing built by the transform itself
+    assert records[1].payload == {"name": "B", "amount": None, "ascoraId": "s2"}
+    assert list(records[1].payload) == ["name", "amount", "ascoraId"]  # the loop's key order
+    assert records[1].payload is records[1].payload  # built once: a change to it is kept
+    records[1].payload["name"] = "changed"
+    assert records[1].payload["name"] == "changed"
+    assert records[0]._payload is None  # the other record's payload still not built
+    # Equal to the OutgoingRecord the loop makes, from either side; the digest is not compared.
+    assert records[0] == OutgoingRecord("s1", {"name": "A", "amount": Decimal("1.50"), "ascoraId": "s1"})
+    assert OutgoingRecord("s1", {"name": "A", "amount": Decimal("1.50"), "ascoraId": "s1"}) == records[0]
+    assert records[0] != OutgoingRecord("s1", {"name": "A", "amount": Decimal("1.5"), "ascoraId": "s9"})
+    records[0].payload = {"name": "set"}
+    assert records[0].payload == {"name": "set"}
+    assert "payload={'name': 'set'}" in repr(records[0])
+    without_key = ColumnRecord("s3", None, PayloadColumns(("name",), [["C"]], None), 0)
+    assert without_key.payload == {"name": "C"}
+    assert ColumnRecord("s4", None, PayloadColumns((), [], "key"), 0).payload == {"key": "s4"}
