@@ -155,6 +155,17 @@ def _write_decimal(value: Decimal) -> str:
     return '"' + format(value.normalize(), "f") + '"'
 
 
+def write_decimals(values: list[Decimal]) -> list[str]:
+    """:func:`_write_decimal` over a column of amounts (no none), without a Python call an amount:
+    a column read from staging has neither exponents nor special values, and when some value has
+    one the whole column is written value by value."""
+    texts = list(map(str, values))
+    joined = "".join(texts)
+    if "E" in joined or "N" in joined or "I" in joined:  # 1E+3, NaN, sNaN, Infinity
+        return list(map(_write_decimal, values))
+    return ['"' + text.rstrip("0").rstrip(".") + '"' if "." in text else '"' + text + '"' for text in texts]
+
+
 def _dataclass_converter(kind: type) -> Callable[[Any], Any]:
     """``{"__type__": class name, compared field: value ...}``.
 

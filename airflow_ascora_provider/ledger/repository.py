@@ -573,7 +573,7 @@ class Ledger:
         """Rows of ``query`` for many source ids, deduplicated and bound as one parameter (see
         :func:`_among`); what every read-many method below shares. ``raw``: the driver's own tuples,
         no Row built per entry (for plain text columns)."""
-        ids = list(dict.fromkeys(str(i) for i in source_ids))
+        ids = list(dict.fromkeys(map(str, source_ids)))
         if not ids:
             return []
         params = {"b_destination": destination, "b_source_object": source_object,
@@ -830,7 +830,7 @@ class Ledger:
         self, run_id: str, destination: str, source_object: str, source_ids: Iterable[str]
     ) -> int:
         """Mark open quarantine rows of these records as fixed by ``run_id``; returns rows updated."""
-        ids = list(dict.fromkeys(str(i) for i in source_ids))
+        ids = list(dict.fromkeys(map(str, source_ids)))
         with self._write() as conn:
             return _resolve_quarantine(conn, run_id, destination, source_object, ids)
 

@@ -291,6 +291,9 @@ def test_payload_digests_are_payload_hash():
     assert payload_digests([], []) == []
 
 
+SHARED = DestRef("a", "shared")
+
+
 @pytest.mark.parametrize("column", [
     [Money(Decimal("10.50")), None, Money(Decimal("-0.000"), "NZD"), Money(Decimal("1E+3"))],
     [Address("1 St", city="X", latitude=Decimal("-27.600")), Address(None), None, Address("2 St", country="AU")],
@@ -299,10 +302,30 @@ def test_payload_digests_are_payload_hash():
     [Upper("z", 1), Upper("é", -2)],
     [Pair("x", Decimal("1.0")), None, Pair(None, None)] * 3,
     [CodeText("a"), CodeText("b \"c\"")],  # a dataclass that is a text: written as the text
-], ids=["money", "address", "attach", "names", "upper", "pairs", "text-dataclass"])
+    # Amounts alone (a column of Decimal): places, integers, signs, zeros, exponents, special values.
+    [Decimal("10.50"), Decimal("7"), None, Decimal("-0.00"), Decimal("0"), Decimal("100"), Decimal("-12.340")],
+    [Decimal("1E+3"), Decimal("2.50"), Decimal("1.2E-7")],  # an exponent: the column value by value
+    [Decimal("NaN"), Decimal("1.10")], [Decimal("Infinity"), Decimal("-Infinity"), None],
+    # Lists and tuples: empty, none, texts, shared references, mixed items, nested, none inside.
+    [(), None, ("a@x", "b\"q\""), ("ü",)],
+    [(SHARED, SHARED), (SHARED,), (), (DestRef("b", "2"), SHARED), None],
+    [[1, "x", None, Decimal("2.50")], [], [[1, 2], ("a",)], None, [dt.date(2026, 1, 2), True]],
+    [AttachTo((SHARED, DestRef("b", "2"))), AttachTo((SHARED,)), None, AttachTo(())],
+], ids=["money", "address", "attach", "names", "upper", "pairs", "text-dataclass", "amounts", "amount-exponents",
+        "amount-nan", "amount-infinity", "tuples-of-text", "tuples-of-refs", "lists-mixed", "attach-shared"])
 def test_a_column_of_one_value_class_is_written_a_field_at_a_time_as_payload_hash_writes_it(column):
     digests = payload_digests(["v", "n"], [column, list(range(len(column)))])
     assert digests == [payload_hash({"v": value, "n": row}) for row, value in enumerate(column)]
+
+
+def test_a_list_holding_what_no_writer_takes_leaves_that_record_to_the_loader():
+    for column in ([("a", "b"), (object(),), (), None], [["c"], [object(), "d"], []]):
+        digests = payload_digests(["v"], [column])
+        assert digests[1] is None
+        with pytest.raises(TypeError):
+            payload_hash({"v": column[1]})  # and the loader fails on it, naming the record, as before
+        assert [d for row, d in enumerate(digests) if row != 1] == [
+            payload_hash({"v": value}) for row, value in enumerate(column) if row != 1]
 
 
 def test_a_value_class_holding_what_no_writer_takes_leaves_that_record_to_the_loader():
