@@ -31,23 +31,32 @@ from airflow_ascora_provider.mapping.transforms import TRANSFORMS, Getter, Trans
 
 
 class Batch:
-    """The records of one batch as column transforms read them: each source column built once."""
+    """The records of one batch as column transforms read them: each source column built once.
 
-    __slots__ = ("records", "n", "_columns", "_memo")
+    ``staged``: the records' columns as staging read them (``StagedRows.columns``, the same values in
+    the same order), taken instead of reading each value back out of the record dicts.
+    """
 
-    def __init__(self, records: list[dict[str, Any]]):
+    __slots__ = ("records", "n", "_columns", "_memo", "_staged")
+
+    def __init__(self, records: list[dict[str, Any]], staged: dict[str, list[Any]] | None = None):
         self.records = records
         self.n = len(records)
         self._columns: dict[str, list[Any]] = {}
         self._memo: dict[Any, Any] = {}
+        self._staged = staged
 
     def column(self, name: str) -> list[Any]:
         column = self._columns.get(name)
         if column is None:
-            try:  # staged records hold every column read: each value taken in C
-                column = list(map(itemgetter(name), self.records))
-            except KeyError:  # a field this object does not stage reads as none
-                column = [record.get(name) for record in self.records]
+            read = self._staged.get(name) if self._staged is not None else None
+            if read is not None and len(read) == self.n:
+                column = list(read)  # a copy: what a transform does with it stays in the batch
+            else:
+                try:  # staged records hold every column read: each value taken in C
+                    column = list(map(itemgetter(name), self.records))
+                except KeyError:  # a field this object does not stage reads as none
+                    column = [record.get(name) for record in self.records]
             self._columns[name] = column
         return column
 

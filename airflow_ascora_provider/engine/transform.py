@@ -407,7 +407,8 @@ class BatchTransformer:
                 self._warm = self._fetch(wanted)
                 self._asked = {(name, i) for name, ids in wanted.items() if name != self.map.name for i in ids}
                 whole = self.columns is not None and not self.looks_up_itself
-                outcomes = self._transform_together(batches, self._warm) if whole else [None] * len(batches)
+                outcomes = (self._transform_together(batches, self._warm, getattr(chunk, "columns", None))
+                            if whole else [None] * len(batches))
             for batch, ask, outcome in zip(batches, asks, outcomes):
                 self._foreseen = (batch, ask, outcome)
                 yield batch
@@ -497,13 +498,14 @@ class BatchTransformer:
             applicable = [r for r in applicable if r["id"] in existing]
         return applicable, existing
 
-    def _transform_together(self, batches: list[list[dict[str, Any]]],
-                            refs: dict[tuple[str, str], DestRef] | None) -> list[TransformOutcome]:
+    def _transform_together(self, batches: list[list[dict[str, Any]]], refs: dict[tuple[str, str], DestRef] | None,
+                            staged: dict[str, list[Any]] | None = None) -> list[TransformOutcome]:
         """Each batch's outcome, the batches' records transformed a column at a time in one go.
 
         A column step costs the same call overhead for 60 records as for 2,000: a chunk transformed
         whole rather than write batch by write batch spends a fraction of it per record. ``refs`` is
-        the chunk's crosswalk answers (None: one batch, whose parents are fetched now).
+        the chunk's crosswalk answers (None: one batch, whose parents are fetched now). ``staged`` is
+        the chunk's columns as read (``StagedRows.columns``), used while the map takes every record.
         """
         outcomes = [TransformOutcome() for _ in batches]
         applicable: list[dict[str, Any]] = []
@@ -517,13 +519,16 @@ class BatchTransformer:
             owners.extend([index] * len(mine))
         if refs is None:
             refs = self._prefetch(batches[0], applicable)
+        if staged is not None and len(applicable) != sum(map(len, batches)):
+            staged = None  # records another map takes were left out: the columns no longer line up
         bctx = _BatchContext(self.ctx, refs, self.users, self.related)
         with _collector_paused():
-            self._transform_columns(applicable, owners, existing, bctx, outcomes)
+            self._transform_columns(applicable, owners, existing, bctx, outcomes, staged)
         return outcomes
 
     def _transform_columns(self, applicable: list[dict[str, Any]], owners: list[int], existing: dict[str, str],
-                           bctx: _BatchContext, outcomes: list[TransformOutcome]) -> None:
+                           bctx: _BatchContext, outcomes: list[TransformOutcome],
+                           staged: dict[str, list[Any]] | None = None) -> None:
         """:meth:`_transform_rows`'s outcome, the fields computed a column at a time (engine.columnar).
 
         Records whose extraction issues quarantine them are set aside first (no transform runs on
@@ -545,7 +550,7 @@ class BatchTransformer:
                 else:
                     live.append(record)
                     live_owners.append(owners[position])
-        batch = Batch(live)
+        batch = Batch(live, staged if live is applicable else None)
         columns, failed = self.columns.compute(batch, bctx)
         # Payloads are built from the columns when read (ColumnRecord); the loop below only decides
         # each record's fate, reading the few fields the file and unique checks need.

@@ -188,3 +188,34 @@ def test_a_load_reading_only_the_columns_its_map_reads_transforms_the_same(desti
             outcomes = [_everything(expected.transform(batch)) for batch in expected.batches(iter(whole), 40)]
             assert [_everything(got.transform(batch)) for batch in got.batches(iter(read), 40)] == outcomes, om.name
     assert pruned_any
+
+
+@pytest.mark.parametrize("destination", DESTINATIONS)
+def test_a_chunk_read_with_its_columns_transforms_as_rows_alone_do(destination, snapshot, tmp_path, monkeypatch):
+    """Staged records handed over as read (``StagedRecords``) carry their columns to the transform,
+    which then takes a chunk's fields from them rather than from the row dicts. Read in blocks of 13
+    rows (so chunks are cut across blocks), every map of every shipped mapping gives what the same
+    rows handed over as plain dicts give, digests included."""
+    from airflow_ascora_provider.engine import transform as transform_module
+    from airflow_ascora_provider.engine.transform import BatchTransformer, staged_reads
+
+    given: list[bool] = []
+
+    class Spied(transform_module.Batch):
+        __slots__ = ()
+
+        def __init__(self, records, staged=None):
+            given.append(staged is not None)
+            super().__init__(records, staged)
+
+    monkeypatch.setattr(transform_module, "Batch", Spied)
+    ctx = _context(snapshot, tmp_path, destination)
+    for om in ctx.mapping.maps.values():
+        read = ctx.snapshot.iter_records(om.source, staged_reads(om), batch_size=13)
+        plain = iter(list(ctx.snapshot.iter_records(om.source, staged_reads(om))))
+        with_columns, rows_alone = BatchTransformer(ctx, om), BatchTransformer(ctx, om)
+        got = [with_columns.transform(batch) for batch in with_columns.batches(read, 40)]
+        expected = [rows_alone.transform(batch) for batch in rows_alone.batches(plain, 40)]
+        assert [_everything(o) for o in got] == [_everything(o) for o in expected], om.name
+        assert [[r.digest for r in o.records] for o in got] == [[r.digest for r in o.records] for o in expected]
+    assert any(given) and not all(given)  # both ways were taken (maps of several targets leave records out)

@@ -58,3 +58,45 @@ def test_a_part_written_as_one_group_is_still_read_by_range(tmp_path):
         pq.write_table(table, str(part), compression="zstd")  # pyarrow's default: one group
         assert pq.ParquetFile(str(part)).metadata.num_row_groups == 1
     assert [r["id"] for r in snapshot.iter_range("note", 990, 1010, ["id"])] == [f"N{i:05d}" for i in range(990, 1010)]
+
+
+def test_staged_records_come_in_chunks_of_a_set_size_with_their_columns():
+    from itertools import islice
+
+    from airflow_ascora_provider.source.staging import StagedRecords, StagedRows
+
+    def blocks(sizes):
+        start = 0
+        for size in sizes:
+            rows = [{"id": f"r{i}", "n": i} for i in range(start, start + size)]
+            yield StagedRows(rows, {"id": [r["id"] for r in rows], "n": [r["n"] for r in rows]})
+            start += size
+
+    sizes = [3, 5, 0, 4, 7, 1]
+    everything = [row for block in blocks(sizes) for row in block]
+    for size in range(1, 22):
+        chunks = list(StagedRecords(blocks(sizes)).chunks(size))
+        stream = iter(everything)
+        assert [list(c) for c in chunks] == [list(islice(stream, size)) for _ in chunks]
+        assert sum(map(len, chunks)) == len(everything) and all(len(c) == size for c in chunks[:-1])
+        for chunk in chunks:
+            assert isinstance(chunk, StagedRows)
+            assert chunk.columns == {"id": [r["id"] for r in chunk], "n": [r["n"] for r in chunk]}
+    whole = next(iter(blocks([4])))
+    assert next(StagedRecords(iter([whole])).chunks(4)) is whole  # a whole block is taken as it is
+    records = StagedRecords(blocks(sizes))
+    assert next(records) == {"id": "r0", "n": 0} and [r["n"] for r in records] == list(range(1, 20))
+    started = StagedRecords(blocks(sizes))
+    next(started)
+    with pytest.raises(RuntimeError):
+        next(started.chunks(2))  # rows already taken one by one would be missed
+
+
+def test_a_range_read_in_chunks_is_the_range_read_row_by_row(staged_notes):
+    from airflow_ascora_provider.engine.batching import chunked
+
+    for start, stop in ((0, 1), (5, 4100), (1999, 2001), (3000, 6000)):
+        rows = list(staged_notes.iter_range("note", start, stop, ["id", "content"]))
+        chunks = list(chunked(staged_notes.iter_range("note", start, stop, ["id", "content"]), 700))
+        assert [row for chunk in chunks for row in chunk] == rows
+        assert all(chunk.columns["id"] == [row["id"] for row in chunk] for chunk in chunks)
