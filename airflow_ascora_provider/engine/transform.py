@@ -112,12 +112,17 @@ class RelatedIndex:
         table = self._table(object_name, key_field)
         if scope is not None:
             table = table.filter(_isin(table.column(key_field), scope))
-        for row in rows_of(table):
-            row.pop(ISSUES_COLUMN, None)
-            index[row.get(key_field)].append(row)
+        rows = rows_of(table)
+        if ISSUES_COLUMN in rows.columns:
+            for row in rows:
+                del row[ISSUES_COLUMN]
+        keys = rows.columns[key_field] if key_field in rows.columns else [row.get(key_field) for row in rows]
+        for key, row in zip(keys, rows):
+            index[key].append(row)
         order_field = _order_field(object_name)
-        for rows in index.values():
-            rows.sort(key=lambda r: (r.get(order_field) is None, str(r.get(order_field) or "")))
+        for found in index.values():
+            if len(found) > 1:  # most keys have one related row: nothing to order
+                found.sort(key=lambda r: (r.get(order_field) is None, str(r.get(order_field) or "")))
         return index
 
     def _table(self, object_name: str, key_field: str) -> pa.Table:
