@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from decimal import Decimal
 from json.encoder import encode_basestring
 from operator import attrgetter, itemgetter
-from decimal import Decimal
 from typing import Any
 
 from airflow_ascora_provider.destinations.spec import OutgoingRecord

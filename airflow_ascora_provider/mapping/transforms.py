@@ -13,9 +13,9 @@ import datetime as dt
 import json
 import re
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache, partial
-from dataclasses import dataclass
+from dataclasses import dataclass, fields as dataclass_fields
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -196,6 +196,11 @@ def _source_columns(batch: Batch, sources: tuple[str, ...]) -> tuple[list[list[A
 _TEXT_OR_NONE = {str, type(None)}
 
 
+def _source_rows(batch: Batch, sources: tuple[str, ...]) -> Iterator[tuple[Any, ...]] | None:
+    """Each record's values of ``sources`` (zipped columns), or None when there are no sources."""
+    return zip(*[batch.column(source) for source in sources]) if sources else None
+
+
 def _columns_concat(fm) -> ColumnGetter:
     sources, sep = tuple(fm.sources), fm.options.get("sep", " ")
 
@@ -328,11 +333,11 @@ def _columns_address(fm) -> ColumnGetter:
     has_country = len(sources) > _COUNTRY
 
     def addresses(batch, ctx):
-        columns = [batch.column(source) for source in sources]
-        if not columns:
+        rows = _source_rows(batch, sources)
+        if rows is None:
             return [None] * batch.n
         out = []
-        for row in zip(*columns):
+        for row in rows:
             if not any(row[:_COUNTRY]):
                 out.append(None)
             elif default_country and not (has_country and row[_COUNTRY]):
@@ -344,7 +349,7 @@ def _columns_address(fm) -> ColumnGetter:
     return addresses
 
 
-_ADDRESS_PARTS = ("line1", "line2", "city", "state", "postcode", "country", "latitude", "longitude")
+_ADDRESS_PARTS = tuple(part.name for part in dataclass_fields(Address))  # line1 ... longitude, in the class's order
 _COUNTRY = _ADDRESS_PARTS.index("country")  # the parts before it decide whether there is an address
 
 
@@ -462,14 +467,11 @@ def _listing(kind: type) -> Callable[[Any], ColumnGetter]:
         sources = tuple(fm.sources)
 
         def listed(batch, ctx):
-            columns = [batch.column(source) for source in sources]
-            if not columns:
+            rows = _source_rows(batch, sources)
+            if rows is None:
                 return [None] * batch.n
-            out = []
-            for row in zip(*columns):
-                values = [v for v in row if v]
-                out.append(kind(values[0], tuple(values[1:])) if values else None)
-            return out
+            return [kind(values[0], tuple(values[1:])) if (values := [v for v in row if v]) else None
+                    for row in rows]
 
         return listed
 

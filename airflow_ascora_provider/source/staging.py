@@ -142,11 +142,8 @@ class StagedRecords:
 
 def _joined(pieces: list[tuple[StagedRows, int, int]]) -> StagedRows:
     """The rows ``lo``..``hi`` of each block in turn, as one :class:`StagedRows`."""
-    if len(pieces) == 1:
-        block, lo, hi = pieces[0]
-        if lo == 0 and hi == len(block):
-            return block
-        return StagedRows(block[lo:hi], {name: column[lo:hi] for name, column in block.columns.items()})
+    if len(pieces) == 1 and pieces[0][1] == 0 and pieces[0][2] == len(pieces[0][0]):
+        return pieces[0][0]
     rows: list[dict[str, Any]] = []
     columns: dict[str, list[Any]] = {name: [] for name in pieces[0][0].columns}
     for block, lo, hi in pieces:
