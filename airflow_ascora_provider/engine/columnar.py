@@ -17,6 +17,7 @@ reached it.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Callable
 from decimal import Decimal
@@ -25,7 +26,8 @@ from operator import attrgetter, itemgetter
 from typing import Any
 
 from airflow_ascora_provider.destinations.spec import OutgoingRecord
-from airflow_ascora_provider.engine.context import dataclass_text, json_writer, value_json, write_decimals
+from airflow_ascora_provider.engine.context import (
+    dataclass_text, json_writer, value_json, write_dates, write_datetimes, write_decimals)
 from airflow_ascora_provider.mapping.spec import FieldMap
 from airflow_ascora_provider.mapping.transforms import TRANSFORMS, Getter, TransformError
 
@@ -242,8 +244,8 @@ def _fragments(values: list[Any]) -> tuple[list[str | None], list[int]]:
                         else written.setdefault(key, write(value)) for value in values], []
             if shape is not None and shape[1]:
                 return _dataclass_fragments(values, had_none, *shape), []
-            if kind is Decimal:
-                return _with_nulls(values, had_none, write_decimals), []
+            if kind in _COLUMN_WRITERS:  # amounts, timestamps, dates
+                return _with_nulls(values, had_none, _COLUMN_WRITERS[kind]), []
             if kind is tuple or kind is list:  # a note's parents, a person's other e-mails
                 return _with_nulls(values, had_none, _sequence_fragments), []
             if not had_none:  # no test a value: the writer mapped in C
@@ -313,3 +315,6 @@ def _is_shared(values: list[Any]) -> bool:
 
 
 _NONE = type(None)
+# Classes whose columns are written whole, as their writers write each value (see engine.context).
+_COLUMN_WRITERS: dict[type, Callable[[list[Any]], list[str]]] = {
+    Decimal: write_decimals, dt.datetime: write_datetimes, dt.date: write_dates}

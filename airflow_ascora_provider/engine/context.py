@@ -269,6 +269,7 @@ _WRITTEN_AS_WHAT_THEY_ARE = (str, int, float, list, tuple, dict, Decimal, dt.dat
 # zone each time) was the dearest value a payload's digest writes. Cleared when it holds a century.
 _DAY_TEXTS: dict[int, str] = {}
 _ARROW_UTC, _PYTHON_UTC = zoneinfo.ZoneInfo("UTC"), dt.timezone.utc  # staging's timestamps hold Arrow's
+_UTC_ZONES = frozenset({_ARROW_UTC, _PYTHON_UTC})
 
 
 def _day_text(ordinal: int) -> str:
@@ -293,6 +294,54 @@ def _write_datetime(value: dt.datetime) -> str:
 def _write_date(value: dt.date) -> str:
     """``'"' + value.isoformat() + '"'``, from the day's text."""
     return _day_text(value.toordinal()) + '"'
+
+
+class _UtcDays(dict):
+    """Days since the epoch → the day's text (``"2026-12-05``), made on first use: looked up in C, a
+    column's timestamps are written without a Python call each (:func:`write_datetimes`). A tenant's
+    timestamps fall on a few thousand days; cleared when it holds a century."""
+
+    def __missing__(self, days: int) -> str:
+        if len(self) > 36_600:
+            self.clear()
+        text = self[days] = _day_text(_EPOCH_ORDINAL + days)
+        return text
+
+
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+# The epoch in each UTC zone: a difference of two timestamps of one zone object is taken without
+# asking the zone for either offset (a third of the cost).
+_UTC_EPOCHS = {zone: dt.datetime(1970, 1, 1, tzinfo=zone) for zone in _UTC_ZONES}
+_UTC_DAYS = _UtcDays()
+# A UTC time's text in two parts, every value made once: the minute of the day and the second of it.
+_UTC_MINUTES = tuple("T%02d:%02d:" % divmod(minute, 60) for minute in range(1440))
+_UTC_SECONDS = tuple('%02d+00:00"' % second for second in range(60))
+_tzinfo_of, _microseconds_of = operator.attrgetter("tzinfo"), operator.attrgetter("microseconds")
+
+
+def write_datetimes(values: list[dt.datetime]) -> list[str]:
+    """:func:`_write_datetime` over a column of timestamps (no none), without a Python call a value.
+
+    A staged timestamp is a whole second of UTC: its text is its day's, its minute's and its
+    second's, found from its distance to the epoch (a subtraction in C, where ``isoformat`` asks the
+    zone for the offset of every value). A column holding any other (naive, another zone, a fraction
+    of a second) is written value by value.
+    """
+    zones = set(map(_tzinfo_of, values))
+    if not zones or not zones <= _UTC_ZONES:
+        return list(map(_write_datetime, values))
+    epoch = _UTC_EPOCHS[zones.pop()]  # either, when both are there
+    since = [value - epoch for value in values]
+    if any(map(_microseconds_of, since)):
+        return list(map(_write_datetime, values))
+    days, minutes, seconds = _UTC_DAYS, _UTC_MINUTES, _UTC_SECONDS
+    return [days[delta.days] + minutes[(second := delta.seconds) // 60] + seconds[second % 60] for delta in since]
+
+
+def write_dates(values: list[dt.date]) -> list[str]:
+    """:func:`_write_date` over a column of dates (no none)."""
+    days = _UTC_DAYS
+    return [days[ordinal - _EPOCH_ORDINAL] + '"' for ordinal in map(dt.date.toordinal, values)]
 
 
 def _write_sequence(value: list | tuple) -> str:

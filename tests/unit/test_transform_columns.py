@@ -294,6 +294,11 @@ def test_payload_digests_are_payload_hash():
 SHARED = DestRef("a", "shared")
 
 
+def ARROW_UTC_TIME(*parts: int) -> dt.datetime:  # noqa: N802 - reads as the constructor it stands for
+    """A timestamp in the zone staging's timestamps carry (Arrow's ``ZoneInfo("UTC")``)."""
+    return dt.datetime(*parts, tzinfo=ZoneInfo("UTC"))
+
+
 @pytest.mark.parametrize("column", [
     [Money(Decimal("10.50")), None, Money(Decimal("-0.000"), "NZD"), Money(Decimal("1E+3"))],
     [Address("1 St", city="X", latitude=Decimal("-27.600")), Address(None), None, Address("2 St", country="AU")],
@@ -311,8 +316,21 @@ SHARED = DestRef("a", "shared")
     [(SHARED, SHARED), (SHARED,), (), (DestRef("b", "2"), SHARED), None],
     [[1, "x", None, Decimal("2.50")], [], [[1, 2], ("a",)], None, [dt.date(2026, 1, 2), True]],
     [AttachTo((SHARED, DestRef("b", "2"))), AttachTo((SHARED,)), None, AttachTo(())],
+    # Timestamps as staging reads them (Arrow's UTC zone): before the epoch, first and last years,
+    # midnight and the day's last second; Python's UTC, both zones in one column; then the columns
+    # written value by value (a fraction of a second, naive, another zone).
+    [ARROW_UTC_TIME(2026, 2, 3, 4, 5, 6), None, ARROW_UTC_TIME(1969, 12, 31, 23, 59, 59), ARROW_UTC_TIME(1, 1, 1),
+     ARROW_UTC_TIME(9999, 12, 31, 23, 59, 59), ARROW_UTC_TIME(1970, 1, 1), ARROW_UTC_TIME(2000, 2, 29, 12)],
+    [dt.datetime(2026, 2, 3, 4, 5, 6, tzinfo=dt.UTC), dt.datetime(1960, 6, 7, tzinfo=dt.UTC)],
+    [dt.datetime(2026, 2, 3, 4, 5, 6, tzinfo=dt.UTC), ARROW_UTC_TIME(2026, 2, 3, 4, 5, 7), None],
+    [ARROW_UTC_TIME(2026, 2, 3, 4, 5, 6), ARROW_UTC_TIME(2026, 2, 3, 4, 5, 6, 7)],
+    [dt.datetime(2026, 2, 3, 4, 5, 6), None, dt.datetime(1, 1, 1)],
+    [ARROW_UTC_TIME(2026, 2, 3), dt.datetime(2026, 2, 3, tzinfo=ZoneInfo("Australia/Brisbane"))],
+    [dt.date(2026, 2, 3), None, dt.date(1, 1, 1), dt.date(9999, 12, 31), dt.date(1969, 12, 31), dt.date(1970, 1, 1)],
 ], ids=["money", "address", "attach", "names", "upper", "pairs", "text-dataclass", "amounts", "amount-exponents",
-        "amount-nan", "amount-infinity", "tuples-of-text", "tuples-of-refs", "lists-mixed", "attach-shared"])
+        "amount-nan", "amount-infinity", "tuples-of-text", "tuples-of-refs", "lists-mixed", "attach-shared",
+        "timestamps", "timestamps-python-utc", "timestamps-both-utc", "timestamps-fraction", "timestamps-naive",
+        "timestamps-other-zone", "dates"])
 def test_a_column_of_one_value_class_is_written_a_field_at_a_time_as_payload_hash_writes_it(column):
     digests = payload_digests(["v", "n"], [column, list(range(len(column)))])
     assert digests == [payload_hash({"v": value, "n": row}) for row, value in enumerate(column)]
@@ -471,3 +489,21 @@ def test_a_column_record_builds_the_payload_the_loop_builds_once_and_only_when_r
     without_key = ColumnRecord("s3", None, PayloadColumns(("name",), [["C"]], None), 0)
     assert without_key.payload == {"name": "C"}
     assert ColumnRecord("s4", None, PayloadColumns((), [], "key"), 0).payload == {"key": "s4"}
+
+
+def test_staged_timestamps_and_dates_are_written_a_column_at_a_time(monkeypatch):
+    """Whole-second UTC timestamps and dates take the column writers' own way (no writer called a
+    value) and come out as the value writers write them."""
+    from airflow_ascora_provider.engine import context
+
+    times = [ARROW_UTC_TIME(2026, 2, 3, 4, 5, 6), ARROW_UTC_TIME(1969, 12, 31, 23, 59, 59), ARROW_UTC_TIME(1, 1, 1)]
+    days = [dt.date(2026, 2, 3), dt.date(1, 1, 1), dt.date(9999, 12, 31)]
+    expected = ([context._write_datetime(value) for value in times], [context._write_date(value) for value in days])
+
+    def not_called(value):
+        raise AssertionError(f"{value!r} written alone")
+
+    monkeypatch.setattr(context, "_write_datetime", not_called)
+    monkeypatch.setattr(context, "_write_date", not_called)
+    assert (context.write_datetimes(times), context.write_dates(days)) == expected
+    assert context.write_datetimes([]) == []
