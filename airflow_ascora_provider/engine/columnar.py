@@ -4,7 +4,7 @@ Record by record, a batch cost a Python call per record and field (a job has sev
 per value read, and for the payload hash a walk of every payload by the JSON encoder. Here each field
 map's transform runs once per batch over the batch's column of its source (``Transform.columns``:
 list comprehensions over Python lists), the payloads are zipped from the columns, and each payload's
-canonical JSON text is joined from per-column fragments.
+digest is taken from its values' JSON, written a column at a time and joined per record.
 
 The per-record getter (``Transform.bind``) stays the rule: a transform without a column form (address,
 template, refs, related_rows, choose, file ...) is asked record by record, and so is a column
@@ -18,7 +18,6 @@ reached it.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Callable
 from decimal import Decimal
 from json.encoder import encode_basestring
@@ -27,7 +26,7 @@ from typing import Any
 
 from airflow_ascora_provider.destinations.spec import OutgoingRecord
 from airflow_ascora_provider.engine.context import (
-    dataclass_text, json_writer, value_json, write_dates, write_datetimes, write_decimals)
+    dataclass_text, digests_of, json_writer, value_json, write_dates, write_datetimes, write_decimals)
 from airflow_ascora_provider.mapping.spec import FieldMap
 from airflow_ascora_provider.mapping.transforms import TRANSFORMS, Getter, TransformError
 
@@ -190,32 +189,31 @@ def _per_record(get: Getter, records: list[dict[str, Any]], ctx: Any) -> list[An
 
 def payload_digests(keys: list[str], columns: list[list[Any]]) -> list[str | None]:
     """Per record, :func:`~airflow_ascora_provider.engine.context.payload_hash` of the payload whose
-    ``keys`` (unique) hold the records' values in ``columns``, without encoding each payload whole.
+    ``keys`` (unique) hold the records' values in ``columns``, without writing each payload whole.
 
-    The canonical text is ``{"key":value,...}`` in key order: each key is encoded once and each
-    value by :func:`~airflow_ascora_provider.engine.context.value_json` (text, none, numbers and
-    shared values such as one parent's reference without the encoder). A record with a value that
-    cannot be encoded gets None: the loader hashes its payload itself (and fails there as before).
+    Each value is written by :func:`~airflow_ascora_provider.engine.context.value_json` a column at
+    a time (text, none, numbers, timestamps and shared values such as one parent's reference without
+    a Python call a value), and each record's written values joined in key order. A record with a
+    value that cannot be written gets None: the loader hashes its payload itself (and fails there as
+    before).
     """
     order = sorted(range(len(keys)), key=keys.__getitem__)
     if not order:
         return []
-    # The payload's text with a ``%s`` for each value, keys written once: one formatting per record.
-    text = "{" + ",".join(encode_basestring(keys[index]).replace("%", "%%") + ":%s" for index in order) + "}"
     parts: list[list[str | None]] = []
     unwritten: set[int] = set()  # the records with a value no writer takes
     for index in order:
         fragments, missing = _fragments(columns[index])
         parts.append(fragments)
         unwritten.update(missing)
-    blake2b = hashlib.blake2b
+    in_order = [keys[index] for index in order]
     if not unwritten:
-        # Each record's values consumed as zip hands them out (zip then reuses its tuple), formatted,
-        # encoded and hashed with no Python step between: a third cheaper than a loop over the rows.
-        return [blake2b(data, digest_size=16).hexdigest()
-                for data in map(str.encode, map(text.__mod__, zip(*parts)))]
-    return [None if row in unwritten else blake2b((text % values).encode(), digest_size=16).hexdigest()
-            for row, values in enumerate(zip(*parts))]
+        # Each record's values consumed as zip hands them out (zip then reuses its tuple) and joined,
+        # encoded and hashed with no Python step between.
+        return digests_of(in_order, map(",".join, zip(*parts)))
+    rows = [row for row in range(len(parts[0])) if row not in unwritten]
+    written = iter(digests_of(in_order, [",".join([part[row] for part in parts]) for row in rows]))
+    return [None if row in unwritten else next(written) for row in range(len(parts[0]))]
 
 
 def _fragments(values: list[Any]) -> tuple[list[str | None], list[int]]:

@@ -16,7 +16,7 @@ import logging
 import operator
 import zoneinfo
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from functools import cached_property
 from typing import Any
@@ -99,9 +99,55 @@ def approved_mapping_or_default(ledger: Ledger, destination: str, default_text: 
     return load_mapping(default_text)
 
 
+# A digest says how it was made: ``2:`` and 32 hex digits (:func:`digests_of`). Ledgers written by
+# releases before it hold the first way's bare 32 digits (:func:`payload_hash_v1`); a load still
+# recognises those (``MapLoader.prepare``), so an upgrade mid-migration rewrites nothing.
+DIGEST_PREFIX = "2:"
+
+
 def payload_hash(payload: dict[str, Any]) -> str:
-    """Hash of what we send: an unchanged payload on a re-run or delta means no write at all."""
+    """Hash of what we send: an unchanged payload on a re-run or delta means no write at all.
+
+    The payload's values in key order, each as :func:`value_json` writes it, joined by commas, under
+    the hash of its keys (:func:`digests_of`). ``engine.columnar.payload_digests`` makes the same
+    digest for a batch from its columns.
+    """
+    keys = sorted(payload)
+    return digests_of(keys, [",".join([value_json(payload[key]) for key in keys])])[0]
+
+
+def digests_of(keys: list[str], texts: Iterable[str]) -> list[str]:
+    """The digests of payloads with these ``keys`` (in order) whose values are written as ``texts``
+    (each: the values' JSON, joined by commas).
+
+    The first digest hashed each payload's whole JSON text, its keys in every record: most of the
+    bytes hashed, and a format of two strings per field (a job has fifty-odd). The keys are the same
+    for every record of a map, so they are hashed once, as the hash's personalisation (BLAKE2's
+    parameter for telling apart hashes of different kinds, which costs no extra block): payloads
+    with other keys hash apart. The values alone, comma-joined JSON, read back one way only.
+    """
+    person = _KEY_PERSONS.get(tuple(keys))
+    if person is None:
+        if len(_KEY_PERSONS) > 1000:
+            _KEY_PERSONS.clear()
+        person = _KEY_PERSONS[tuple(keys)] = hashlib.blake2b(_encode(list(keys)).encode(), digest_size=16).digest()
+    blake2b, prefix = hashlib.blake2b, DIGEST_PREFIX
+    return [prefix + blake2b(data, digest_size=16, person=person).hexdigest() for data in map(str.encode, texts)]
+
+
+_KEY_PERSONS: dict[tuple[str, ...], bytes] = {}  # a payload's keys -> what its digest is personalised with
+
+
+def payload_hash_v1(payload: dict[str, Any]) -> str:
+    """The first digest: the payload's whole canonical JSON (keys in order, no spaces), hashed. What
+    ledgers written before :data:`DIGEST_PREFIX` hold; a load compares a payload with such an entry
+    by it (see :func:`is_digest_v1`)."""
     return hashlib.blake2b(_encode(payload).encode("utf-8"), digest_size=16).hexdigest()
+
+
+def is_digest_v1(digest: str | None) -> bool:
+    """Whether a ledger's digest was made by :func:`payload_hash_v1` (32 hex digits, no version)."""
+    return digest is not None and len(digest) == 32 and ":" not in digest
 
 
 class _Converters(dict):
@@ -206,10 +252,10 @@ _encode = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", 
 
 
 def value_json(value: Any) -> str:
-    """The JSON text :func:`payload_hash` writes for ``value`` as one value of a payload.
-
-    The encoder writes a value inside a dict as it writes it alone, so a payload's text can be joined
-    from its values' texts (``engine.columnar.payload_digests``) and give the same digest.
+    """The JSON text :func:`payload_hash` writes for ``value`` as one value of a payload: the text the
+    encoder writes for it (and, inside a payload, the first digest wrote), made without the encoder
+    where that is simple. ``engine.columnar.payload_digests`` writes a batch's values with the same
+    writers, a column at a time, and so gives the same digests.
     """
     return _WRITERS[type(value)](value)
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from airflow_ascora_provider.destinations.spec import OutgoingRecord, WriteResult
 from airflow_ascora_provider.engine.batching import chunked
-from airflow_ascora_provider.engine.context import MigrationContext, payload_hash
+from airflow_ascora_provider.engine.context import MigrationContext, is_digest_v1, payload_hash, payload_hash_v1
 from airflow_ascora_provider.engine.transform import BatchTransformer
 from airflow_ascora_provider.ledger import Intent, QuarantineEntry, Write
 from airflow_ascora_provider.mapping.spec import ObjectMap
@@ -67,6 +67,13 @@ def batch_size_for(ctx: MigrationContext) -> int:
     cap = ctx.destination.batch_size
     wanted = int(ctx.destination_options.get("batch_size") or cap)
     return max(1, min(cap, wanted))
+
+
+def _same_by_earlier_digest(held: str | None, record: OutgoingRecord) -> bool:
+    """Whether the ledger's digest, made by an earlier release's way (``payload_hash_v1``), is that
+    of this record's payload: a ledger from before an upgrade still tells which records changed, so
+    the upgrade rewrites nothing. The record's own digest is then kept in its place."""
+    return is_digest_v1(held) and payload_hash_v1(record.payload) == held
 
 
 @dataclass
@@ -154,12 +161,16 @@ class MapLoader:
             return pending
         ids = [r.source_id for r in outcome.records]
         existing = self.ledger.crosswalk_get_many(ctx.destination_name, om.source, ids, om.target)
+        redigested: list[tuple[str, str, str]] = []  # entries an earlier release digested, unchanged
         for record in outcome.records:
             digest = record.digest or payload_hash(record.payload)
             entry = existing.get((record.source_id, om.target))
             # A map of existing records (users) arrives with its record already found; the user it
             # was written to before must still be that one for the write to be skipped.
-            if entry is not None and entry.payload_hash == digest and record.dest_id in (None, entry.dest_id):
+            if entry is not None and record.dest_id in (None, entry.dest_id) and (
+                    entry.payload_hash == digest or _same_by_earlier_digest(entry.payload_hash, record)):
+                if entry.payload_hash != digest:
+                    redigested.append((record.source_id, entry.payload_hash, digest))
                 stats.unchanged += 1
                 if self.collect:  # a retried sample still diffs what its first attempt wrote
                     stats.written.append((record.source_id, entry.dest_id, record.payload))
@@ -167,6 +178,8 @@ class MapLoader:
             if record.dest_id is None:
                 record.dest_id = entry.dest_id if entry else None
             pending.to_write.append((record, digest))
+        if redigested:  # compared the long way once: the next run compares them by digest alone
+            self.ledger.crosswalk_redigest(ctx.destination_name, om.source, om.target, redigested)
         if pending.to_write:
             pending.before, pending.adopted = self._before_images(pending.records, adopt=not resuming)
         return pending

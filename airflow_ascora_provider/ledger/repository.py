@@ -401,6 +401,13 @@ class Ledger:
             wi.c.target_object == bindparam("b_target_object"),
             _among(wi.c.source_id, self.dialect),
         )
+        self._cw_redigest = cw.update().where(
+            cw.c.destination == bindparam("b_destination"),
+            cw.c.source_object == bindparam("b_source_object"),
+            cw.c.source_id == bindparam("b_source_id"),
+            cw.c.target_object == bindparam("b_target_object"),
+            cw.c.payload_hash == bindparam("b_held"),
+        ).values(payload_hash=bindparam("b_digest"))
         self._cw_delete = cw.delete().where(
             cw.c.destination == bindparam("b_destination"),
             cw.c.source_object == bindparam("b_source_object"),
@@ -567,6 +574,20 @@ class Ledger:
                         fixed.setdefault(w.source_object, []).append(w.source_id)
                 for source_object, ids in sorted(fixed.items()):
                     _resolve_quarantine(conn, run_id, destination, source_object, list(dict.fromkeys(ids)))
+
+    def crosswalk_redigest(self, destination: str, source_object: str, target_object: str,
+                           digests: Iterable[tuple[str, str, str]]) -> int:
+        """Give entries a new digest of the same payload, ``(source_id, digest held, new digest)`` each:
+        what a load does when it finds an entry whose digest an earlier release made, for a payload
+        that has not changed. Nothing was written, so no audit row; an entry whose digest is no longer
+        the one held (written meanwhile) is left as it is. Returns the entries changed."""
+        params = [{"b_destination": destination, "b_source_object": source_object, "b_source_id": source_id,
+                   "b_target_object": target_object, "b_held": held, "b_digest": digest}
+                  for source_id, held, digest in digests]
+        if not params:
+            return 0
+        with self._write() as conn:
+            return conn.execute(self._cw_redigest, params).rowcount
 
     def _rows_for_ids(self, query, destination: str, source_object: str, target_object: str | None,
                       source_ids: Iterable[str], *, raw: bool = False) -> list[Any]:

@@ -421,6 +421,20 @@ def test_crosswalk_get_many_chunks_large_id_lists(ledger):
     assert ledger.crosswalk_get_many("salesforce", "customer", ids) == {}
 
 
+def test_redigest_changes_only_entries_still_holding_the_digest_named(ledger):
+    """A load that found an entry digested by an earlier release's way, for an unchanged payload, gives
+    it the new digest: no write, so no audit row, and an entry written meanwhile is left alone."""
+    ledger.record_writes("r1", DEST, [w(1, h="old-1"), w(2, h="old-2"), w(3, h="old-3"), w(1, to="person", h="old-1")])
+    changed = ledger.crosswalk_redigest(DEST, "customer", "company", [
+        ("1", "old-1", "2:new-1"), ("2", "written-since", "2:new-2"), ("3", "old-3", "2:new-3"), ("9", "old-9", "x")])
+    assert changed == 2
+    held = {(e.source_id, e.target_object): (e.payload_hash, e.run_id) for e in ledger.iter_crosswalk(DEST)}
+    assert held == {("1", "company"): ("2:new-1", "r1"), ("2", "company"): ("old-2", "r1"),
+                    ("3", "company"): ("2:new-3", "r1"), ("1", "person"): ("old-1", "r1")}
+    assert ledger.audit_ops_count("r1") == {"create": 4}
+    assert ledger.crosswalk_redigest(DEST, "customer", "company", []) == 0
+
+
 def test_iter_and_count_crosswalk(ledger):
     ledger.record_writes("r1", DEST, [w(f"{i:03d}") for i in reversed(range(25))])
     ledger.record_writes("r1", DEST, [w(f"{i:03d}", to="person") for i in range(5)])
