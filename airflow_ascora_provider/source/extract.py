@@ -54,6 +54,7 @@ class ObjectStats:
     records_with_issues: int = 0
     content_hash: int = 0  # order-independent sum of record hashes: equal data, equal hash
     parts: list[str] = field(default_factory=list)
+    part_rows: list[int] = field(default_factory=list)  # rows of each part: a range is read without opening the others
     seconds: float = 0.0
 
     def as_manifest(self) -> dict[str, Any]:
@@ -225,6 +226,7 @@ def extract_object(reader: SourceReader, snapshot: Snapshot, object_name: str, r
         writer.add(record)
         stats.staged += 1
     stats.parts = writer.close()
+    stats.part_rows = writer.rows_per_part
     stats.seconds = round(time.monotonic() - started, 3)
     assert stats.read == stats.staged + stats.quarantined + stats.skipped
     return stats

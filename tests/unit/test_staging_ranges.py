@@ -100,3 +100,50 @@ def test_a_range_read_in_chunks_is_the_range_read_row_by_row(staged_notes):
         chunks = list(chunked(staged_notes.iter_range("note", start, stop, ["id", "content"]), 700))
         assert [row for chunk in chunks for row in chunk] == rows
         assert all(chunk.columns["id"] == [row["id"] for row in chunk] for chunk in chunks)
+
+
+def test_a_range_opens_only_the_parts_it_falls_in_when_the_manifest_counts_their_rows(staged_notes, monkeypatch):
+    """An extraction's manifest lists each part's rows; a range then opens no part before its own.
+    Without the counts (a snapshot staged before them) each earlier part is opened for its length."""
+    writer_rows = [pq.ParquetFile(str(part)).metadata.num_rows for part in staged_notes._parts("note")]
+    opened: list[str] = []
+    real = pq.ParquetFile.__init__
+
+    def counting(self, source, *args, **kwargs):
+        opened.append(source)
+        real(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "__init__", counting)
+    expected = [f"N{i:05d}" for i in range(2100, 2200)]
+    assert [r["id"] for r in staged_notes.iter_range("note", 2100, 2200, ["id"])] == expected
+    assert len(opened) == 3  # no manifest: the two parts before, then its own
+
+    staged_notes.write_manifest({"objects": {"note": {"parts": [p.name for p in staged_notes._parts("note")],
+                                                      "part_rows": writer_rows}}})
+    for start, stop, parts in [(2100, 2200, 1), (0, 10, 1), (990, 1010, 2), (0, 2300, 3), (1000, 2000, 1)]:
+        opened.clear()
+        ids = [r["id"] for r in staged_notes.iter_range("note", start, stop, ["id"])]
+        assert ids == [f"N{i:05d}" for i in range(start, stop)]
+        assert len(opened) == parts, (start, stop, opened)
+
+
+def test_an_extraction_counts_each_parts_rows_in_its_manifest(tmp_path):
+    from airflow_ascora_provider.source.extract import extract
+    from airflow_ascora_provider.source.reader import RawRecord
+
+    class Customers:
+        name = "memory"
+
+        def objects(self):
+            return ("customer",)
+
+        def iter_raw(self, object_name):
+            for i in range(25):
+                yield RawRecord({"id": f"C{i:02d}", "name": f"Customer {i}"}, f"memory:customers#{i}")
+
+    snapshot = Snapshot(tmp_path / "staging", "s1")
+    manifest = extract(Customers(), snapshot, part_rows=10)
+    info = manifest["objects"]["customer"]
+    assert info["part_rows"] == [10, 10, 5] and len(info["parts"]) == 3
+    assert snapshot.manifest()["objects"]["customer"]["part_rows"] == [10, 10, 5]
+    assert [r["id"] for r in snapshot.iter_range("customer", 18, 22, ["id"])] == ["C18", "C19", "C20", "C21"]

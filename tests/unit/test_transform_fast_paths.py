@@ -196,7 +196,7 @@ _MICROS = [None, 0, -1, 1, 1_700_000_000_123_456, -62_135_596_800_000_000, 253_4
 ], ids=["utc-us", "naive-us", "utc-ms", "utc-s", "chunked", "date32", "other-zone", "all-none", "amounts",
         "whole-amounts", "decimal256", "negative-scale"])
 def test_python_values_are_to_pylist(column):
-    """Timestamps and dates as the epoch plus their integers, amounts from their text: the same values
+    """Timestamps and dates made from their fields, amounts from their text: the same values
     (to the places and sign), the same tzinfo object."""
     from airflow_ascora_provider.source.staging import python_values
 
@@ -204,6 +204,25 @@ def test_python_values_are_to_pylist(column):
     assert repr(got) == repr(expected)
     assert [getattr(v, "tzinfo", None) for v in got] == [getattr(v, "tzinfo", None) for v in expected]
     assert all(a is None or getattr(a, "tzinfo", None) is getattr(b, "tzinfo", None) for a, b in zip(got, expected))
+
+
+def test_python_values_of_many_timestamps_and_dates_across_pythons_years_are_to_pylist():
+    """Every field packed right (days before the epoch, leap days, the microsecond's three bytes)."""
+    import random
+
+    from airflow_ascora_provider.source.staging import python_values
+
+    pick = random.Random(8)
+    low, high = -62_135_596_800_000_000, 253_402_300_799_999_999  # 0001-01-01 .. 9999-12-31T23:59:59.999999
+    micros = [None if pick.random() < 0.05 else pick.randint(low, high) for _ in range(5000)]
+    micros += [low, high, 0, -1, 951_782_400_000_000, 951_868_799_999_999]  # around 2000-02-29
+    days = [None if value is None else value // 86_400_000_000 for value in micros]
+    for column in (pa.array(micros, pa.timestamp("us", "UTC")), pa.array(micros, pa.timestamp("us")),
+                   pa.array(days, pa.date32())):
+        got, expected = python_values(column), column.to_pylist()
+        assert got == expected
+        assert [getattr(v, "tzinfo", None) for v in got] == [getattr(v, "tzinfo", None) for v in expected]
+    assert python_values(pa.array([], pa.timestamp("us", "UTC"))) == []
 
 
 def test_python_values_out_of_pythons_range_raise_as_arrow_does():
