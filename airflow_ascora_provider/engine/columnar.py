@@ -29,6 +29,7 @@ from airflow_ascora_provider.engine.context import (
     dataclass_text, digests_of, json_writer, value_json, write_dates, write_datetimes, write_decimals)
 from airflow_ascora_provider.mapping.spec import FieldMap
 from airflow_ascora_provider.mapping.transforms import TRANSFORMS, Getter, TransformError
+from airflow_ascora_provider.source.columns import kinds_of, with_kinds_of
 
 
 class Batch:
@@ -52,7 +53,7 @@ class Batch:
         if column is None:
             read = self._staged.get(name) if self._staged is not None else None
             if read is not None and len(read) == self.n:
-                column = list(read)  # a copy: what a transform does with it stays in the batch
+                column = with_kinds_of(read, read)  # a copy: what a transform does with it stays in the batch
             else:
                 try:  # staged records hold every column read: each value taken in C
                     column = list(map(itemgetter(name), self.records))
@@ -225,7 +226,7 @@ def _fragments(values: list[Any]) -> tuple[list[str | None], list[int]]:
     Whether a record holds a value no writer takes is told by position, not by looking for None in
     every record's fragments (as long as formatting them).
     """
-    kinds = set(map(type, values))
+    kinds = set(kinds_of(values))
     had_none = _NONE in kinds
     kinds.discard(_NONE)
     if len(kinds) == 1:

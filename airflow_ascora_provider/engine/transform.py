@@ -40,6 +40,7 @@ from airflow_ascora_provider.mapping.transforms import (
     template_fields,
 )
 from airflow_ascora_provider.mapping.values import DestRef, FileRef, Link, UserRef
+from airflow_ascora_provider.source.columns import with_kinds_of
 from airflow_ascora_provider.source.model import ISSUES_COLUMN, get_object
 from airflow_ascora_provider.source.staging import rows_of
 
@@ -603,7 +604,7 @@ class BatchTransformer:
     def _digests(self, records: list[OutgoingRecord], columns: list[list[Any]], rows: list[int], n: int) -> None:
         """Each outgoing record's payload digest, from the batch's columns (see payload_digests)."""
         if len(rows) < n:
-            columns = [list(map(column.__getitem__, rows)) for column in columns]
+            columns = [with_kinds_of(column, map(column.__getitem__, rows)) for column in columns]
         if len(self._digest_keys) > len(columns) or self.map.key_field:
             ids = [record.source_id for record in records]
             columns = list(columns)

@@ -32,6 +32,7 @@ from airflow_ascora_provider.mapping.values import (
     RichText,
     UserRef,
 )
+from airflow_ascora_provider.source.columns import KindedColumn, kinds_of, with_kinds_of
 from airflow_ascora_provider.source.model import ObjectSchema
 
 
@@ -164,9 +165,11 @@ def _first_column(sources: tuple[str, ...]) -> Callable[[Batch], list[Any]] | No
         # Amounts, dates, flags: no empty text to find, and asking (``amount == ""``) costs a Decimal
         # its abstract-class checks, a quarter of a microsecond a value. Texts: most columns hold no
         # empty one, and looking for it in C costs a third of the comprehension that replaces it.
-        if str not in set(map(type, column)) or "" not in column:
-            return list(column)
-        return [None if value == "" else value for value in column]
+        kinds = kinds_of(column)
+        if str not in kinds or "" not in column:
+            return with_kinds_of(column, column)
+        emptied = [None if value == "" else value for value in column]
+        return KindedColumn(emptied, frozenset(kinds) | {type(None)})
 
     return first
 

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from airflow_ascora_provider.source.columns import KindedColumn
 from airflow_ascora_provider.source.model import ObjectSchema, get_object
 
 MANIFEST = "manifest.json"
@@ -81,8 +82,34 @@ def rows_of(data: pa.RecordBatch | pa.Table) -> StagedRows:
     names = data.schema.names
     if not names:
         return StagedRows([{} for _ in range(data.num_rows)], {})
-    values = [python_values(column) for column in data.columns]
+    values = [_kinded(python_values(column), column) for column in data.columns]
     return StagedRows(dicts_of(names, zip(*values)), dict(zip(names, values)))
+
+
+def _kinded(values: list[Any], column: pa.Array | pa.ChunkedArray) -> list[Any]:
+    """The column's values with the classes :func:`python_values` makes of its Arrow type
+    (:class:`~airflow_ascora_provider.source.columns.KindedColumn`); as they are for other types."""
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        made: type | None = str
+    elif pa.types.is_timestamp(kind):
+        made = _dt.datetime
+    elif pa.types.is_date32(kind):
+        made = _dt.date
+    elif pa.types.is_decimal(kind):
+        made = Decimal
+    elif pa.types.is_boolean(kind):
+        made = bool
+    elif pa.types.is_integer(kind):
+        made = int
+    elif pa.types.is_floating(kind):
+        made = float
+    else:
+        return values
+    nulls = column.null_count
+    kinds = frozenset() if not len(values) else frozenset({type(None)}) if nulls == len(values) else \
+        frozenset({made, type(None)}) if nulls else frozenset({made})
+    return KindedColumn(values, kinds)
 
 
 class StagedRows(list):
@@ -153,6 +180,10 @@ def _joined(pieces: list[tuple[StagedRows, int, int]]) -> StagedRows:
         rows += block[lo:hi]
         for name, column in block.columns.items():
             columns[name] += column[lo:hi]
+    for name in columns:  # the classes of every piece's values, where each piece knows them
+        kinds = [getattr(block.columns[name], "kinds", None) for block, _, _ in pieces]
+        if None not in kinds:
+            columns[name] = KindedColumn(columns[name], frozenset().union(*kinds))
     return StagedRows(rows, columns)
 
 

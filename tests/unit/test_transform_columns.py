@@ -507,3 +507,14 @@ def test_staged_timestamps_and_dates_are_written_a_column_at_a_time(monkeypatch)
     monkeypatch.setattr(context, "_write_date", not_called)
     assert (context.write_datetimes(times), context.write_dates(days)) == expected
     assert context.write_datetimes([]) == []
+
+
+def test_a_copy_of_a_staged_text_column_knows_it_now_holds_none():
+    """A copy empties "" to none: the column it hands on says so, and its digests are payload_hash's."""
+    from airflow_ascora_provider.source.columns import KindedColumn
+
+    texts = KindedColumn(["a", "", "b"], frozenset({str}))
+    batch = Batch([{"t": value} for value in texts], {"t": texts})
+    [column], failed = FieldColumns([FieldMap("t", "copy", ("t",), {})]).compute(batch, None)
+    assert column == ["a", None, "b"] and column.kinds == {str, type(None)} and not failed
+    assert payload_digests(["t"], [column]) == [payload_hash({"t": value}) for value in column]

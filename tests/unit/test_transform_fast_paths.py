@@ -246,3 +246,38 @@ def test_dicts_of_are_the_rows_zipped_each_its_own_dict():
     made[0]["b"] = "changed"
     assert made[1]["b"] == "" and made[2]["b"] is None
     assert dicts_of(names, []) == [] and dicts_of((), [(), ()]) == [{}, {}]
+
+
+@pytest.mark.parametrize("values, kind", [
+    (["a", "", None], pa.string()), (["a", "b"], pa.string()), ([None, None], pa.string()), ([], pa.string()),
+    ([1, None, -2], pa.int64()), ([1.5, None], pa.float64()), ([True, None, False], pa.bool_()),
+    ([Decimal("1.50"), None], pa.decimal128(10, 2)), ([Decimal("1E+3")], pa.decimal128(5, -3)),
+    ([_MICROS[1], None], pa.timestamp("us", "UTC")), ([0, 1], pa.timestamp("us", "Australia/Brisbane")),
+    ([19_000, None], pa.date32()), ([["x"], None], pa.list_(pa.string())),
+], ids=["text", "text-no-none", "text-all-none", "text-empty", "int", "float", "bool", "decimal", "decimal-exponent",
+        "timestamp", "timestamp-zone", "date", "list"])
+def test_staged_columns_know_the_classes_of_their_values(values, kind):
+    """The classes a staged column says it holds are exactly those of its values (what the transforms
+    and digests then trust instead of looking at each value); a type it cannot tell stays a plain list."""
+    from airflow_ascora_provider.source.columns import KindedColumn
+    from airflow_ascora_provider.source.staging import rows_of
+
+    column = rows_of(pa.table({"c": pa.array(values, kind)})).columns["c"]
+    if kind == pa.list_(pa.string()):
+        assert not isinstance(column, KindedColumn)
+    else:
+        assert column.kinds == set(map(type, column)), column
+
+
+def test_chunks_cut_across_blocks_keep_the_classes_of_every_piece():
+    from airflow_ascora_provider.source.columns import KindedColumn
+    from airflow_ascora_provider.source.staging import StagedRecords, StagedRows
+
+    def block(texts):
+        return StagedRows([{"t": t} for t in texts], {"t": KindedColumn(texts, frozenset(map(type, texts)))})
+
+    [first, second] = StagedRecords(iter([block(["a", "b", "c"]), block([None, "d", "e"])])).chunks(4)
+    assert list(first.columns["t"]) == ["a", "b", "c", None] and first.columns["t"].kinds == {str, type(None)}
+    assert list(second.columns["t"]) == ["d", "e"] and second.columns["t"].kinds >= {str}
+    plain = StagedRecords(iter([StagedRows([{"t": "a"}], {"t": ["a"]}), block(["b"])])).chunks(2)
+    assert not hasattr(next(plain).columns["t"], "kinds")  # a piece that does not know: nobody knows
