@@ -17,6 +17,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from operator import is_not
 from typing import Any
 
 import pyarrow as pa
@@ -85,12 +87,18 @@ class RelatedIndex:
         self._tables: dict[str, pa.Table] = {}
 
     def scope(self, records: list[dict[str, Any]]) -> None:
-        """Hold the related rows of these records only (the previous chunk's are dropped)."""
+        """Hold the related rows of these records only (the previous chunk's are dropped). Records read
+        from staging are asked for their key fields' columns, not row by row."""
+        columns = getattr(records, "columns", None)
         for which, fields in self._keys.items():
             if which in self._whole:
                 continue
-            self._scopes[which] = {value for record in records for name in fields
-                                   if (value := record.get(name)) is not None}
+            if columns is not None and all(name in columns for name in fields):
+                scope = set().union(*(columns[name] for name in fields))
+                scope.discard(None)
+            else:
+                scope = {value for record in records for name in fields if (value := record.get(name)) is not None}
+            self._scopes[which] = scope
             self._cache.pop(which, None)
 
     def rows(self, object_name: str, key_field: str, key: Any) -> list[dict[str, Any]]:
@@ -187,6 +195,7 @@ def _lookup_source(fm: FieldMap, source_field: str) -> tuple[str, FieldMap, list
 
 
 _NOT_COPIED = object()  # the "source" of a field that is not a plain copy: no record has it
+_PRESENT = partial(is_not, None)  # a value that is not none, asked in C
 
 
 def _applier(fm: FieldMap) -> tuple[str, Getter | None, str | None, Any, tuple[str, None, str] | None]:
@@ -413,7 +422,7 @@ class BatchTransformer:
                 self._warm = self._fetch(wanted)
                 self._asked = {(name, i) for name, ids in wanted.items() if name != self.map.name for i in ids}
                 whole = self.columns is not None and not self.looks_up_itself
-                outcomes = (self._transform_together(batches, self._warm, getattr(chunk, "columns", None))
+                outcomes = (self._transform_together(batches, self._warm, chunk)
                             if whole else [None] * len(batches))
             for batch, ask, outcome in zip(batches, asks, outcomes):
                 self._foreseen = (batch, ask, outcome)
@@ -423,7 +432,14 @@ class BatchTransformer:
     def _wanted(self, records: list[dict[str, Any]]) -> dict[str, set[str]]:
         """Per parent map, the source ids these records' lookups resolve."""
         wanted: dict[str, set[str]] = defaultdict(set)
+        columns = getattr(records, "columns", None)
         for source_field, sub, maps, through in self.lookup_sources:
+            if through is None and maps is not None and columns is not None and source_field in columns:
+                # The same parent maps for every record: the column's ids, no row read.
+                ids = set(map(str, filter(_PRESENT, columns[source_field])))
+                for map_name in maps:
+                    wanted[map_name].update(ids)
+                continue
             for record in records:
                 value = record.get(source_field) if through is None else \
                     parent_key(record, sub, source_field, self.related.rows)
@@ -505,28 +521,35 @@ class BatchTransformer:
         return applicable, existing
 
     def _transform_together(self, batches: list[list[dict[str, Any]]], refs: dict[tuple[str, str], DestRef] | None,
-                            staged: dict[str, list[Any]] | None = None) -> list[TransformOutcome]:
+                            chunk: list[dict[str, Any]] | None = None) -> list[TransformOutcome]:
         """Each batch's outcome, the batches' records transformed a column at a time in one go.
 
         A column step costs the same call overhead for 60 records as for 2,000: a chunk transformed
         whole rather than write batch by write batch spends a fraction of it per record. ``refs`` is
-        the chunk's crosswalk answers (None: one batch, whose parents are fetched now). ``staged`` is
-        the chunk's columns as read (``StagedRows.columns``), used while the map takes every record.
+        the chunk's crosswalk answers (None: one batch, whose parents are fetched now). ``chunk`` is
+        the records the batches were cut from, in order: read from staging (``StagedRows``), its
+        columns are used while the map takes every record, and its rows are not read at all unless a
+        field is computed record by record.
         """
         outcomes = [TransformOutcome() for _ in batches]
-        applicable: list[dict[str, Any]] = []
-        existing: dict[str, str] = {}
-        owners: list[int] = []  # per applicable record, the batch it came in
-        for index, batch in enumerate(batches):
-            mine, users = self._applicable(batch)
-            outcomes[index].not_for_this_map = len(batch) - len(mine)
-            applicable.extend(mine)
-            existing.update(users)
-            owners.extend([index] * len(mine))
+        staged = getattr(chunk, "columns", None)
+        if (staged is not None and self.map.when is None and self.map.existing != "users"
+                and len(chunk) == sum(map(len, batches))):
+            applicable: list[dict[str, Any]] = chunk  # every record, none read to decide
+            existing: dict[str, str] = {}
+            owners = [index for index, batch in enumerate(batches) for _ in range(len(batch))]
+        else:
+            applicable, existing, owners = [], {}, []  # owners: per applicable record, the batch it came in
+            for index, batch in enumerate(batches):
+                mine, users = self._applicable(batch)
+                outcomes[index].not_for_this_map = len(batch) - len(mine)
+                applicable.extend(mine)
+                existing.update(users)
+                owners.extend([index] * len(mine))
+            if staged is not None and len(applicable) != sum(map(len, batches)):
+                staged = None  # records another map takes were left out: the columns no longer line up
         if refs is None:
             refs = self._prefetch(batches[0], applicable)
-        if staged is not None and len(applicable) != sum(map(len, batches)):
-            staged = None  # records another map takes were left out: the columns no longer line up
         bctx = _BatchContext(self.ctx, refs, self.users, self.related)
         with _collector_paused():
             self._transform_columns(applicable, owners, existing, bctx, outcomes, staged)
@@ -547,7 +570,9 @@ class BatchTransformer:
         # Position in ``applicable`` -> the entries of a record its extraction issues quarantine.
         set_aside: dict[int, list[QuarantineEntry]] = {}
         live, live_owners = applicable, owners
-        if self.ctx.field_issue_policy == "quarantine" and any(r.get(ISSUES_COLUMN) for r in applicable):
+        issues = staged.get(ISSUES_COLUMN) if staged is not None else None
+        if self.ctx.field_issue_policy == "quarantine" and (
+                any(issues) if issues is not None else any(r.get(ISSUES_COLUMN) for r in applicable)):
             live, live_owners = [], []
             for position, record in enumerate(applicable):
                 problems = self._field_problems(record, used) if record.get(ISSUES_COLUMN) else None

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from airflow_ascora_provider.source.columns import KindedColumn
+from airflow_ascora_provider.source.columns import KindedColumn, with_kinds_of
 from airflow_ascora_provider.source.model import ObjectSchema, get_object
 
 MANIFEST = "manifest.json"
@@ -72,18 +72,14 @@ def as_path(root: Any):
 
 
 def rows_of(data: pa.RecordBatch | pa.Table) -> StagedRows:
-    """``data.to_pylist()``: the same dicts, built a row at a time from the columns' Python values,
-    which are kept with them (:class:`StagedRows`).
+    """``data.to_pylist()``: the same dicts, from the columns' Python values (:func:`python_values`),
+    which are kept with them; the dicts are built when first read (:class:`StagedRows`).
 
     Arrow's own ``to_pylist`` builds each row with a Python comprehension over the column names, a
-    tenth of the time of turning staged rows into dicts. Each column's values are
-    :func:`python_values`.
+    tenth of the time of turning staged rows into dicts.
     """
-    names = data.schema.names
-    if not names:
-        return StagedRows([{} for _ in range(data.num_rows)], {})
     values = [_kinded(python_values(column), column) for column in data.columns]
-    return StagedRows(dicts_of(names, zip(*values)), dict(zip(names, values)))
+    return StagedRows(None, dict(zip(data.schema.names, values)), data.num_rows)
 
 
 def _kinded(values: list[Any], column: pa.Array | pa.ChunkedArray) -> list[Any]:
@@ -112,19 +108,70 @@ def _kinded(values: list[Any], column: pa.Array | pa.ChunkedArray) -> list[Any]:
     return KindedColumn(values, kinds)
 
 
-class StagedRows(list):
-    """Staged rows as dicts, with the columns they were built from: ``columns`` maps each name to its
+class StagedRows(Sequence):
+    """Staged rows as dicts, with the columns they are built from: ``columns`` maps each name to its
     Python values in row order (the same objects the dicts hold).
 
-    The transform reads a chunk's fields a column at a time; taking each column back out of two
-    thousand dicts was a twentieth of its time. A slice or copy of these rows is a plain list.
+    The transform reads a chunk's fields a column at a time and most maps never read a row whole, so
+    the dicts are built only when a row is first read (a fifth of what reading a job's rows cost):
+    then all of them at once (:func:`dicts_of`), once. ``rows`` given, they are those dicts. A slice
+    or copy of these rows is a plain list; :meth:`chunks` cuts them into pieces that read the same
+    dicts (built once for all of them) or their columns alone.
     """
 
-    __slots__ = ("columns",)
+    __slots__ = ("columns", "_n", "_rows", "_whole", "_at")
 
-    def __init__(self, rows: Iterable[dict[str, Any]], columns: dict[str, list[Any]]):
-        super().__init__(rows)
+    def __init__(self, rows: list[dict[str, Any]] | None, columns: dict[str, list[Any]], n: int | None = None):
         self.columns = columns
+        self._rows = rows
+        self._n = len(rows) if rows is not None else n if n is not None else \
+            len(next(iter(columns.values()))) if columns else 0
+        self._whole: StagedRows | None = None  # the rows these were cut from (see chunks)
+        self._at = 0
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        rows = self._rows
+        if rows is None:
+            if self._whole is not None:
+                rows = self._whole.rows[self._at:self._at + self._n]
+            elif self.columns:
+                rows = dicts_of(list(self.columns), zip(*self.columns.values()))
+            else:
+                rows = [{} for _ in range(self._n)]
+            self._rows = rows
+        return rows
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index):
+        return self.rows[index]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows)
+
+    def __eq__(self, other: object) -> bool:  # as the list of its rows
+        if isinstance(other, StagedRows):
+            other = other.rows
+        return self.rows == other if isinstance(other, list) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StagedRows({self._n} rows, columns {list(self.columns)})"
+
+    def chunks(self, size: int) -> Iterator[StagedRows]:
+        """These rows in pieces of ``size`` (the last may be shorter), each with its columns' share; a
+        piece's dicts are these rows' own (built once, for every piece that reads one)."""
+        for at in range(0, self._n, size):
+            end = min(at + size, self._n)
+            piece = StagedRows(None if self._rows is None else self._rows[at:end],
+                               {name: with_kinds_of(column, column[at:end]) for name, column in self.columns.items()},
+                               end - at)
+            if self._rows is None:
+                piece._whole, piece._at = self, at
+            yield piece
 
 
 class StagedRecords:
@@ -171,20 +218,18 @@ class StagedRecords:
 
 
 def _joined(pieces: list[tuple[StagedRows, int, int]]) -> StagedRows:
-    """The rows ``lo``..``hi`` of each block in turn, as one :class:`StagedRows`."""
+    """The rows ``lo``..``hi`` of each block in turn, as one :class:`StagedRows` (built from their columns)."""
     if len(pieces) == 1 and pieces[0][1] == 0 and pieces[0][2] == len(pieces[0][0]):
         return pieces[0][0]
-    rows: list[dict[str, Any]] = []
     columns: dict[str, list[Any]] = {name: [] for name in pieces[0][0].columns}
     for block, lo, hi in pieces:
-        rows += block[lo:hi]
         for name, column in block.columns.items():
             columns[name] += column[lo:hi]
     for name in columns:  # the classes of every piece's values, where each piece knows them
         kinds = [getattr(block.columns[name], "kinds", None) for block, _, _ in pieces]
         if None not in kinds:
             columns[name] = KindedColumn(columns[name], frozenset().union(*kinds))
-    return StagedRows(rows, columns)
+    return StagedRows(None, columns, sum(hi - lo for _, lo, hi in pieces))
 
 
 def dicts_of(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:

@@ -219,3 +219,51 @@ def test_a_chunk_read_with_its_columns_transforms_as_rows_alone_do(destination, 
         assert [_everything(o) for o in got] == [_everything(o) for o in expected], om.name
         assert [[r.digest for r in o.records] for o in got] == [[r.digest for r in o.records] for o in expected]
     assert any(given) and not all(given)  # both ways were taken (maps of several targets leave records out)
+
+
+@pytest.mark.parametrize("destination", DESTINATIONS)
+def test_a_map_computed_a_column_at_a_time_reads_no_row_whole(destination, snapshot, tmp_path, monkeypatch):
+    """Staged rows are made into dicts only when something reads a row: a map that takes every record,
+    looks up its parents by plain ids and computes every field of a chunk a column at a time never
+    does (their dicts were a fifth of what reading the rows cost). What reads rows still gets them: a
+    condition, parents by type, a field asked record by record (no column form, or a column form
+    that met a value it does not take); every map's outcome stays that of plain rows (above)."""
+    from airflow_ascora_provider.engine import columnar
+    from airflow_ascora_provider.engine.transform import BatchTransformer, staged_reads
+    from airflow_ascora_provider.source.staging import StagedRows
+
+    read_whole: list[int] = []
+    built, per_record = StagedRows.rows, columnar._per_record
+    asked: list[int] = []
+
+    def counted(self):
+        if self._rows is None:
+            read_whole.append(len(self))
+        return built.fget(self)
+
+    def record_by_record(get, records, ctx):
+        asked.append(len(records))
+        return per_record(get, records, ctx)
+
+    monkeypatch.setattr(StagedRows, "rows", property(counted))
+    monkeypatch.setattr(columnar, "_per_record", record_by_record)
+    ctx = _context(snapshot, tmp_path, destination)
+    columnar_maps = 0
+    for om in ctx.mapping.maps.values():
+        transformer = BatchTransformer(ctx, om)
+        plain = (transformer.columns is not None and not transformer.looks_up_itself and om.when is None
+                 and om.existing != "users" and not transformer.related._keys and not transformer.row_fields
+                 and not transformer.related_refs
+                 and all(maps is not None and through is None for _, _, maps, through in transformer.lookup_sources))
+        transformer.first_holders()  # a pass of its own over the object (once a snapshot), not the chunks'
+        read_whole.clear()
+        asked.clear()
+        outcomes = [transformer.transform(batch)
+                    for batch in transformer.batches(ctx.snapshot.iter_records(om.source, staged_reads(om)), 40)]
+        assert outcomes, om.name
+        if plain and not asked:
+            columnar_maps += 1
+            assert not read_whole, (om.name, read_whole)
+        elif plain:
+            assert read_whole, om.name  # asked record by record: the rows were there to read
+    assert columnar_maps  # every shipped mapping has such maps

@@ -147,3 +147,21 @@ def test_an_extraction_counts_each_parts_rows_in_its_manifest(tmp_path):
     assert info["part_rows"] == [10, 10, 5] and len(info["parts"]) == 3
     assert snapshot.manifest()["objects"]["customer"]["part_rows"] == [10, 10, 5]
     assert [r["id"] for r in snapshot.iter_range("customer", 18, 22, ["id"])] == ["C18", "C19", "C20", "C21"]
+
+
+def test_staged_rows_are_made_into_dicts_once_when_first_read_and_pieces_share_them():
+    from airflow_ascora_provider.source.staging import StagedRows
+
+    rows = StagedRows(None, {"id": ["a", "b", "c", "d", "e"], "n": [1, 2, None, 4, 5]}, 5)
+    assert len(rows) == 5 and rows._rows is None  # counted, not built
+    pieces = list(rows.chunks(2))
+    assert [len(p) for p in pieces] == [2, 2, 1] and rows._rows is None
+    assert [list(p.columns["id"]) for p in pieces] == [["a", "b"], ["c", "d"], ["e"]]
+    assert pieces[1][0] == {"id": "c", "n": None}  # a piece read: the whole built, once
+    assert rows._rows is not None and pieces[1][0] is rows[2]
+    assert pieces[0] == [{"id": "a", "n": 1}, {"id": "b", "n": 2}] and pieces[0][1] is rows[1]
+    assert rows == [{"id": i, "n": n} for i, n in zip("abcde", [1, 2, None, 4, 5])]
+    assert rows[1:3] == [{"id": "b", "n": 2}, {"id": "c", "n": None}] and isinstance(rows[1:3], list)
+    again = list(rows.chunks(3))  # cut from built rows: the same dicts, no building
+    assert again[1][0] is rows[3] and again[1]._rows is not None
+    assert StagedRows(None, {}, 2) == [{}, {}]

@@ -127,7 +127,9 @@ def test_a_transform_given_either_way_gets_the_other():
     pa.table({"id": ["a", "b"]}).select([]),  # no columns: one empty row per row
 ], ids=["batch", "table", "empty", "repeated-name", "no-columns"])
 def test_rows_of_is_to_pylist(data):
-    assert repr(rows_of(data)) == repr(data.to_pylist())
+    rows = rows_of(data)
+    assert repr(rows.rows) == repr(data.to_pylist())
+    assert rows == data.to_pylist() and list(rows) == data.to_pylist() and len(rows) == data.num_rows
 
 
 @pytest.mark.parametrize("ledger_url", ["sqlite", "postgres"], indirect=True)
