@@ -400,9 +400,9 @@ class BatchTransformer:
         the related rows the chunk can ask for are indexed and its parents' crosswalk entries fetched.
 
         Per batch, a destination's write cap (60 records for Twenty) would cost one ledger query per
-        parent map per 60 records: a quarter of the transform's time went to those queries. What each
-        batch asks is worked out once, for the chunk's query and again for the batch's (see
-        :meth:`_prefetch`).
+        parent map per 60 records: a quarter of the transform's time went to those queries. A chunk
+        transformed at once asks once; otherwise what each batch asks is worked out once, for the
+        chunk's query and again for the batch's (see :meth:`_prefetch`).
         """
         chunks = chunked(records, max(size, CHUNK_RECORDS))
         while True:
@@ -414,14 +414,18 @@ class BatchTransformer:
                     break
                 self.related.scope(chunk)
                 batches = list(chunked(chunk, size))
-                asks = [self._wanted(batch) for batch in batches]
-                wanted: dict[str, set[str]] = defaultdict(set)
-                for ask in asks:
-                    for name, ids in ask.items():
-                        wanted[name].update(ids)
+                whole = self.columns is not None and not self.looks_up_itself
+                if whole:  # transformed at once below: what the chunk asks, worked out once
+                    asks: list[dict[str, set[str]] | None] = [None] * len(batches)
+                    wanted = self._wanted(chunk)
+                else:
+                    asks = [self._wanted(batch) for batch in batches]
+                    wanted = defaultdict(set)
+                    for ask in asks:
+                        for name, ids in ask.items():
+                            wanted[name].update(ids)
                 self._warm = self._fetch(wanted)
                 self._asked = {(name, i) for name, ids in wanted.items() if name != self.map.name for i in ids}
-                whole = self.columns is not None and not self.looks_up_itself
                 outcomes = (self._transform_together(batches, self._warm, chunk)
                             if whole else [None] * len(batches))
             for batch, ask, outcome in zip(batches, asks, outcomes):
@@ -457,16 +461,27 @@ class BatchTransformer:
         return wanted
 
     def _fetch(self, wanted: dict[str, set[str]]) -> dict[tuple[str, str], DestRef]:
-        refs: dict[tuple[str, str], DestRef] = {}
+        """The crosswalk entries of the parents ``wanted`` names (per parent map, source ids): one
+        query per parent source object, whatever number of maps read it (a customer's company and
+        person are one look-up)."""
+        by_source: dict[str, list[str]] = defaultdict(list)
         for map_name, ids in wanted.items():
-            if not ids:
-                continue
-            parent = self.ctx.mapping.maps[map_name]
-            found = self.ctx.ledger.crosswalk_dest_ids(
-                self.ctx.destination_name, parent.source, sorted(ids), parent.target
-            )
-            for source_id, dest_id in found.items():
-                refs[(map_name, source_id)] = DestRef(parent.target, dest_id)
+            if ids:
+                by_source[self.ctx.mapping.maps[map_name].source].append(map_name)
+        ledger, destination = self.ctx.ledger, self.ctx.destination_name
+        refs: dict[tuple[str, str], DestRef] = {}
+        for source, map_names in by_source.items():
+            parents = [self.ctx.mapping.maps[name] for name in map_names]
+            ids = sorted(set().union(*(wanted[name] for name in map_names)))
+            if len(parents) == 1:
+                found = {parents[0].target: ledger.crosswalk_dest_ids(destination, source, ids, parents[0].target)}
+            else:
+                found = ledger.crosswalk_dest_ids_by_target(destination, source, ids, {p.target for p in parents})
+            for name, parent in zip(map_names, parents):
+                asked, target = wanted[name], parent.target
+                for source_id, dest_id in found[target].items():
+                    if source_id in asked:
+                        refs[(name, source_id)] = DestRef(target, dest_id)
         return refs
 
     def _prefetch(self, batch: list[dict[str, Any]], records: list[dict[str, Any]]
@@ -481,7 +496,7 @@ class BatchTransformer:
         handed out and the map takes all of it.
         """
         foreseen, self._foreseen = self._foreseen, None
-        if foreseen is not None and foreseen[0] is batch and len(records) == len(batch):
+        if foreseen is not None and foreseen[0] is batch and foreseen[1] is not None and len(records) == len(batch):
             wanted = foreseen[1]
         else:
             wanted = self._wanted(records)

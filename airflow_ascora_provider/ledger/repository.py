@@ -393,6 +393,11 @@ class Ledger:
             cw.c.target_object == bindparam("b_target_object"),
             _among(cw.c.source_id, self.dialect),
         )
+        self._cw_dest_ids_any_target = select(cw.c.source_id, cw.c.target_object, cw.c.dest_id).where(
+            cw.c.destination == bindparam("b_destination"),
+            cw.c.source_object == bindparam("b_source_object"),
+            _among(cw.c.source_id, self.dialect),
+        )
         self._intents_by_ids = select(
             wi.c.source_object, wi.c.source_id, wi.c.target_object, wi.c.op, wi.c.before_image
         ).where(
@@ -631,6 +636,21 @@ class Ledger:
         """
         return dict(self._rows_for_ids(self._cw_dest_ids, destination, source_object, target_object, source_ids,
                                        raw=True))
+
+    def crosswalk_dest_ids_by_target(
+        self, destination: str, source_object: str, source_ids: Iterable[str], target_objects: Iterable[str]
+    ) -> dict[str, dict[str, str]]:
+        """Per target object, source id → destination id, for many source ids of one source object read
+        in one go: a customer is looked up as a company and as a person, and one search of the key
+        per id finds both (the key's order puts an id's targets together), where a query per target
+        searched the key once per id and target."""
+        wanted = {target: {} for target in target_objects}
+        for source_id, target, dest_id in self._rows_for_ids(self._cw_dest_ids_any_target, destination,
+                                                             source_object, None, source_ids, raw=True):
+            found = wanted.get(target)
+            if found is not None:
+                found[source_id] = dest_id
+        return wanted
 
     def crosswalk_lookup(
         self, destination: str, source_object: str, source_id: str, target_object: str | None = None

@@ -119,15 +119,24 @@ class StagedRows(Sequence):
     dicts (built once for all of them) or their columns alone.
     """
 
-    __slots__ = ("columns", "_n", "_rows", "_whole", "_at")
+    __slots__ = ("_columns", "_n", "_rows", "_whole", "_at")
 
     def __init__(self, rows: list[dict[str, Any]] | None, columns: dict[str, list[Any]], n: int | None = None):
-        self.columns = columns
+        self._columns: dict[str, list[Any]] | None = columns
         self._rows = rows
         self._n = len(rows) if rows is not None else n if n is not None else \
             len(next(iter(columns.values()))) if columns else 0
         self._whole: StagedRows | None = None  # the rows these were cut from (see chunks)
         self._at = 0
+
+    @property
+    def columns(self) -> dict[str, list[Any]]:
+        columns = self._columns
+        if columns is None:  # a piece's share of the rows it was cut from, taken when first asked
+            at, end = self._at, self._at + self._n
+            columns = self._columns = {name: with_kinds_of(column, column[at:end])
+                                       for name, column in self._whole.columns.items()}
+        return columns
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -162,15 +171,13 @@ class StagedRows(Sequence):
         return f"StagedRows({self._n} rows, columns {list(self.columns)})"
 
     def chunks(self, size: int) -> Iterator[StagedRows]:
-        """These rows in pieces of ``size`` (the last may be shorter), each with its columns' share; a
-        piece's dicts are these rows' own (built once, for every piece that reads one)."""
+        """These rows in pieces of ``size`` (the last may be shorter), each with its columns' share (cut
+        when first asked: a chunk's write batches mostly never are); a piece's dicts are these rows'
+        own (built once, for every piece that reads one)."""
         for at in range(0, self._n, size):
             end = min(at + size, self._n)
-            piece = StagedRows(None if self._rows is None else self._rows[at:end],
-                               {name: with_kinds_of(column, column[at:end]) for name, column in self.columns.items()},
-                               end - at)
-            if self._rows is None:
-                piece._whole, piece._at = self, at
+            piece = StagedRows(None if self._rows is None else self._rows[at:end], None, end - at)
+            piece._whole, piece._at = self, at
             yield piece
 
 

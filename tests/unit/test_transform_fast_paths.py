@@ -152,6 +152,12 @@ def test_crosswalk_dest_ids_are_what_the_entries_hold(ledger_url):
         assert len(found) == (len(ids) if target == "company" else 16)
     assert ledger.crosswalk_dest_ids("twenty", "customer", [], "company") == {}
     assert ledger.crosswalk_dest_ids("twenty", "job", ids, "company") == {}
+    # Several targets of one source object in one read: what a read per target gives, target by target.
+    targets = ("company", "person", "site")
+    by_target = ledger.crosswalk_dest_ids_by_target("twenty", "customer", wanted, targets)
+    assert by_target == {t: ledger.crosswalk_dest_ids("twenty", "customer", wanted, t) for t in targets}
+    assert ledger.crosswalk_dest_ids_by_target("twenty", "customer", ids[:2], ["person"]) == {
+        "person": {ids[0]: f"p-{ids[0]}", ids[1]: f"p-{ids[1]}"}}
 
 
 @dataclasses.dataclass(frozen=True)
