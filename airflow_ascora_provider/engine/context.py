@@ -310,21 +310,24 @@ def _writer_for(kind: type) -> Callable[[Any], str]:
 _WRITTEN_AS_WHAT_THEY_ARE = (str, int, float, list, tuple, dict, Decimal, dt.date)
 
 
-# The texts of the days written so far (``"2026-12-05``, by ordinal): a tenant's timestamps fall on a
-# few thousand days, and ``isoformat`` (1.1 µs a UTC timestamp, its offset worked out through the
-# zone each time) was the dearest value a payload's digest writes. Cleared when it holds a century.
-_DAY_TEXTS: dict[int, str] = {}
+class _DayTexts(dict):
+    """The texts of the days written so far (``"2026-12-05``, by ordinal), made on first use and
+    looked up in C (a column's timestamps and dates are written without a Python call each). A
+    tenant's timestamps fall on a few thousand days, and ``isoformat`` (1.1 µs a UTC timestamp, its
+    offset worked out through the zone each time) was the dearest value a payload's digest writes.
+    Cleared when it holds a century."""
+
+    def __missing__(self, ordinal: int) -> str:
+        if len(self) > 36_600:
+            self.clear()
+        text = self[ordinal] = '"' + dt.date.fromordinal(ordinal).isoformat()
+        return text
+
+
+_DAY_TEXTS = _DayTexts()
+_day_text = _DAY_TEXTS.__getitem__
 _ARROW_UTC, _PYTHON_UTC = zoneinfo.ZoneInfo("UTC"), dt.timezone.utc  # staging's timestamps hold Arrow's
 _UTC_ZONES = frozenset({_ARROW_UTC, _PYTHON_UTC})
-
-
-def _day_text(ordinal: int) -> str:
-    day = _DAY_TEXTS.get(ordinal)
-    if day is None:
-        if len(_DAY_TEXTS) > 36_600:
-            _DAY_TEXTS.clear()
-        day = _DAY_TEXTS[ordinal] = '"' + dt.date.fromordinal(ordinal).isoformat()
-    return day
 
 
 def _write_datetime(value: dt.datetime) -> str:
@@ -342,23 +345,10 @@ def _write_date(value: dt.date) -> str:
     return _day_text(value.toordinal()) + '"'
 
 
-class _UtcDays(dict):
-    """Days since the epoch → the day's text (``"2026-12-05``), made on first use: looked up in C, a
-    column's timestamps are written without a Python call each (:func:`write_datetimes`). A tenant's
-    timestamps fall on a few thousand days; cleared when it holds a century."""
-
-    def __missing__(self, days: int) -> str:
-        if len(self) > 36_600:
-            self.clear()
-        text = self[days] = _day_text(_EPOCH_ORDINAL + days)
-        return text
-
-
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 # The epoch in each UTC zone: a difference of two timestamps of one zone object is taken without
 # asking the zone for either offset (a third of the cost).
 _UTC_EPOCHS = {zone: dt.datetime(1970, 1, 1, tzinfo=zone) for zone in _UTC_ZONES}
-_UTC_DAYS = _UtcDays()
 # A UTC time's text in two parts, every value made once: the minute of the day and the second of it.
 _UTC_MINUTES = tuple("T%02d:%02d:" % divmod(minute, 60) for minute in range(1440))
 _UTC_SECONDS = tuple('%02d+00:00"' % second for second in range(60))
@@ -380,14 +370,15 @@ def write_datetimes(values: list[dt.datetime]) -> list[str]:
     since = [value - epoch for value in values]
     if any(map(_microseconds_of, since)):
         return list(map(_write_datetime, values))
-    days, minutes, seconds = _UTC_DAYS, _UTC_MINUTES, _UTC_SECONDS
-    return [days[delta.days] + minutes[(second := delta.seconds) // 60] + seconds[second % 60] for delta in since]
+    days, minutes, seconds, epoch_day = _DAY_TEXTS, _UTC_MINUTES, _UTC_SECONDS, _EPOCH_ORDINAL
+    return [days[delta.days + epoch_day] + minutes[(second := delta.seconds) // 60] + seconds[second % 60]
+            for delta in since]
 
 
 def write_dates(values: list[dt.date]) -> list[str]:
     """:func:`_write_date` over a column of dates (no none)."""
-    days = _UTC_DAYS
-    return [days[ordinal - _EPOCH_ORDINAL] + '"' for ordinal in map(dt.date.toordinal, values)]
+    days = _DAY_TEXTS
+    return [days[ordinal] + '"' for ordinal in map(dt.date.toordinal, values)]
 
 
 def _write_sequence(value: list | tuple) -> str:

@@ -121,11 +121,10 @@ class StagedRows(Sequence):
 
     __slots__ = ("_columns", "_n", "_rows", "_whole", "_at")
 
-    def __init__(self, rows: list[dict[str, Any]] | None, columns: dict[str, list[Any]], n: int | None = None):
+    def __init__(self, rows: list[dict[str, Any]] | None, columns: dict[str, list[Any]] | None, n: int = 0):
         self._columns: dict[str, list[Any]] | None = columns
         self._rows = rows
-        self._n = len(rows) if rows is not None else n if n is not None else \
-            len(next(iter(columns.values()))) if columns else 0
+        self._n = len(rows) if rows is not None else n
         self._whole: StagedRows | None = None  # the rows these were cut from (see chunks)
         self._at = 0
 
