@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import repeat
 from operator import is_not
 from typing import Any
 
@@ -328,11 +329,15 @@ class UserDirectory:
         return None
 
 
+#: Per parent map, its records' references by source id: what a chunk's crosswalk reads found.
+Parents = dict[str, dict[str, DestRef]]
+_NO_PARENTS: dict[str, DestRef] = {}
+
+
 class _BatchContext:
     """The TransformContext one batch sees: pre-fetched crosswalk, users, related rows."""
 
-    def __init__(self, ctx: MigrationContext, refs: dict[tuple[str, str], DestRef], users: UserDirectory,
-                 related: RelatedIndex):
+    def __init__(self, ctx: MigrationContext, refs: Parents, users: UserDirectory, related: RelatedIndex):
         self.currency = ctx.mapping.currency
         self.as_of = ctx.as_of
         self._refs = refs
@@ -342,10 +347,13 @@ class _BatchContext:
 
     def resolve(self, maps: list[str], source_id: str) -> DestRef | None:
         for name in maps:
-            ref = self._refs.get((name, source_id))
+            ref = self._refs.get(name, _NO_PARENTS).get(source_id)
             if ref is not None:
                 return ref
         return None
+
+    def parents(self, map_name: str) -> dict[str, DestRef]:
+        return self._refs.get(map_name, _NO_PARENTS)
 
     def owner(self, staff_name: str | None) -> UserRef | None:
         return self._users.owner(staff_name)
@@ -385,8 +393,8 @@ class BatchTransformer:
         self.used = object_map.used_source_fields()
         self.unique_fields = [fm for fm in object_map.fields if fm.options.get("unique")]
         self._first_holders: dict[str, dict[str, str]] | None = None  # see first_holders()
-        self._warm: dict[tuple[str, str], DestRef] = {}  # the current chunk's crosswalk answers
-        self._asked: set[tuple[str, str]] = set()  # what the chunk asked of other maps
+        self._warm: Parents = {}  # the current chunk's crosswalk answers
+        self._asked: dict[str, set[str]] = {}  # what the chunk asked of other maps
         # The batch batches() handed out last, what its records ask (see _prefetch) and, when its chunk
         # was transformed whole, its outcome.
         self._foreseen: tuple[list[dict[str, Any]], dict[str, set[str]], TransformOutcome | None] | None = None
@@ -425,13 +433,13 @@ class BatchTransformer:
                         for name, ids in ask.items():
                             wanted[name].update(ids)
                 self._warm = self._fetch(wanted)
-                self._asked = {(name, i) for name, ids in wanted.items() if name != self.map.name for i in ids}
+                self._asked = {name: ids for name, ids in wanted.items() if name != self.map.name}
                 outcomes = (self._transform_together(batches, self._warm, chunk)
                             if whole else [None] * len(batches))
             for batch, ask, outcome in zip(batches, asks, outcomes):
                 self._foreseen = (batch, ask, outcome)
                 yield batch
-        self._warm, self._asked, self._foreseen = {}, set(), None
+        self._warm, self._asked, self._foreseen = {}, {}, None
 
     def _wanted(self, records: list[dict[str, Any]]) -> dict[str, set[str]]:
         """Per parent map, the source ids these records' lookups resolve."""
@@ -460,16 +468,17 @@ class BatchTransformer:
                 wanted[part["map"]].update(refs_related_ids(record, part, self.related.rows))
         return wanted
 
-    def _fetch(self, wanted: dict[str, set[str]]) -> dict[tuple[str, str], DestRef]:
+    def _fetch(self, wanted: dict[str, set[str]]) -> Parents:
         """The crosswalk entries of the parents ``wanted`` names (per parent map, source ids): one
         query per parent source object, whatever number of maps read it (a customer's company and
-        person are one look-up)."""
+        person are one look-up). Kept per map, so a column of one map's parents is looked up in C
+        (see ``TransformContext.parents``)."""
         by_source: dict[str, list[str]] = defaultdict(list)
         for map_name, ids in wanted.items():
             if ids:
                 by_source[self.ctx.mapping.maps[map_name].source].append(map_name)
         ledger, destination = self.ctx.ledger, self.ctx.destination_name
-        refs: dict[tuple[str, str], DestRef] = {}
+        refs: Parents = {}
         for source, map_names in by_source.items():
             parents = [self.ctx.mapping.maps[name] for name in map_names]
             ids = sorted(set().union(*(wanted[name] for name in map_names)))
@@ -478,14 +487,13 @@ class BatchTransformer:
             else:
                 found = ledger.crosswalk_dest_ids_by_target(destination, source, ids, {p.target for p in parents})
             for name, parent in zip(map_names, parents):
-                asked, target = wanted[name], parent.target
-                for source_id, dest_id in found[target].items():
-                    if source_id in asked:
-                        refs[(name, source_id)] = DestRef(target, dest_id)
+                asked, entries = wanted[name], found[parent.target]
+                if len(asked) < len(ids):  # another map of the source asked for more
+                    entries = {source_id: dest_id for source_id, dest_id in entries.items() if source_id in asked}
+                refs[name] = dict(zip(entries, map(DestRef, repeat(parent.target), entries.values())))
         return refs
 
-    def _prefetch(self, batch: list[dict[str, Any]], records: list[dict[str, Any]]
-                  ) -> dict[tuple[str, str], DestRef]:
+    def _prefetch(self, batch: list[dict[str, Any]], records: list[dict[str, Any]]) -> Parents:
         """The parent references of ``records`` (the records of ``batch`` this map takes): what their
         chunk fetched (see :meth:`batches`), the rest now.
 
@@ -500,15 +508,13 @@ class BatchTransformer:
             wanted = foreseen[1]
         else:
             wanted = self._wanted(records)
-        refs: dict[tuple[str, str], DestRef] = {}
+        refs: Parents = {}
         for map_name, ids in wanted.items():
-            for source_id in list(ids):
-                ref = self._warm.get((map_name, source_id))
-                if ref is not None:
-                    refs[(map_name, source_id)] = ref
-                if ref is not None or (map_name, source_id) in self._asked:
-                    ids.discard(source_id)
-        refs.update(self._fetch(wanted))
+            warm = self._warm.get(map_name, _NO_PARENTS)
+            refs[map_name] = {source_id: warm[source_id] for source_id in ids if source_id in warm}
+            wanted[map_name] = ids - refs[map_name].keys() - self._asked.get(map_name, set())
+        for map_name, fetched in self._fetch(wanted).items():
+            refs[map_name].update(fetched)
         return refs
 
     def transform(self, records: list[dict[str, Any]]) -> TransformOutcome:
@@ -535,7 +541,7 @@ class BatchTransformer:
             applicable = [r for r in applicable if r["id"] in existing]
         return applicable, existing
 
-    def _transform_together(self, batches: list[list[dict[str, Any]]], refs: dict[tuple[str, str], DestRef] | None,
+    def _transform_together(self, batches: list[list[dict[str, Any]]], refs: Parents | None,
                             chunk: list[dict[str, Any]] | None = None) -> list[TransformOutcome]:
         """Each batch's outcome, the batches' records transformed a column at a time in one go.
 

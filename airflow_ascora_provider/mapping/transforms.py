@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import re
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache, partial
 from dataclasses import dataclass, fields as dataclass_fields
 from decimal import Decimal
@@ -48,6 +48,11 @@ class TransformContext(Protocol):
     currency: str
 
     def resolve(self, maps: list[str], source_id: str) -> DestRef | None: ...
+
+    def parents(self, map_name: str) -> Mapping[str, DestRef]:
+        """The references ``resolve`` finds in one map, by source id (what a column of one map's
+        parents is looked up in)."""
+        ...
 
     def owner(self, staff_name: str | None) -> UserRef | None: ...
 
@@ -674,6 +679,8 @@ def _columns_lookup(fm) -> ColumnGetter | None:
     def lookups(batch, ctx):
         if not maps:
             refs = [None] * batch.n
+        elif len(maps) == 1 and kinds_of(values := first(batch)) <= _TEXT_OR_NONE:
+            refs = list(map(ctx.parents(maps[0]).get, values))  # ids as text, each found in C (none: no key)
         else:
             resolve = ctx.resolve
             refs = [None if value is None else resolve(maps, str(value)) for value in first(batch)]

@@ -92,6 +92,9 @@ class _Ctx:
     def resolve(self, maps, source_id):
         return None
 
+    def parents(self, map_name):
+        return {}
+
     def owner(self, name):
         return None
 

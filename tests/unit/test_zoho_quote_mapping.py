@@ -132,6 +132,9 @@ class _Ctx:
     def resolve(self, maps, source_id):
         return next((self.refs[(m, source_id)] for m in maps if (m, source_id) in self.refs), None)
 
+    def parents(self, map_name):
+        return {sid: ref for (name, sid), ref in self.refs.items() if name == map_name}
+
     def owner(self, name):
         return None
 
