@@ -13,8 +13,8 @@ import hashlib
 import json
 import logging
 import re
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -610,7 +610,17 @@ class BatchTransformer:
         file_columns = [columns[self.dest_fields.index(name)] for name in self.file_fields]
         unique_columns = [columns[self.dest_fields.index(fm.dest_field)] for fm in self.unique_fields]
         dest_id_of = existing.get
-        sent: list[OutgoingRecord] = []
+        if not (set_aside or failed or file_columns or unique_columns):  # every record goes out, in order
+            ids = batch.column("id")
+            sent = list(map(ColumnRecord, ids, map(dest_id_of, ids), repeat(payloads), range(len(ids))))
+            start = 0
+            for owner, count in Counter(live_owners).items():  # each batch's records follow the last's
+                outcomes[owner].records.extend(sent[start:start + count])
+                start += count
+            if sent:
+                self._digests(sent, columns, range(len(sent)), len(live))
+            return
+        sent = []
         out_rows: list[int] = []
         position = 0
         for row, source_id in enumerate(batch.column("id")):
@@ -647,7 +657,7 @@ class BatchTransformer:
         if sent:
             self._digests(sent, columns, out_rows, len(live))
 
-    def _digests(self, records: list[OutgoingRecord], columns: list[list[Any]], rows: list[int], n: int) -> None:
+    def _digests(self, records: list[OutgoingRecord], columns: list[list[Any]], rows: Sequence[int], n: int) -> None:
         """Each outgoing record's payload digest, from the batch's columns (see payload_digests)."""
         if len(rows) < n:
             columns = [with_kinds_of(column, map(column.__getitem__, rows)) for column in columns]

@@ -15,6 +15,7 @@ import re
 import string
 from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache, partial
+from itertools import repeat
 from dataclasses import dataclass, fields as dataclass_fields
 from decimal import Decimal
 from typing import Any, Protocol
@@ -202,6 +203,11 @@ def _source_columns(batch: Batch, sources: tuple[str, ...]) -> tuple[list[list[A
 
 
 _TEXT_OR_NONE = {str, type(None)}
+# What a column transform's values can be (``KindedColumn``), so the digest need not look.
+_NONE = frozenset({type(None)})
+_AMOUNTS = frozenset({Decimal})
+_MONEY = frozenset({Money})
+_PARENTS = frozenset({DestRef, type(None)})
 
 
 def _source_rows(batch: Batch, sources: tuple[str, ...]) -> Iterator[tuple[Any, ...]] | None:
@@ -380,9 +386,13 @@ def _columns_currency(fm) -> ColumnGetter | None:
 
     def money(batch, ctx):
         code = currency or ctx.currency
-        # A staged amount is a Decimal already: ``Decimal(amount)`` would only copy it.
-        return [None if value is None else Money(value if type(value) is Decimal else Decimal(value), code)
-                for value in first(batch)]
+        values = first(batch)
+        kinds = kinds_of(values)
+        if kinds == _AMOUNTS:  # staged amounts without none: Decimals already, each wrapped with no step of ours
+            return KindedColumn(map(Money, values, repeat(code)), _MONEY)
+        # ``Decimal(amount)`` of a Decimal would only copy it.
+        return KindedColumn([None if value is None else Money(value if type(value) is Decimal else Decimal(value), code)
+                             for value in values], _MONEY | (kinds & _NONE))
 
     return money
 
@@ -686,7 +696,7 @@ def _columns_lookup(fm) -> ColumnGetter | None:
             refs = [None if value is None else resolve(maps, str(value)) for value in first(batch)]
         if required and None in refs:
             raise TransformError(fm.sources[0], None, "a required parent is missing: asked record by record")
-        return refs
+        return KindedColumn(refs, _PARENTS)
 
     return lookups
 
