@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gc
 import math
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -216,6 +217,22 @@ def test_field_columns_report_each_records_first_failing_field_as_the_record_loo
     _, failed = only_required.compute(Batch(RECORDS), CTX)
     assert {row: error.reason for row, (_, error) in failed.items()} == {
         row: "c is required by the mapping but has no value" for row in (1, 2, 3)}
+
+
+def test_a_refused_field_leaves_no_cycle_that_holds_its_batch():
+    """A refused record's TransformError is kept without its traceback, whose frames would hold the
+    batch's records and context in a cycle: a chunk is transformed with the cycle collector paused,
+    and every chunk with a refusal stayed in memory until the next full collection."""
+    lookup = FieldColumns([FieldMap("b", "lookup", ("customer_id",), {"map": "company"}, required=True)])
+    gc.collect()
+    gc.disable()
+    try:
+        columns, failed = lookup.compute(Batch([dict(record) for record in RECORDS]), CTX)
+        assert set(failed) == {1, 2, 3} and all(error.__traceback__ is None for _, error in failed.values())
+        del columns, failed
+        assert gc.collect() == 0  # nothing was left for the collector: freed as it was dropped
+    finally:
+        gc.enable()
 
 
 def test_an_error_that_is_not_a_transform_error_is_kept_for_its_record():
