@@ -609,51 +609,47 @@ class BatchTransformer:
         payloads = PayloadColumns(self.dest_fields, columns, om.key_field)
         file_columns = [columns[self.dest_fields.index(name)] for name in self.file_fields]
         unique_columns = [columns[self.dest_fields.index(fm.dest_field)] for fm in self.unique_fields]
-        dest_id_of = existing.get
-        if not (set_aside or failed or file_columns or unique_columns):  # every record goes out, in order
-            ids = batch.column("id")
-            sent = list(map(ColumnRecord, ids, map(dest_id_of, ids), repeat(payloads), range(len(ids))))
-            start = 0
-            for owner, count in Counter(live_owners).items():  # each batch's records follow the last's
-                outcomes[owner].records.extend(sent[start:start + count])
-                start += count
-            if sent:
-                self._digests(sent, columns, range(len(sent)), len(live))
-            return
-        sent = []
-        out_rows: list[int] = []
-        position = 0
-        for row, source_id in enumerate(batch.column("id")):
-            if set_aside:
-                while position in set_aside:
-                    outcomes[owners[position]].quarantined.extend(set_aside.pop(position))
+        ids = batch.column("id")
+        out_rows: Sequence[int] = range(len(ids))  # every record goes out unless a check below says not
+        if set_aside or failed or file_columns or unique_columns:
+            out_rows = []
+            position = 0
+            for row, source_id in enumerate(ids):
+                if set_aside:
+                    while position in set_aside:
+                        outcomes[owners[position]].quarantined.extend(set_aside.pop(position))
+                        position += 1
                     position += 1
-                position += 1
-            outcome = outcomes[live_owners[row]]
-            problem = failed.get(row) if failed else None
-            if problem is not None:
-                error = problem[1]
-                if not isinstance(error, TransformError):
-                    raise error
-                outcome.quarantined.append(QuarantineEntry(
-                    source_object=om.source, source_id=source_id, field=error.field, value=error.value,
-                    reason=f"[{om.name}] {error.reason}", stage="transform"))
-                continue
-            too_big = self._oversized_file([column[row] for column in file_columns]) if file_columns else None
-            taken = None if too_big else self._held_by_another(
-                source_id, [column[row] for column in unique_columns]) if unique_columns else None
-            if too_big or taken:
-                field_name, value, reason = too_big or taken
-                outcome.quarantined.append(QuarantineEntry(
-                    source_object=om.source, source_id=source_id, field=field_name, value=value,
-                    reason=f"[{om.name}] {reason}", stage="transform"))
-                continue
-            record_out = ColumnRecord(source_id, dest_id_of(source_id), payloads, row)
-            outcome.records.append(record_out)
-            sent.append(record_out)
-            out_rows.append(row)
-        for position, entries in set_aside.items():
-            outcomes[owners[position]].quarantined.extend(entries)
+                outcome = outcomes[live_owners[row]]
+                problem = failed.get(row) if failed else None
+                if problem is not None:
+                    error = problem[1]
+                    if not isinstance(error, TransformError):
+                        raise error
+                    outcome.quarantined.append(QuarantineEntry(
+                        source_object=om.source, source_id=source_id, field=error.field, value=error.value,
+                        reason=f"[{om.name}] {error.reason}", stage="transform"))
+                    continue
+                too_big = self._oversized_file([column[row] for column in file_columns]) if file_columns else None
+                taken = None if too_big else self._held_by_another(
+                    source_id, [column[row] for column in unique_columns]) if unique_columns else None
+                if too_big or taken:
+                    field_name, value, reason = too_big or taken
+                    outcome.quarantined.append(QuarantineEntry(
+                        source_object=om.source, source_id=source_id, field=field_name, value=value,
+                        reason=f"[{om.name}] {reason}", stage="transform"))
+                    continue
+                out_rows.append(row)
+            for position, entries in set_aside.items():
+                outcomes[owners[position]].quarantined.extend(entries)
+        # The records that go out, made in one step and handed to their batches' outcomes in order
+        # (a batch's rows follow the last batch's).
+        sent_ids = ids if len(out_rows) == len(ids) else list(map(ids.__getitem__, out_rows))
+        sent = list(map(ColumnRecord, sent_ids, map(existing.get, sent_ids), repeat(payloads), out_rows))
+        start = 0
+        for owner, count in Counter(map(live_owners.__getitem__, out_rows)).items():
+            outcomes[owner].records.extend(sent[start:start + count])
+            start += count
         if sent:
             self._digests(sent, columns, out_rows, len(live))
 

@@ -687,13 +687,14 @@ def _columns_lookup(fm) -> ColumnGetter | None:
     maps, required = _maps_for({}, fm), fm.required
 
     def lookups(batch, ctx):
-        if not maps:
+        values = first(batch) if maps else None
+        if values is None:
             refs = [None] * batch.n
-        elif len(maps) == 1 and kinds_of(values := first(batch)) <= _TEXT_OR_NONE:
+        elif len(maps) == 1 and kinds_of(values) <= _TEXT_OR_NONE:
             refs = list(map(ctx.parents(maps[0]).get, values))  # ids as text, each found in C (none: no key)
         else:
             resolve = ctx.resolve
-            refs = [None if value is None else resolve(maps, str(value)) for value in first(batch)]
+            refs = [None if value is None else resolve(maps, str(value)) for value in values]
         if required and None in refs:
             raise TransformError(fm.sources[0], None, "a required parent is missing: asked record by record")
         return KindedColumn(refs, _PARENTS)
